@@ -1,0 +1,41 @@
+"""Datasets for training: the built-in procedural set, an image folder, or cached latents."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .latents import LatentDataset, is_latent_cache
+
+BUILTIN_SIZE = 100_000  # images per epoch of the built-in dataset (rendered on demand)
+
+
+def resolve_dataset_kind(dataset: str | None, data_path: str | None) -> str:
+    """``builtin`` | ``folder`` | ``latents``; a ``--data-path`` holding a latent cache means latents."""
+    if dataset == "builtin":
+        return "builtin"
+    if not data_path:
+        raise ValueError("no training data: pass --data-path /path/to/imagenet/train (or a latent cache), "
+                         "or --dataset builtin for the built-in procedural images")
+    if not Path(data_path).exists():
+        raise ValueError(f"--data-path {data_path} does not exist")
+    if dataset == "latents" or (dataset is None and is_latent_cache(data_path)):
+        return "latents"
+    return "folder"
+
+
+def build_dataset(kind: str, data_path: str | None, image_size: int, num_classes: int):
+    """The dataset for ``kind``; images come unflipped (the training loop flips with its own RNG)."""
+    if kind == "builtin":
+        from .procedural import ProceduralImages
+
+        return ProceduralImages(BUILTIN_SIZE, resolution=image_size, num_classes=num_classes, seed=0)
+    if kind == "latents":
+        ds = LatentDataset(data_path)
+        if ds.image_size != image_size:
+            raise ValueError(f"latent cache {data_path} was made at --image-size {ds.image_size}, "
+                             f"not {image_size}")
+        return ds
+    from .folder import ImageFolderDataset, validate_image_folder
+
+    validate_image_folder(data_path)
+    return ImageFolderDataset(data_path, image_size, flip=False)

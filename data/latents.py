@@ -1,0 +1,62 @@
+"""Cached VAE latents written once by ``preprocessing/encode_latents.py``.
+
+Layout of a cache folder:
+  ``latents.json``  manifest (written last: a cache without it is incomplete)
+  ``moments.npy``   float16 (N, 2, 2C, h, w): posterior mean and std of each image (index 0)
+                    and of its horizontal flip (index 1), unscaled
+  ``labels.npy``    int64 (N,)
+Training draws ``z = (mean + std * eps) * scale`` every step, exactly what encoding the
+image online would give, so the cache loses no augmentation.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+MANIFEST = "latents.json"
+FORMAT = "diffusion-lab-latents-v1"
+
+
+def is_latent_cache(path: str | Path) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+class LatentDataset(Dataset):
+    """Returns ``(moments float32 (2, 2C, h, w), label)``; see the module docstring."""
+
+    def __init__(self, root: str | Path):
+        root = Path(root)
+        if not is_latent_cache(root):
+            raise ValueError(f"{root} is not a latent cache (no {MANIFEST}); "
+                             "create one with preprocessing/encode_latents.py or let it finish")
+        self.manifest = json.loads((root / MANIFEST).read_text())
+        if self.manifest.get("format") != FORMAT:
+            raise ValueError(f"{root}/{MANIFEST}: unknown format {self.manifest.get('format')!r}")
+        self.moments = np.load(root / "moments.npy", mmap_mode="r")
+        self.labels = np.load(root / "labels.npy")
+        if len(self.moments) != self.manifest["count"] or len(self.labels) != self.manifest["count"]:
+            raise ValueError(f"{root}: moments/labels do not hold {self.manifest['count']} entries; "
+                             "re-run preprocessing/encode_latents.py")
+        self.scale = float(self.manifest["scale"])
+        self.image_size = int(self.manifest["image_size"])
+        self.vae = self.manifest["vae"]
+        self.latent_shape = tuple(self.manifest["latent_shape"])
+        self.num_classes = int(self.manifest["num_classes"])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return torch.from_numpy(np.asarray(self.moments[i], dtype=np.float32)), int(self.labels[i])
+
+
+def sample_latents(moments: torch.Tensor, flip: torch.Tensor, scale: float) -> torch.Tensor:
+    """Pick each row's (flipped or not) moments and draw ``(mean + std * eps) * scale``."""
+    chosen = torch.where(flip[:, None, None, None], moments[:, 1], moments[:, 0])
+    mean, std = chosen.chunk(2, dim=1)
+    return (mean + std * torch.randn_like(mean)) * scale

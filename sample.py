@@ -1,0 +1,75 @@
+"""Sample a grid of images from a DiT: an official release or a checkpoint of train.py.
+
+  python sample.py --image-size 512 --seed 1                   # official DiT-XL/2 512x512
+  python sample.py --model DiT-L/4 --image-size 256 --ckpt /path/to/model.pt
+  python sample.py --ckpt results/000-DiT-Ti-4/checkpoints/0002000.pt --sampler ddim --num-sampling-steps 50
+Writes ``sample.png`` (or ``--output``).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from diffusion import create_diffusion
+from diffusion.pipeline import sample_latents
+from models import MODEL_NAMES
+from models.pretrained import build_for_sampling, resolve_sampling_config
+from models.vae import load_vae
+from training.cli import run_cli
+from training.monitor import save_grid
+from training.setup import enable_tf32
+
+IMAGENET_DEMO_CLASSES = [207, 360, 387, 974, 88, 979, 417, 279]  # official sample.py
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", type=str, default=None, help=f"default: from the checkpoint, else DiT-XL/2; "
+                   f"one of {', '.join(MODEL_NAMES)}")
+    p.add_argument("--vae", type=str, default=None, help="ema | mse | none | folder | hub id (default: mse, "
+                   "or the checkpoint's)")
+    p.add_argument("--image-size", type=int, default=None, help="default: the checkpoint's, else 256")
+    p.add_argument("--num-classes", type=int, default=None, help="default: the checkpoint's, else 1000")
+    p.add_argument("--cfg-scale", type=float, default=4.0)
+    p.add_argument("--num-sampling-steps", type=int, default=250)
+    p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0 = deterministic)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--class-labels", type=int, nargs="+", default=None,
+                   help="default: the official eight ImageNet classes, or the first classes of the checkpoint")
+    p.add_argument("--ckpt", type=str, default=None, help="default: download the official DiT-XL/2 weights")
+    p.add_argument("--output", type=str, default="sample.png")
+    args = p.parse_args(argv)
+    args.default_vae = "mse"
+    return args
+
+
+@torch.no_grad()
+def main(args: argparse.Namespace) -> None:
+    torch.manual_seed(args.seed)
+    enable_tf32()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    state_dict, cfg = resolve_sampling_config(args)
+    codec = load_vae(cfg["vae"], device)
+    model = build_for_sampling(state_dict, cfg, codec, device)
+    labels = args.class_labels
+    if labels is None:
+        labels = IMAGENET_DEMO_CLASSES if cfg["num_classes"] == 1000 else list(range(min(cfg["num_classes"], 16)))
+    bad = [c for c in labels if not 0 <= c < cfg["num_classes"]]
+    if bad:
+        raise ValueError(f"--class-labels {bad} outside 0..{cfg['num_classes'] - 1}")
+    steps = f"ddim{args.num_sampling_steps}" if args.sampler == "ddim" else str(args.num_sampling_steps)
+    diffusion = create_diffusion(steps)
+    size = cfg["image_size"] // codec.downsample
+    noise = torch.randn(len(labels), codec.latent_channels, size, size, device=device)
+    y = torch.tensor(labels, device=device)
+    z = sample_latents(model, diffusion, noise, y, cfg_scale=args.cfg_scale, num_classes=cfg["num_classes"],
+                       sampler=args.sampler, eta=args.eta, progress=True)
+    save_grid(codec.decode(z), args.output, nrow=4)
+    print(f"saved {len(labels)} samples of {cfg['model']} ({cfg['ckpt']}) to {args.output}")
+
+
+if __name__ == "__main__":
+    run_cli(main, parse_args())

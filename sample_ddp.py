@@ -1,0 +1,134 @@
+"""Many samples for FID, in parallel: PNGs plus one ``.npz`` (``arr_0``: uint8 NHWC, exactly N images;
+``arr_1``: their class labels) for the ADM evaluator.
+
+  torchrun --nnodes=1 --nproc_per_node=N sample_ddp.py --model DiT-XL/2 --num-fid-samples 50000
+  torchrun --nproc_per_node=2 sample_ddp.py --ckpt results/000-DiT-Ti-4/checkpoints/0002000.pt   # CPU: gloo
+
+Image ``i`` of batch ``b`` on rank ``r`` is file ``b * global_batch + i * world + r`` (official
+layout). Each batch draws its noise and labels from its own seed (global seed, batch, rank),
+so a re-run skips the PNGs already written and still produces the same set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from diffusion import create_diffusion
+from diffusion.pipeline import sample_latents
+from models import MODEL_NAMES
+from models.pretrained import build_for_sampling, resolve_sampling_config
+from models.vae import load_vae
+from training.cli import run_cli
+from training.monitor import to_uint8
+from training.setup import setup_accelerator
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", type=str, default=None, help=f"one of {', '.join(MODEL_NAMES)}")
+    p.add_argument("--vae", type=str, default=None, help="ema | mse | none | folder | hub id (default: ema)")
+    p.add_argument("--sample-dir", type=str, default="samples")
+    p.add_argument("--per-proc-batch-size", type=int, default=32)
+    p.add_argument("--num-fid-samples", type=int, default=50_000)
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--cfg-scale", type=float, default=1.5)
+    p.add_argument("--num-sampling-steps", type=int, default=250)
+    p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm")
+    p.add_argument("--eta", type=float, default=0.0)
+    p.add_argument("--global-seed", type=int, default=0)
+    p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--ckpt", type=str, default=None)
+    args = p.parse_args(argv)
+    args.default_vae = "ema"
+    return args
+
+
+def batch_seed(global_seed: int, batch: int, world: int, rank: int) -> int:
+    return global_seed * 1_000_003 + batch * world + rank
+
+
+def batch_labels(seed: int, n: int, num_classes: int) -> torch.Tensor:
+    """The labels of one batch: uniform classes from the batch's own seed."""
+    return torch.randint(0, num_classes, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+def image_index(batch: int, i: int, global_batch: int, world: int, rank: int) -> int:
+    return batch * global_batch + i * world + rank
+
+
+def write_npz(folder: Path, n: int, labels: np.ndarray) -> Path:
+    """Stack PNGs ``000000.png .. {n-1}.png`` into ``{folder}.npz`` (written atomically)."""
+    images = np.stack([np.asarray(Image.open(folder / f"{i:06d}.png").convert("RGB")) for i in
+                       tqdm(range(n), desc="building .npz", dynamic_ncols=True)])
+    path = folder.with_suffix(".npz")
+    tmp = folder.with_name(folder.name + ".tmp.npz")
+    np.savez(tmp, arr_0=images, arr_1=labels)
+    tmp.replace(path)
+    return path
+
+
+@torch.no_grad()
+def main(args: argparse.Namespace) -> None:
+    if args.num_fid_samples <= 0 or args.per_proc_batch_size <= 0:
+        raise ValueError("--num-fid-samples and --per-proc-batch-size must be positive")
+    accelerator = setup_accelerator(allow_tf32=args.tf32)
+    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    state_dict, cfg = resolve_sampling_config(args)
+    codec = load_vae(cfg["vae"], device)
+    model = build_for_sampling(state_dict, cfg, codec, device)
+    steps = f"ddim{args.num_sampling_steps}" if args.sampler == "ddim" else str(args.num_sampling_steps)
+    diffusion = create_diffusion(steps)
+
+    ckpt_name = Path(cfg["ckpt"]).stem
+    folder = Path(args.sample_dir) / (f"{cfg['model'].replace('/', '-')}-{ckpt_name}-size-{cfg['image_size']}-"
+                                      f"vae-{cfg['vae']}-cfg-{args.cfg_scale}-seed-{args.global_seed}")
+    if accelerator.is_main_process:
+        folder.mkdir(parents=True, exist_ok=True)
+        print(f"saving .png samples at {folder}")
+    accelerator.wait_for_everyone()
+
+    n = args.per_proc_batch_size
+    global_batch = n * world
+    num_batches = math.ceil(args.num_fid_samples / global_batch)  # round up, as the official script does
+    size = cfg["image_size"] // codec.downsample
+    if accelerator.is_main_process:
+        print(f"{num_batches * global_batch:,} samples in {num_batches} batches of {global_batch} "
+              f"({world} process(es)); the .npz keeps the first {args.num_fid_samples:,}")
+    for b in tqdm(range(num_batches), disable=not accelerator.is_main_process, desc="sampling", dynamic_ncols=True):
+        indices = [image_index(b, i, global_batch, world, rank) for i in range(n)]
+        if all((folder / f"{j:06d}.png").is_file() for j in indices):
+            continue  # written by an earlier, interrupted run
+        seed = batch_seed(args.global_seed, b, world, rank)
+        torch.manual_seed(seed)
+        noise = torch.randn(n, codec.latent_channels, size, size, device=device)
+        y = batch_labels(seed, n, cfg["num_classes"]).to(device)
+        z = sample_latents(model, diffusion, noise, y, cfg_scale=args.cfg_scale, num_classes=cfg["num_classes"],
+                           sampler=args.sampler, eta=args.eta)
+        for j, img in zip(indices, to_uint8(codec.decode(z))):
+            tmp = folder / f"{j:06d}.tmp.png"
+            Image.fromarray(img).save(tmp)
+            tmp.replace(folder / f"{j:06d}.png")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        labels = np.empty(num_batches * global_batch, dtype=np.int64)
+        for b in range(num_batches):
+            for rk in range(world):
+                labs = batch_labels(batch_seed(args.global_seed, b, world, rk), n, cfg["num_classes"])
+                labels[[image_index(b, i, global_batch, world, rk) for i in range(n)]] = labs.numpy()
+        labels = labels[: args.num_fid_samples]
+        path = write_npz(folder, args.num_fid_samples, labels)
+        print(f"saved .npz file to {path} [shape=({args.num_fid_samples}, {cfg['image_size']}, "
+              f"{cfg['image_size']}, 3)]")
+    accelerator.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    run_cli(main, parse_args())

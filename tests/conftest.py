@@ -1,0 +1,35 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def run_script(*args: str, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a repository script as a user would, returning the finished process."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env.pop("DIFFUSION_LAB_DEBUG", None)
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=full_env)
+
+
+TINY_TRAIN = ["--dataset", "builtin", "--model", "DiT-Ti/4", "--image-size", "16", "--num-classes", "10",
+              "--vae", "none", "--global-batch-size", "8", "--num-workers", "0", "--lr", "1e-3"]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """A run folder of a tiny pixel-space DiT trained for 20 steps on the built-in dataset."""
+    import train
+
+    results = tmp_path_factory.mktemp("results")
+    train.main(train.parse_args([*TINY_TRAIN, "--results-dir", str(results), "--max-steps", "20",
+                                 "--log-every", "5", "--ckpt-every", "10"]))
+    (run_dir,) = list(results.iterdir())
+    return run_dir
