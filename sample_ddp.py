@@ -68,7 +68,7 @@ def write_npz(folder: Path, n: int, labels: np.ndarray) -> Path:
     """Stack PNGs ``000000.png .. {n-1}.png`` into ``{folder}.npz`` (written atomically)."""
     images = np.stack([np.asarray(Image.open(folder / f"{i:06d}.png").convert("RGB")) for i in
                        tqdm(range(n), desc="building .npz", dynamic_ncols=True)])
-    path = folder.with_suffix(".npz")
+    path = folder.parent / (folder.name + ".npz")
     tmp = folder.with_name(folder.name + ".tmp.npz")
     np.savez(tmp, arr_0=images, arr_1=labels)
     tmp.replace(path)

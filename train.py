@@ -34,7 +34,7 @@ from training.monitor import MetricsLog
 from training.run import create_logger, create_run_dir, save_args
 from training.setup import seed_everything, setup_accelerator
 from training.throughput import mfu, peak_flops, train_flops_per_sample
-from training.visual import sample_grid
+from training.visual import evaluate_builtin, sample_grid
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -59,6 +59,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
     p.add_argument("--resume", type=str, default=None, help="a checkpoint file or a run folder (its newest)")
     p.add_argument("--report-to", choices=["none", "wandb", "tensorboard"], default="none")
+    p.add_argument("--eval-every", type=int, default=0, help="score EMA samples every N steps and at the end "
+                   "(0 = off; proxy metrics, --dataset builtin)")
+    p.add_argument("--eval-samples", type=int, default=500, help="samples per evaluation, spread over the classes")
+    p.add_argument("--eval-sampling-steps", type=int, default=250, help="DDPM steps for evaluation samples")
+    p.add_argument("--eval-cfg-scale", type=float, default=1.0)
     return p.parse_args(argv)
 
 
@@ -73,6 +78,11 @@ def validate(args: argparse.Namespace) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
     if args.max_steps is not None and args.max_steps <= 0:
         raise ValueError("--max-steps must be positive")
+    if args.eval_every < 0 or args.eval_samples <= 0 or args.eval_sampling_steps <= 0:
+        raise ValueError("--eval-every must be >= 0, --eval-samples and --eval-sampling-steps positive")
+    if args.eval_every and args.dataset != "builtin":
+        raise ValueError("--eval-every scores with the built-in dataset's proxy classifier: use --dataset builtin "
+                         "(Inception scores for other data come from sample_ddp.py and evaluations/)")
 
 
 def main(args: argparse.Namespace) -> None:
@@ -170,14 +180,20 @@ def main(args: argparse.Namespace) -> None:
         accelerator.wait_for_everyone()
         return path
 
+    def evaluate() -> None:
+        if is_main:
+            result = evaluate_builtin(ema, codec, channels, latent_size, args.num_classes, device, run_dir,
+                                      steps, args.eval_samples, args.eval_cfg_scale, args.eval_sampling_steps)
+            logger.info(f"step {steps}: proxy metrics of {args.eval_samples} EMA samples: {format_record(result)}")
+            accelerator.log({f"eval/{k}": v for k, v in result.items() if isinstance(v, float)}, step=steps)
+        accelerator.wait_for_everyone()
+
     logger.info(f"training for {total:,} steps ({steps_per_epoch:,} per epoch), global batch "
                 f"{args.global_batch_size}, from step {steps}")
     bar = progress_bar(total, steps, is_main)
     running_loss, log_steps, last_good, t0 = 0.0, 0, latest_or_none(run_dir, steps), time.time()
-    while steps < total:
-        sampler.set_epoch(data_state["epoch"])
-        sampler.start = data_state["position"]
-        for x, y in loader:
+    try:
+        for x, y in epochs_of(loader, sampler, data_state):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with torch.no_grad():
                 if kind == "latents":
@@ -213,20 +229,29 @@ def main(args: argparse.Namespace) -> None:
                     metrics.plot()
                 accelerator.log({k: v for k, v in rec.items() if v is not None}, step=steps)
                 running_loss, log_steps, t0 = 0.0, 0, time.time()
-            if data_state["position"] >= steps_per_epoch * local_batch:  # epoch complete
-                data_state.update(epoch=data_state["epoch"] + 1, position=0)
             if steps % args.ckpt_every == 0 or steps == total:
                 last_good = checkpoint()
-            if steps >= total or data_state["position"] == 0:
+            if args.eval_every and (steps % args.eval_every == 0 or steps == total):
+                evaluate()
+            if steps >= total:
                 break
-    bar.close()
+    finally:
+        bar.close()
     logger.info(f"done after {steps:,} steps; checkpoints in {run_dir / 'checkpoints'}")
-    if is_main and kind == "builtin":
-        from training.visual import evaluate_builtin
-
-        result = evaluate_builtin(ema, codec, channels, latent_size, args.num_classes, device, run_dir)
-        logger.info(f"proxy metrics of 50 EMA samples per class: {format_record(result)}")
     accelerator.end_training()
+
+
+def epochs_of(loader, sampler, data_state: dict):
+    """Batches across epochs from ``data_state`` (epoch, samples consumed this epoch) on.
+
+    The caller advances ``position`` after each step; an epoch ends when the loader is
+    exhausted, so a checkpoint taken at an epoch's last step resumes into the next epoch.
+    """
+    while True:
+        sampler.set_epoch(data_state["epoch"])
+        sampler.start = data_state["position"]
+        yield from loader
+        data_state.update(epoch=data_state["epoch"] + 1, position=0)
 
 
 class NonFiniteLoss(RuntimeError):

@@ -27,24 +27,34 @@ def sample_grid(ema, codec, noise, labels, num_classes: int, path: Path) -> None
         save_grid(codec.decode(z), path, nrow=8)
 
 
-def evaluate_builtin(ema, codec, channels: int, latent_size: int, num_classes: int, device,
-                     run_dir: Path, per_class: int = 50, cfg_scale: float = 1.0,
-                     num_sampling_steps: int = 250) -> dict:
-    """Class accuracy and Fréchet distance (proxy classifier features) of EMA samples,
-    written to ``proxy_metrics.json``; also saves ``final_samples.png``."""
+def evaluate_builtin(ema, codec, channels: int, latent_size: int, num_classes: int, device, run_dir: Path,
+                     step: int, num_samples: int = 500, cfg_scale: float = 1.0, sampling_steps: int = 250) -> dict:
+    """Class accuracy and Fréchet distance (proxy classifier features) of EMA samples.
+
+    Appends a record to ``proxy_metrics.jsonl`` (a curve over training), writes the latest to
+    ``proxy_metrics.json`` and a grid of up to 8 samples per class to ``eval_samples.png``.
+    Sampling runs in a forked RNG so the training stream (and exact resume) is untouched.
+    """
     from evaluations.proxy import proxy_metrics
 
     devices = [device] if torch.device(device).type == "cuda" else []
+    labels = (torch.arange(num_samples) % num_classes).to(device)
     with torch.random.fork_rng(devices=devices), torch.no_grad():
         torch.manual_seed(1)
-        labels = torch.arange(num_classes, device=device).repeat_interleave(per_class)
-        noise = torch.randn(len(labels), channels, latent_size, latent_size, device=device)
-        z = sample_latents(ema, create_diffusion(str(num_sampling_steps)), noise, labels, cfg_scale=cfg_scale,
-                           num_classes=num_classes, progress=True)
-        images = codec.decode(z)
+        noise = torch.randn(num_samples, channels, latent_size, latent_size, device=device)
+        images = []
+        for start in range(0, num_samples, 500):
+            z = sample_latents(ema, create_diffusion(str(sampling_steps)), noise[start:start + 500],
+                               labels[start:start + 500], cfg_scale=cfg_scale, num_classes=num_classes)
+            images.append(codec.decode(z))
+        images = torch.cat(images)
     result = proxy_metrics(to_uint8(images), labels.cpu().numpy(), num_classes=num_classes, device=str(device))
-    result = {**result, "samples": len(labels), "cfg_scale": cfg_scale, "sampler": f"ddpm{num_sampling_steps}"}
-    (Path(run_dir) / "proxy_metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-    first = torch.cat([images[labels == c][:8] for c in range(num_classes)])
-    save_grid(first, Path(run_dir) / "final_samples.png", nrow=8)
+    result = {"step": step, **{k: float(v) for k, v in result.items()}, "samples": num_samples,
+              "cfg_scale": cfg_scale, "sampler": f"ddpm{sampling_steps}"}
+    run_dir = Path(run_dir)
+    with open(run_dir / "proxy_metrics.jsonl", "a") as f:
+        f.write(json.dumps(result) + "\n")
+    (run_dir / "proxy_metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    order = torch.cat([torch.nonzero(labels == c)[:8, 0] for c in range(num_classes)])
+    save_grid(images[order], run_dir / "eval_samples.png", nrow=8)
     return result

@@ -1,0 +1,70 @@
+"""Every bad input gives one line on stderr and a non-zero exit: no traceback, nothing lost."""
+
+import numpy as np
+import pytest
+from conftest import TINY_TRAIN, run_script
+from PIL import Image
+
+
+def assert_one_line_error(proc, *needles):
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert "Traceback" not in proc.stderr
+    assert lines[-1].startswith("error: "), proc.stderr[-2000:]
+    for needle in needles:
+        assert needle in lines[-1], lines[-1]
+
+
+def make_folder(root, n=2, corrupt=False):
+    for cls in ("cat", "dog"):
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((20, 24, 3), 40 * i, np.uint8)).save(root / cls / f"{i}.png")
+    if corrupt:
+        (root / "dog" / "broken.jpg").write_bytes(b"not an image at all")
+    return root
+
+
+@pytest.mark.parametrize("flags,needles", [
+    (["--data-path", "/nonexistent/imagenet"], ["/nonexistent/imagenet"]),
+    (["--dataset", "builtin", "--model", "DiT-XXL/2"], ["DiT-XXL/2", "DiT-XL/2"]),
+    (["--dataset", "builtin", "--image-size", "30"], ["divisible by 8"]),
+    ([], ["--data-path"]),
+])
+def test_train_rejects_bad_flags(flags, needles, tmp_path):
+    proc = run_script("train.py", "--results-dir", str(tmp_path), "--vae", "none", *flags)
+    assert_one_line_error(proc, *needles)
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+def test_train_rejects_empty_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    proc = run_script("train.py", "--data-path", str(tmp_path / "empty"), "--vae", "none",
+                      "--results-dir", str(tmp_path / "r"))
+    assert_one_line_error(proc, str(tmp_path / "empty"))
+
+
+def test_train_names_a_corrupt_image(tmp_path):
+    root = make_folder(tmp_path / "data", n=4, corrupt=True)
+    proc = run_script("train.py", "--data-path", str(root), "--vae", "none", "--model", "DiT-Ti/4",
+                      "--image-size", "16", "--num-classes", "2", "--global-batch-size", "9",
+                      "--num-workers", "0", "--max-steps", "3", "--results-dir", str(tmp_path / "r"))
+    assert_one_line_error(proc, "broken.jpg")
+
+
+def test_sample_rejects_a_checkpoint_of_another_model(trained_run, tmp_path):
+    ckpt = trained_run / "checkpoints" / "0000020.pt"
+    proc = run_script("sample.py", "--ckpt", str(ckpt), "--model", "DiT-Ti/2", "--output", str(tmp_path / "s.png"))
+    assert_one_line_error(proc, "does not fit this model")
+    assert not (tmp_path / "s.png").exists()
+
+
+def test_sample_rejects_a_missing_checkpoint(tmp_path):
+    proc = run_script("sample.py", "--ckpt", str(tmp_path / "nope.pt"))
+    assert_one_line_error(proc, "nope.pt")
+
+
+def test_resume_with_other_flags_is_refused(trained_run, tmp_path):
+    proc = run_script("train.py", *TINY_TRAIN, "--model", "DiT-Ti/2", "--resume", str(trained_run),
+                      "--max-steps", "30")
+    assert_one_line_error(proc, "--model")

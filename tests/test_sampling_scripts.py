@@ -1,0 +1,51 @@
+"""sample.py and sample_ddp.py on a checkpoint of train.py (CPU; sample_ddp through two gloo processes)."""
+
+import numpy as np
+import pytest
+from conftest import run_script
+from PIL import Image
+
+
+def test_sample_writes_a_grid_from_our_checkpoint(trained_run, tmp_path):
+    out = tmp_path / "grid.png"
+    proc = run_script("sample.py", "--ckpt", str(trained_run / "checkpoints" / "0000020.pt"),
+                      "--num-sampling-steps", "10", "--class-labels", "0", "1", "2", "3", "--output", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    grid = np.asarray(Image.open(out))
+    assert grid.shape == (2 + 16 + 2, 4 * 18 + 2, 3)  # one row of four 16x16 images with 2 px borders
+
+
+def test_sample_ddim(trained_run, tmp_path):
+    out = tmp_path / "ddim.png"
+    proc = run_script("sample.py", "--ckpt", str(trained_run / "checkpoints" / "0000020.pt"),
+                      "--sampler", "ddim", "--num-sampling-steps", "5", "--cfg-scale", "1.0", "--output", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert out.is_file()
+
+
+@pytest.mark.multiprocess
+def test_sample_ddp_two_gloo_processes_write_exactly_n_and_resume(trained_run, tmp_path):
+    args = ["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", "sample_ddp.py",
+            "--ckpt", str(trained_run / "checkpoints" / "0000020.pt"), "--num-fid-samples", "10",
+            "--per-proc-batch-size", "3", "--num-sampling-steps", "4", "--sample-dir", str(tmp_path)]
+    proc = run_script(*args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (npz_path,) = list(tmp_path.glob("*.npz"))
+    data = np.load(npz_path)
+    assert data["arr_0"].shape == (10, 16, 16, 3) and data["arr_0"].dtype == np.uint8
+    assert data["arr_1"].shape == (10,) and data["arr_1"].max() < 10
+    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert npz_path.name == folder.name + ".npz"
+    assert len(list(folder.glob("*.png"))) == 12  # two batches of 2 x 3, the .npz keeps the first 10
+    # Ranks draw distinct noise: no two images are identical.
+    flat = data["arr_0"].reshape(10, -1)
+    assert len({row.tobytes() for row in flat}) == 10
+    # An interrupted run resumes by skipping what is written: delete one batch and re-run.
+    first = np.asarray(Image.open(folder / "000007.png")).copy()
+    for i in range(6, 12):
+        (folder / f"{i:06d}.png").unlink()
+    stamp = (folder / "000000.png").stat().st_mtime_ns
+    proc = run_script(*args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (folder / "000000.png").stat().st_mtime_ns == stamp
+    assert np.array_equal(np.asarray(Image.open(folder / "000007.png")), first)

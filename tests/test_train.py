@@ -1,0 +1,78 @@
+"""train.py end to end on the built-in dataset: outputs, learning, exact resume, and errors for people."""
+
+import json
+
+import torch
+from conftest import TINY_TRAIN, run_script
+
+import train
+
+
+def read_metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_run_folder_has_log_checkpoints_plot_and_grids(trained_run):
+    assert trained_run.name == "000-DiT-Ti-4"
+    assert sorted(p.name for p in (trained_run / "checkpoints").iterdir()) == ["0000010.pt", "0000020.pt"]
+    assert (trained_run / "loss.png").stat().st_size > 0
+    assert (trained_run / "samples" / "0000020.png").is_file()
+    assert "steps_per_sec" in (trained_run / "log.txt").read_text()
+    ckpt = torch.load(trained_run / "checkpoints" / "0000020.pt", weights_only=False)
+    assert set(ckpt) >= {"model", "ema", "opt", "args", "steps", "rng", "data"}
+    assert ckpt["steps"] == 20 and ckpt["args"]["model"] == "DiT-Ti/4"
+    assert not any(p.suffix == ".tmp" for p in (trained_run / "checkpoints").iterdir())
+
+
+def test_short_training_lowers_the_loss(tmp_path):
+    train.main(train.parse_args([*TINY_TRAIN, "--results-dir", str(tmp_path), "--max-steps", "120",
+                                 "--log-every", "20", "--ckpt-every", "1000", "--global-batch-size", "32"]))
+    losses = [r["loss"] for r in read_metrics(tmp_path / "000-DiT-Ti-4")]
+    assert len(losses) == 6
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_resume_continues_identically(tmp_path):
+    common = [*TINY_TRAIN, "--log-every", "1", "--ckpt-every", "3"]
+    train.main(train.parse_args([*common, "--results-dir", str(tmp_path / "a"), "--max-steps", "6"]))
+    train.main(train.parse_args([*common, "--results-dir", str(tmp_path / "b"), "--max-steps", "3"]))
+    run_b = tmp_path / "b" / "000-DiT-Ti-4"
+    train.main(train.parse_args([*common, "--results-dir", str(tmp_path / "b"), "--max-steps", "6",
+                                 "--resume", str(run_b)]))
+    a = torch.load(tmp_path / "a" / "000-DiT-Ti-4" / "checkpoints" / "0000006.pt", weights_only=False)
+    b = torch.load(run_b / "checkpoints" / "0000006.pt", weights_only=False)
+    for key in ("model", "ema"):
+        for name, value in a[key].items():
+            assert torch.equal(value, b[key][name]), f"{key}.{name} differs after resume"
+    assert [r["loss"] for r in read_metrics(tmp_path / "a" / "000-DiT-Ti-4")] == \
+        [r["loss"] for r in read_metrics(run_b)]
+    assert a["data"] == b["data"]
+
+
+def test_nan_loss_stops_and_names_the_last_checkpoint(tmp_path):
+    proc = run_script("train.py", *TINY_TRAIN, "--results-dir", str(tmp_path), "--max-steps", "50",
+                      "--ckpt-every", "1", "--log-every", "1", "--lr", "1e30")
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: loss became") and "at step" in last and "last good checkpoint" in last
+    assert "Traceback" not in proc.stderr
+
+
+def test_eval_every_records_a_proxy_metric_curve(tmp_path, monkeypatch):
+    import evaluations.proxy as proxy
+
+    untrained = proxy.ProxyClassifier(10).eval()  # the real one trains for a minute; scoring is what is tested
+    monkeypatch.setattr(proxy, "get_proxy_classifier", lambda *a, **k: untrained)
+    train.main(train.parse_args([*TINY_TRAIN, "--results-dir", str(tmp_path), "--max-steps", "4",
+                                 "--log-every", "2", "--ckpt-every", "100", "--eval-every", "2",
+                                 "--eval-samples", "20", "--eval-sampling-steps", "3"]))
+    run_dir = tmp_path / "000-DiT-Ti-4"
+    curve = [json.loads(line) for line in (run_dir / "proxy_metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in curve] == [2, 4]
+    assert all(0.0 <= r["class_accuracy"] <= 1.0 and r["proxy_fd"] >= 0 for r in curve)
+    assert (run_dir / "eval_samples.png").is_file()
+
+
+def test_eval_every_needs_the_builtin_dataset(tmp_path):
+    proc = run_script("train.py", "--data-path", str(tmp_path), "--eval-every", "10", "--vae", "none")
+    assert proc.returncode == 2 and "--dataset builtin" in proc.stderr
