@@ -93,6 +93,9 @@ def main(args: argparse.Namespace) -> None:
     if resume is not None:
         check_resume_args(resume, args)
     dataset = build_dataset(kind, args.data_path, args.image_size, args.num_classes)
+    if kind == "latents" and args.vae != dataset.vae:
+        raise ValueError(f"the latent cache was encoded with --vae {dataset.vae}, not {args.vae}; "
+                         f"pass --vae {dataset.vae} (its decoder draws the sample grids)")
     max_label = getattr(dataset, "num_classes", None) or len(getattr(dataset, "classes", [])) or 0
     if max_label > args.num_classes:
         raise ValueError(f"the data has {max_label} classes but --num-classes is {args.num_classes}")
@@ -123,8 +126,6 @@ def main(args: argparse.Namespace) -> None:
     codec = load_vae(args.vae, device)  # with cached latents: only to decode the sample grids
     channels, latent_size = codec.latent_channels, args.image_size // codec.downsample
     if kind == "latents":
-        if args.vae != dataset.vae:
-            raise ValueError(f"the latent cache was encoded with --vae {dataset.vae}, not {args.vae}")
         channels, latent_size = dataset.latent_shape[0], dataset.latent_shape[-1]
     model = create_model(args.model, input_size=latent_size, num_classes=args.num_classes, in_channels=channels)
     ema = deepcopy(model).to(device)

@@ -18,17 +18,24 @@ def resolve_dataset_kind(dataset: str | None, data_path: str | None) -> str:
                          "or --dataset builtin for the built-in procedural images")
     if not Path(data_path).exists():
         raise ValueError(f"--data-path {data_path} does not exist")
-    if dataset == "latents" or (dataset is None and is_latent_cache(data_path)):
+    # An interrupted cache (moments but no manifest) counts too, so LatentDataset can say what happened.
+    looks_cached = is_latent_cache(data_path) or (Path(data_path) / "moments.npy").is_file()
+    if dataset == "latents" or (dataset is None and looks_cached):
         return "latents"
     return "folder"
 
 
-def build_dataset(kind: str, data_path: str | None, image_size: int, num_classes: int):
-    """The dataset for ``kind``; images come unflipped (the training loop flips with its own RNG)."""
+def build_dataset(kind: str, data_path: str | None, image_size: int, num_classes: int,
+                  num_images: int | None = None):
+    """The dataset for ``kind``; images come unflipped (the training loop flips with its own RNG).
+
+    ``num_images`` sizes the built-in set (default ``BUILTIN_SIZE``); its first images are the same
+    whatever the size, so a small set is a prefix of the large one.
+    """
     if kind == "builtin":
         from .procedural import ProceduralImages
 
-        return ProceduralImages(BUILTIN_SIZE, resolution=image_size, num_classes=num_classes, seed=0)
+        return ProceduralImages(num_images or BUILTIN_SIZE, resolution=image_size, num_classes=num_classes, seed=0)
     if kind == "latents":
         ds = LatentDataset(data_path)
         if ds.image_size != image_size:

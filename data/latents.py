@@ -32,8 +32,11 @@ class LatentDataset(Dataset):
     def __init__(self, root: str | Path):
         root = Path(root)
         if not is_latent_cache(root):
+            if (root / "moments.npy").exists():
+                raise ValueError(f"{root} is an incomplete latent cache (no {MANIFEST}: encoding was interrupted "
+                                 "or is still running); re-run preprocessing/encode_latents.py with this --output")
             raise ValueError(f"{root} is not a latent cache (no {MANIFEST}); "
-                             "create one with preprocessing/encode_latents.py or let it finish")
+                             "create one with preprocessing/encode_latents.py")
         self.manifest = json.loads((root / MANIFEST).read_text())
         if self.manifest.get("format") != FORMAT:
             raise ValueError(f"{root}/{MANIFEST}: unknown format {self.manifest.get('format')!r}")
@@ -47,6 +50,10 @@ class LatentDataset(Dataset):
         self.vae = self.manifest["vae"]
         self.latent_shape = tuple(self.manifest["latent_shape"])
         self.num_classes = int(self.manifest["num_classes"])
+        c, h, w = self.latent_shape
+        if self.moments.shape[1:] != (2, 2 * c, h, w):
+            raise ValueError(f"{root}/moments.npy has shape {self.moments.shape}, not (N, 2, {2 * c}, {h}, {w}) "
+                             f"as {MANIFEST} says; re-run preprocessing/encode_latents.py")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -56,7 +63,10 @@ class LatentDataset(Dataset):
 
 
 def sample_latents(moments: torch.Tensor, flip: torch.Tensor, scale: float) -> torch.Tensor:
-    """Pick each row's (flipped or not) moments and draw ``(mean + std * eps) * scale``."""
-    chosen = torch.where(flip[:, None, None, None], moments[:, 1], moments[:, 0])
+    """Pick each row's (flipped or not) moments and draw ``(mean + std * eps) * scale``.
+
+    ``flip`` may live on another device than ``moments`` (the training loop draws it on the CPU).
+    """
+    chosen = torch.where(flip.to(moments.device)[:, None, None, None], moments[:, 1], moments[:, 0])
     mean, std = chosen.chunk(2, dim=1)
     return (mean + std * torch.randn_like(mean)) * scale

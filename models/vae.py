@@ -64,17 +64,20 @@ def load_vae(name: str, device: torch.device | str = "cpu") -> torch.nn.Module:
     """
     if name == "none":
         return PixelCodec().to(device)
-    from diffusers import AutoencoderKL
-
-    path = Path(name)
+    path = Path(name).expanduser()
+    repo = HUB_NAMES.get(name, name)
     if path.exists():
         if not (path / "config.json").is_file():
             raise ValueError(f"--vae {name}: expected a diffusers AutoencoderKL folder with config.json "
                              "and diffusion_pytorch_model.safetensors")
-        return SDVAE(AutoencoderKL.from_pretrained(path)).to(device)
-    repo = HUB_NAMES.get(name, name)
-    if "/" not in repo:
+    elif "/" not in repo:
         raise ValueError(f"--vae {name}: use ema, mse, none, a local diffusers folder or a hub id")
+    elif name.startswith((".", "/", "~")) or repo.count("/") > 1:  # a hub id is exactly "owner/name"
+        raise ValueError(f"--vae {name}: no such folder")
+    from diffusers import AutoencoderKL
+
+    if path.exists():
+        return SDVAE(AutoencoderKL.from_pretrained(path)).to(device)
     try:
         vae = AutoencoderKL.from_pretrained(repo, local_files_only=True)
     except Exception:
@@ -85,8 +88,9 @@ def load_vae(name: str, device: torch.device | str = "cpu") -> torch.nn.Module:
             except Exception:
                 vae = None
         if vae is None:
+            local = f"vae/{repo.split('/')[-1]}"
             raise ValueError(f"--vae {name}: {repo} is not in the Hugging Face cache and cannot be downloaded; "
-                             f"on a machine with internet run `huggingface-cli download {repo} --local-dir "
-                             f"vae/{repo.split('/')[-1]}`, copy the folder here and pass --vae "
-                             f"vae/{repo.split('/')[-1]}") from None
+                             f"on a machine with internet run `hf download {repo} config.json "
+                             f"diffusion_pytorch_model.safetensors --local-dir {local}`, copy the folder here "
+                             f"and pass --vae {local}") from None
     return SDVAE(vae).to(device)

@@ -52,15 +52,23 @@ def main(args: argparse.Namespace) -> None:
         raise ValueError(f"--image-size {args.image_size} is not divisible by 8")
     if args.vae == "none":
         raise ValueError("--vae none has no latents to cache; train on the images directly")
+    for name in ("num_images", "batch_size"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive")
     kind = resolve_dataset_kind(args.dataset, args.data_path)
-    dataset = build_dataset(kind, args.data_path, args.image_size, args.num_classes)
+    if kind == "latents":
+        raise ValueError(f"--data-path {args.data_path} is already a latent cache; pass an image folder")
+    # The built-in set is rendered up front: build only the images to encode.
+    builtin_count = (args.num_images or 10_000) if kind == "builtin" else None
+    dataset = build_dataset(kind, args.data_path, args.image_size, args.num_classes, num_images=builtin_count)
     count = len(dataset) if args.num_images is None else min(args.num_images, len(dataset))
-    if kind == "builtin" and args.num_images is None:
-        count = 10_000
     out = Path(args.output)
     accelerator = setup_accelerator()
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     codec = load_vae(args.vae, device)
+    if args.image_size % codec.downsample != 0:
+        raise ValueError(f"--image-size {args.image_size} is not divisible by the VAE's downsampling "
+                         f"factor {codec.downsample}")
     size = args.image_size // codec.downsample
     shape = (count, 2, 2 * codec.latent_channels, size, size)
     if accelerator.is_main_process:
