@@ -63,6 +63,7 @@ def test_eval_every_records_a_proxy_metric_curve(tmp_path, monkeypatch):
 
     untrained = proxy.ProxyClassifier(10).eval()  # the real one trains for a minute; scoring is what is tested
     monkeypatch.setattr(proxy, "get_proxy_classifier", lambda *a, **k: untrained)
+    monkeypatch.setenv("DIFFUSION_LAB_CACHE", str(tmp_path / "cache"))
     train.main(train.parse_args([*TINY_TRAIN, "--results-dir", str(tmp_path), "--max-steps", "4",
                                  "--log-every", "2", "--ckpt-every", "100", "--eval-every", "2",
                                  "--eval-samples", "20", "--eval-sampling-steps", "3"]))
