@@ -8,6 +8,8 @@ is ``torch.randn(*shape)``, then every step calls the model first and draws one
 
 from __future__ import annotations
 
+from collections import deque
+
 import torch
 
 from .diffusion_utils import gather
@@ -42,36 +44,14 @@ class SamplingMixin:
         sample = out["mean"] + _batch_mask(t, x.ndim) * torch.exp(0.5 * out["log_variance"]) * noise
         return {"sample": sample, "pred_xstart": out["pred_xstart"]}
 
-    def p_sample_loop(
-        self,
-        model,
-        shape,
-        noise=None,
-        clip_denoised=True,
-        denoised_fn=None,
-        cond_fn=None,
-        model_kwargs=None,
-        device=None,
-        progress=False,
-    ):
+    def p_sample_loop(self, model, shape, noise=None, **kwargs):
         """Ancestral sampling from x_{T-1} ~ N(0, I) (or ``noise``) down to x_0; returns x_0.
 
-        ``device`` defaults to that of ``noise``, else of the model's parameters;
-        ``progress=True`` shows a tqdm bar.
+        Keywords as ``p_sample_loop_progressive``: ``noise``, ``clip_denoised``, ``denoised_fn``,
+        ``cond_fn``, ``model_kwargs``, ``device`` (default: that of ``noise``, else of the
+        model's parameters) and ``progress`` (a tqdm bar).
         """
-        for out in self.p_sample_loop_progressive(
-            model,
-            shape,
-            noise=noise,
-            clip_denoised=clip_denoised,
-            denoised_fn=denoised_fn,
-            cond_fn=cond_fn,
-            model_kwargs=model_kwargs,
-            device=device,
-            progress=progress,
-        ):
-            final = out
-        return final["sample"]
+        return _last(self.p_sample_loop_progressive(model, shape, noise, **kwargs))["sample"]
 
     def p_sample_loop_progressive(
         self,
@@ -121,35 +101,10 @@ class SamplingMixin:
         sample = mean + _batch_mask(t, x.ndim) * sigma * noise
         return {"sample": sample, "pred_xstart": out["pred_xstart"]}
 
-    def ddim_sample_loop(
-        self,
-        model,
-        shape,
-        noise=None,
-        clip_denoised=True,
-        denoised_fn=None,
-        cond_fn=None,
-        model_kwargs=None,
-        device=None,
-        progress=False,
-        eta=0.0,
-    ):
+    def ddim_sample_loop(self, model, shape, noise=None, **kwargs):
         """DDIM sampling over every step of this (usually respaced) process; returns x_0.
-        Arguments as ``p_sample_loop``."""
-        for out in self.ddim_sample_loop_progressive(
-            model,
-            shape,
-            noise=noise,
-            clip_denoised=clip_denoised,
-            denoised_fn=denoised_fn,
-            cond_fn=cond_fn,
-            model_kwargs=model_kwargs,
-            device=device,
-            progress=progress,
-            eta=eta,
-        ):
-            final = out
-        return final["sample"]
+        Keywords as ``ddim_sample_loop_progressive`` (those of ``p_sample_loop`` and ``eta``)."""
+        return _last(self.ddim_sample_loop_progressive(model, shape, noise, **kwargs))["sample"]
 
     def ddim_sample_loop_progressive(
         self,
@@ -196,3 +151,8 @@ class SamplingMixin:
                 out = step(model, x, t, **step_kwargs)
                 yield out
                 x = out["sample"]
+
+
+def _last(iterable):
+    """The final item of a progressive loop."""
+    return deque(iterable, maxlen=1)[0]

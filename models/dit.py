@@ -165,4 +165,6 @@ DiT_models = {
     **{f"DiT-B/{p}": dit_config(12, 768, p, 12) for p in (2, 4, 8)},
     **{f"DiT-S/{p}": dit_config(12, 384, p, 6) for p in (2, 4, 8)},
     **{f"DiT-Ti/{p}": dit_config(2, 64, p, 4) for p in (2, 4, 8)},
+    # `make demo`: a few minutes of CPU training on the built-in dataset.
+    **{f"DiT-Demo/{p}": dit_config(6, 128, p, 4) for p in (2, 4, 8)},
 }

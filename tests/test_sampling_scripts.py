@@ -30,6 +30,7 @@ def test_sample_ddp_two_gloo_processes_write_exactly_n_and_resume(trained_run, t
             "--per-proc-batch-size", "3", "--num-sampling-steps", "4", "--sample-dir", str(tmp_path)]
     proc = run_script(*args)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "(2 process(es))" in proc.stdout  # one process group of two, not two single processes
     (npz_path,) = list(tmp_path.glob("*.npz"))
     data = np.load(npz_path)
     assert data["arr_0"].shape == (10, 16, 16, 3) and data["arr_0"].dtype == np.uint8

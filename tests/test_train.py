@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from conftest import TINY_TRAIN, run_script
 
@@ -77,3 +78,19 @@ def test_eval_every_records_a_proxy_metric_curve(tmp_path, monkeypatch):
 def test_eval_every_needs_the_builtin_dataset(tmp_path):
     proc = run_script("train.py", "--data-path", str(tmp_path), "--eval-every", "10", "--vae", "none")
     assert proc.returncode == 2 and "--dataset builtin" in proc.stderr
+
+
+@pytest.mark.multiprocess
+def test_torchrun_two_gloo_processes_train_and_resume(tmp_path):
+    launch = ["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", "train.py", *TINY_TRAIN,
+              "--results-dir", str(tmp_path), "--log-every", "2", "--ckpt-every", "2"]
+    proc = run_script(*launch, "--max-steps", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = tmp_path / "000-DiT-Ti-4"
+    ckpt = torch.load(run_dir / "checkpoints" / "0000002.pt", weights_only=False)
+    assert len(ckpt["rng"]) == 2  # one random state per process
+    assert not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])
+    proc = run_script(*launch, "--max-steps", "4", "--resume", str(run_dir))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert torch.load(run_dir / "checkpoints" / "0000004.pt", weights_only=False)["steps"] == 4
+    assert "2 process(es)" in (run_dir / "log.txt").read_text()

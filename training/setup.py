@@ -34,7 +34,9 @@ def setup_accelerator(mixed_precision: str = "no", report_to: str = "none", allo
     kwargs = {}
     if report_to == "tensorboard":
         kwargs["project_dir"] = "."
-    return Accelerator(mixed_precision=mixed_precision, log_with=log_with, **kwargs)
+    # Without CUDA, cpu=True is what makes accelerate join a torchrun process group (gloo).
+    return Accelerator(mixed_precision=mixed_precision, log_with=log_with, cpu=not torch.cuda.is_available(),
+                       **kwargs)
 
 
 def seed_everything(seed: int) -> None:
