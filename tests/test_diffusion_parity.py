@@ -13,41 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
+from fixtures.record_dit_diffusion import TinyModel, cond_fn  # the recorder's own stand-in model: no drift
 
 from diffusion import create_diffusion, space_timesteps
 
 FIXTURE = Path(__file__).parent / "fixtures" / "dit_diffusion_reference.pt"
 SOURCE = "facebookresearch/DiT @ ed81ce2, diffusion/"
 ATOL, RTOL = 1e-6, 1e-5  # on the recording machine the match is bit-exact
-C = 4
-
-
-class TinyModel(nn.Module):
-    """Same as tests/fixtures/record_dit_diffusion.py: 1x1 channel mix of x plus terms in t and y."""
-
-    def __init__(self, learn_sigma: bool = True):
-        super().__init__()
-        self.learn_sigma = learn_sigma
-        out = 2 * C if learn_sigma else C
-        o = torch.arange(out, dtype=torch.float64)[:, None]
-        i = torch.arange(C, dtype=torch.float64)[None, :]
-        self.weight = nn.Parameter((0.4 * torch.sin(1.3 * o + 0.7 * i + 0.1)).float())
-        self.bias = nn.Parameter((0.1 * torch.cos(0.9 * o[:, 0])).float())
-
-    def forward(self, x, t, y=None):
-        h = (self.weight[None, :, :, None, None] * x[:, None]).sum(dim=2) + self.bias[None, :, None, None]
-        phase = torch.arange(h.shape[1], dtype=torch.float32)[None, :, None, None]
-        h = h + 0.5 * torch.sin(t.float()[:, None, None, None] / 150.0 + phase)
-        if y is not None:
-            h = h + 0.05 * y.float()[:, None, None, None]
-        if self.learn_sigma:
-            h = torch.cat([h[:, :C], torch.tanh(h[:, C:])], dim=1)
-        return h
-
-
-def cond_fn(x, t, y=None):
-    return -0.1 * x + 1e-4 * t.float()[:, None, None, None] + 0.01 * y.float()[:, None, None, None]
 
 
 @pytest.fixture(scope="module")
