@@ -1,8 +1,9 @@
-"""Sample a grid of images from a DiT: an official release or a checkpoint of train.py.
+"""Sample a grid of images from any model: an official DiT release, REPA / REG checkpoints, or train.py's.
 
   python sample.py --image-size 512 --seed 1                   # official DiT-XL/2 512x512
   python sample.py --model DiT-L/4 --image-size 256 --ckpt /path/to/model.pt
   python sample.py --ckpt results/000-DiT-Ti-4/checkpoints/0002000.pt --sampler ddim --num-sampling-steps 50
+  python sample.py --model SiT-XL/2 --ckpt last.pt --sampler ode --num-sampling-steps 50   # REPA
 Writes ``sample.png`` (or ``--output``).
 """
 
@@ -12,14 +13,15 @@ import argparse
 
 import torch
 
-from diffusion import create_diffusion
-from diffusion.pipeline import sample_latents
+from diffusion.pipeline import DDPM_SAMPLERS, FLOW_SAMPLERS, generate
 from models import MODEL_NAMES
 from models.pretrained import build_for_sampling, resolve_sampling_config
 from models.vae import load_vae
+from sample_ddp import add_flow_args, sampling_settings
 from training.cli import run_cli
 from training.monitor import save_grid
 from training.setup import enable_tf32
+from training.visual import grid_sampler
 
 IMAGENET_DEMO_CLASSES = [207, 360, 387, 974, 88, 979, 417, 279]  # official sample.py
 
@@ -33,14 +35,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=None, help="default: the checkpoint's, else 256")
     p.add_argument("--num-classes", type=int, default=None, help="default: the checkpoint's, else 1000")
     p.add_argument("--cfg-scale", type=float, default=4.0)
-    p.add_argument("--num-sampling-steps", type=int, default=250)
-    p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm")
+    p.add_argument("--num-sampling-steps", "--num-steps", dest="num_sampling_steps", type=int, default=250)
+    p.add_argument("--sampler", "--mode", dest="sampler", choices=[*DDPM_SAMPLERS, *FLOW_SAMPLERS], default=None,
+                   help="default: ddpm for DiT, ode for SiT / REPA, sde for REG")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0 = deterministic)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--class-labels", type=int, nargs="+", default=None,
                    help="default: the official eight ImageNet classes, or the first classes of the checkpoint")
     p.add_argument("--ckpt", type=str, default=None, help="default: download the official DiT-XL/2 weights")
     p.add_argument("--output", type=str, default="sample.png")
+    add_flow_args(p)
     args = p.parse_args(argv)
     args.default_vae = "mse"
     return args
@@ -60,13 +64,12 @@ def main(args: argparse.Namespace) -> None:
     bad = [c for c in labels if not 0 <= c < cfg["num_classes"]]
     if bad:
         raise ValueError(f"--class-labels {bad} outside 0..{cfg['num_classes'] - 1}")
-    steps = f"ddim{args.num_sampling_steps}" if args.sampler == "ddim" else str(args.num_sampling_steps)
-    diffusion = create_diffusion(steps)
+    args.sampler = args.sampler or grid_sampler(model)
+    settings = sampling_settings(args, cfg, model, codec)
     size = cfg["image_size"] // codec.downsample
     noise = torch.randn(len(labels), codec.latent_channels, size, size, device=device)
     y = torch.tensor(labels, device=device)
-    z = sample_latents(model, diffusion, noise, y, cfg_scale=args.cfg_scale, num_classes=cfg["num_classes"],
-                       sampler=args.sampler, eta=args.eta, progress=True)
+    z = generate(model, noise, y, progress=True, **settings["kwargs"])
     save_grid(codec.decode(z), args.output, nrow=4)
     print(f"saved {len(labels)} samples of {cfg['model']} ({cfg['ckpt']}) to {args.output}")
 

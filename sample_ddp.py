@@ -1,7 +1,10 @@
 """Many samples for FID, in parallel: PNGs plus one ``.npz`` (``arr_0``: uint8 NHWC, exactly N images;
-``arr_1``: their class labels) for the ADM evaluator.
+``arr_1``: their class labels) for the ADM evaluator. Any model: DiT (DDPM / DDIM) or SiT / REPA /
+REG (Euler ODE / Euler-Maruyama SDE with a guidance interval; REG's class-token guidance).
 
   torchrun --nnodes=1 --nproc_per_node=N sample_ddp.py --model DiT-XL/2 --num-fid-samples 50000
+  torchrun --nproc_per_node=N sample_ddp.py --ckpt exps/reg/checkpoints/4000000.pt --sampler sde \
+      --num-sampling-steps 250 --cfg-scale 2.3 --cls-cfg-scale 2.3 --guidance-high 0.85
   torchrun --nproc_per_node=2 sample_ddp.py --ckpt results/000-DiT-Ti-4/checkpoints/0002000.pt   # CPU: gloo
 
 Image ``i`` of batch ``b`` on rank ``r`` is file ``b * global_batch + i * world + r`` (official
@@ -20,14 +23,14 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from diffusion import create_diffusion
-from diffusion.pipeline import sample_latents
+from diffusion.pipeline import DDPM_SAMPLERS, FLOW_SAMPLERS, generate
 from models import MODEL_NAMES
 from models.pretrained import build_for_sampling, resolve_sampling_config
 from models.vae import load_vae
 from training.cli import run_cli
 from training.monitor import to_uint8
 from training.setup import setup_accelerator
+from training.visual import eval_sampler
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -37,18 +40,51 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sample-dir", type=str, default="samples")
     p.add_argument("--per-proc-batch-size", type=int, default=32)
     p.add_argument("--num-fid-samples", type=int, default=50_000)
-    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--image-size", "--resolution", dest="image_size", type=int, default=None)
     p.add_argument("--num-classes", type=int, default=None)
     p.add_argument("--cfg-scale", type=float, default=1.5)
-    p.add_argument("--num-sampling-steps", type=int, default=250)
-    p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm")
-    p.add_argument("--eta", type=float, default=0.0)
+    p.add_argument("--num-sampling-steps", "--num-steps", dest="num_sampling_steps", type=int, default=250)
+    p.add_argument("--sampler", "--mode", dest="sampler", choices=[*DDPM_SAMPLERS, *FLOW_SAMPLERS], default=None,
+                   help="default: ddpm for DiT, sde for SiT (the papers' FID samplers)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0 = deterministic)")
     p.add_argument("--global-seed", type=int, default=0)
     p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--ckpt", type=str, default=None)
+    add_flow_args(p)
     args = p.parse_args(argv)
     args.default_vae = "ema"
     return args
+
+
+def add_flow_args(p: argparse.ArgumentParser) -> None:
+    """REPA / REG sampling flags (SiT models; ``generate.py`` shares them)."""
+    sit = p.add_argument_group("SiT / REPA / REG")
+    sit.add_argument("--heun", action="store_true", help="Heun steps for the ODE sampler")
+    sit.add_argument("--guidance-low", type=float, default=0.0, help="guide only for t >= this (t=1 is noise)")
+    sit.add_argument("--guidance-high", type=float, default=1.0, help="guide only for t <= this")
+    sit.add_argument("--cls-cfg-scale", type=float, default=1.5, help="REG: guidance of the class token")
+    sit.add_argument("--path-type", choices=["linear", "cosine"], default=None, help="default: the checkpoint's")
+    sit.add_argument("--encoder-depth", type=int, default=None, help="default: the checkpoint's args, else 8")
+    sit.add_argument("--projector-embed-dims", type=str, default=None,
+                     help="checked against the checkpoint's projectors (e.g. 768)")
+    sit.add_argument("--cls", type=int, default=None, help="REG: class token size, checked against the checkpoint")
+
+
+def sampling_settings(args, cfg: dict, model, codec) -> dict:
+    """``diffusion.pipeline.generate`` arguments for this model family, and a name for them."""
+    sampler = args.sampler or eval_sampler(model)
+    kw = dict(sampler=sampler, num_steps=args.num_sampling_steps, cfg_scale=args.cfg_scale,
+              num_classes=cfg["num_classes"])
+    name = f"cfg-{args.cfg_scale}-{sampler}{args.num_sampling_steps}"
+    if sampler in DDPM_SAMPLERS:
+        kw.update(noise_schedule=cfg.get("noise_schedule", "linear"), eta=args.eta, clip_denoised=codec.bounded)
+        name += f"-eta{args.eta}" if sampler == "ddim" else ""
+    else:
+        kw.update(heun=args.heun, guidance_low=args.guidance_low, guidance_high=args.guidance_high,
+                  path_type=cfg["path_type"], cls_cfg_scale=args.cls_cfg_scale)
+        name += f"{'-heun' if args.heun else ''}-{args.guidance_low}-{args.guidance_high}"
+        name += f"-cls{args.cls_cfg_scale}" if getattr(model, "cls_token_dim", None) else ""
+    return {"kwargs": kw, "name": name}
 
 
 def batch_seed(global_seed: int, batch: int, world: int, rank: int) -> int:
@@ -84,12 +120,11 @@ def main(args: argparse.Namespace) -> None:
     state_dict, cfg = resolve_sampling_config(args)
     codec = load_vae(cfg["vae"], device)
     model = build_for_sampling(state_dict, cfg, codec, device)
-    steps = f"ddim{args.num_sampling_steps}" if args.sampler == "ddim" else str(args.num_sampling_steps)
-    diffusion = create_diffusion(steps)
+    settings = sampling_settings(args, cfg, model, codec)
 
     ckpt_name = Path(cfg["ckpt"]).stem
     folder = Path(args.sample_dir) / (f"{cfg['model'].replace('/', '-')}-{ckpt_name}-size-{cfg['image_size']}-"
-                                      f"vae-{cfg['vae']}-cfg-{args.cfg_scale}-seed-{args.global_seed}")
+                                      f"vae-{cfg['vae']}-seed-{args.global_seed}-{settings['name']}")
     if accelerator.is_main_process:
         folder.mkdir(parents=True, exist_ok=True)
         print(f"saving .png samples at {folder}")
@@ -110,8 +145,7 @@ def main(args: argparse.Namespace) -> None:
         torch.manual_seed(seed)
         noise = torch.randn(n, codec.latent_channels, size, size, device=device)
         y = batch_labels(seed, n, cfg["num_classes"]).to(device)
-        z = sample_latents(model, diffusion, noise, y, cfg_scale=args.cfg_scale, num_classes=cfg["num_classes"],
-                           sampler=args.sampler, eta=args.eta)
+        z = generate(model, noise, y, **settings["kwargs"])
         for j, img in zip(indices, to_uint8(codec.decode(z))):
             tmp = folder / f"{j:06d}.tmp.png"
             Image.fromarray(img).save(tmp)
@@ -128,6 +162,7 @@ def main(args: argparse.Namespace) -> None:
         print(f"saved .npz file to {path} [shape=({args.num_fid_samples}, {cfg['image_size']}, "
               f"{cfg['image_size']}, 3)]")
     accelerator.wait_for_everyone()
+    return folder.parent / (folder.name + ".npz")
 
 
 if __name__ == "__main__":

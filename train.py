@@ -1,12 +1,17 @@
-"""Train a class-conditional DiT (Peebles & Xie, 2023) with DDPM, on images or cached latents.
+"""Train a class-conditional DiT (DDPM) or SiT / REPA / REG (interpolant) model, on images or latents.
 
   torchrun --nnodes=1 --nproc_per_node=N train.py --model DiT-XL/2 --data-path /path/to/imagenet/train
-  accelerate launch train.py --model DiT-B/4 --data-path latents/ --mixed-precision bf16
+  accelerate launch --multi_gpu --num_processes 8 train.py --model SiT-XL/2 --enc-type dinov2-vit-b \
+      --encoder-depth 8 --proj-coeff 0.5 --cls 0.03 --batch-size 256 --data-dir data/ --exp-name reg
   python train.py --dataset builtin --model DiT-Ti/4 --image-size 32 --vae none --max-steps 2000
 
-Story: parse and validate the flags, set up the run folder, build data / VAE / model /
-diffusion, then loop: sample t and noise, take an AdamW step, update the EMA, log,
-checkpoint (atomically, with everything an exact resume needs).
+Both families share the loop; each keeps its original's flags and defaults. SiT models take
+REPA/REG's flags (``--proj-coeff 0 --cls 0`` is plain SiT, ``--cls 0`` is REPA); the flags that
+only one family has are refused for the other.
+
+Story: parse and validate the flags, set up the run folder, build data / VAE / encoders / model /
+objective, then loop: draw the loss terms, take an AdamW step, update the EMA, log, checkpoint
+(atomically, with everything an exact resume needs).
 """
 
 from __future__ import annotations
@@ -23,10 +28,13 @@ from accelerate.utils import gather_object
 
 from data import build_dataset, resolve_dataset_kind
 from data.latents import sample_latents as draw_cached_latents
-from diffusion import create_diffusion
+from diffusion import NOISE_SCHEDULES, create_diffusion
+from loss.denoising import DDPMObjective, InterpolantObjective
 from models import MODEL_NAMES, create_model
+from models.encoders import load_encoders
 from models.vae import load_vae
 from training import checkpoint as ckpt_io
+from training.alignment import check_token_counts, encoder_targets
 from training.cli import run_cli
 from training.data import make_loader, random_flip
 from training.ema import requires_grad, update_ema
@@ -39,32 +47,81 @@ from training.visual import evaluate_builtin, sample_grid
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data-path", type=str, default=None, help="ImageNet-style folder or a latent cache")
-    p.add_argument("--dataset", choices=["folder", "latents", "builtin"], default=None,
-                   help="default: 'latents' if --data-path holds latents.json, else 'folder'")
-    p.add_argument("--results-dir", type=str, default="results")
+    p.add_argument("--data-path", "--data-dir", dest="data_path", type=str, default=None,
+                   help="ImageNet-style folder, a latent cache, or REPA/REG's layout (imagenet_256_vae/ + vae-sd/)")
+    p.add_argument("--dataset", choices=["folder", "latents", "repa", "builtin"], default=None,
+                   help="default: from what --data-path holds")
+    p.add_argument("--results-dir", "--output-dir", dest="results_dir", type=str, default="results")
+    p.add_argument("--exp-name", type=str, default=None,
+                   help="run folder {results-dir}/{exp-name} (REPA) instead of a numbered one (DiT)")
     p.add_argument("--model", type=str, default="DiT-XL/2", help=f"one of {', '.join(MODEL_NAMES)}")
-    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--image-size", "--resolution", dest="image_size", type=int, default=256)
     p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--epochs", type=int, default=1400)
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
-    p.add_argument("--global-batch-size", type=int, default=256)
-    p.add_argument("--global-seed", type=int, default=0)
+    p.add_argument("--max-steps", "--max-train-steps", dest="max_steps", type=int, default=None,
+                   help="stop after this many optimizer steps")
+    p.add_argument("--global-batch-size", "--batch-size", dest="global_batch_size", type=int, default=256)
+    p.add_argument("--global-seed", "--seed", dest="global_seed", type=int, default=0)
     p.add_argument("--vae", type=str, default="ema", help="ema | mse | none (pixel space) | folder | hub id")
     p.add_argument("--num-workers", type=int, default=4)
     p.add_argument("--log-every", type=int, default=100)
-    p.add_argument("--ckpt-every", type=int, default=50_000)
+    p.add_argument("--ckpt-every", "--checkpointing-steps", dest="ckpt_every", type=int, default=50_000)
     p.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=1e-4)
     p.add_argument("--ema-decay", type=float, default=0.9999)
+    p.add_argument("--max-grad-norm", type=float, default=None,
+                   help="gradient clipping (default: none for DiT, 1.0 for SiT, as the originals)")
+    p.add_argument("--cfg-prob", type=float, default=0.1, help="label dropout for classifier-free guidance")
     p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
+    p.add_argument("--allow-tf32", action="store_true", help="TF32 matmuls for SiT (DiT's train.py always has them)")
     p.add_argument("--resume", type=str, default=None, help="a checkpoint file or a run folder (its newest)")
+    p.add_argument("--resume-step", type=int, default=0, help="resume {results-dir}/{exp-name}/checkpoints/"
+                   "{step:07d}.pt (REPA)")
     p.add_argument("--report-to", choices=["none", "wandb", "tensorboard"], default="none")
     p.add_argument("--eval-every", type=int, default=0, help="score EMA samples every N steps and at the end "
                    "(0 = off; proxy metrics, --dataset builtin)")
     p.add_argument("--eval-samples", type=int, default=500, help="samples per evaluation, spread over the classes")
-    p.add_argument("--eval-sampling-steps", type=int, default=250, help="DDPM steps for evaluation samples")
+    p.add_argument("--eval-sampling-steps", type=int, default=250,
+                   help="sampler steps for evaluation samples (DDPM for DiT, Euler-Maruyama for SiT)")
     p.add_argument("--eval-cfg-scale", type=float, default=1.0)
+    dit = p.add_argument_group("DiT only")
+    dit.add_argument("--noise-schedule", choices=list(NOISE_SCHEDULES), default=None,
+                     help="beta schedule: linear (DiT, default) or cosine (IDDPM, better at low resolution)")
+    sit = p.add_argument_group("SiT / REPA / REG only (defaults are REG's)")
+    sit.add_argument("--enc-type", type=str, default=None, help="frozen encoder(s), e.g. dinov2-vit-b (default)")
+    sit.add_argument("--encoder-depth", type=int, default=None, help="block whose tokens are aligned (REPA: 8)")
+    sit.add_argument("--proj-coeff", type=float, default=None, help="projection loss weight (0.5)")
+    sit.add_argument("--cls", type=float, default=None, help="REG class-token loss weight (0.03; 0 = REPA)")
+    sit.add_argument("--path-type", choices=["linear", "cosine"], default=None, help="interpolant (linear)")
+    sit.add_argument("--prediction", choices=["v"], default=None, help="model target (v)")
+    sit.add_argument("--weighting", choices=["uniform", "lognormal"], default=None, help="time sampling (uniform)")
+    sit.add_argument("--qk-norm", action="store_true", default=None, help="LayerNorm on queries and keys")
+    sit.add_argument("--legacy", action="store_true", default=None,
+                     help="drop labels a second time with --cfg-prob, as REPA's first runs did")
     return p.parse_args(argv)
+
+
+SIT_DEFAULTS = {"enc_type": "dinov2-vit-b", "proj_coeff": 0.5, "cls": 0.03, "path_type": "linear",
+                "prediction": "v", "weighting": "uniform", "qk_norm": False, "legacy": False,
+                "max_grad_norm": 1.0}
+DIT_DEFAULTS = {"noise_schedule": "linear", "max_grad_norm": None}
+
+
+def is_sit(model_name: str) -> bool:
+    return model_name.startswith("SiT-")
+
+
+def resolve_family_flags(args: argparse.Namespace) -> None:
+    """Refuse the other family's flags, then fill this family's defaults (so args.json records them)."""
+    mine, theirs = (SIT_DEFAULTS, DIT_DEFAULTS) if is_sit(args.model) else (DIT_DEFAULTS, SIT_DEFAULTS)
+    family = "SiT (REPA / REG)" if is_sit(args.model) else "DiT (DDPM)"
+    others = [*theirs, *([] if is_sit(args.model) else ["encoder_depth"])]
+    for key in others:
+        if key not in mine and getattr(args, key) is not None:
+            raise ValueError(f"--{key.replace('_', '-')} does not apply to {args.model}: {family} models do not "
+                             "use it (DiT trains with DDPM; SiT-* models take the REPA/REG flags)")
+    for key, value in mine.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
 
 
 def validate(args: argparse.Namespace) -> None:
@@ -80,6 +137,16 @@ def validate(args: argparse.Namespace) -> None:
         raise ValueError("--max-steps must be positive")
     if args.eval_every < 0 or args.eval_samples <= 0 or args.eval_sampling_steps <= 0:
         raise ValueError("--eval-every must be >= 0, --eval-samples and --eval-sampling-steps positive")
+    if not 0 <= args.cfg_prob < 1:
+        raise ValueError("--cfg-prob must be in [0, 1)")
+    if args.resume_step and not args.exp_name:
+        raise ValueError("--resume-step needs --exp-name (the run folder {results-dir}/{exp-name}); "
+                         "or pass --resume with a checkpoint file or run folder")
+    if args.resume_step and args.resume:
+        raise ValueError("pass either --resume or --resume-step, not both")
+    resolve_family_flags(args)
+    if is_sit(args.model) and args.proj_coeff < 0 or is_sit(args.model) and args.cls < 0:
+        raise ValueError("--proj-coeff and --cls must be >= 0")
     if args.eval_every and args.dataset != "builtin":
         raise ValueError("--eval-every scores with the built-in dataset's proxy classifier: use --dataset builtin "
                          "(Inception scores for other data come from sample_ddp.py and evaluations/)")
@@ -87,7 +154,15 @@ def validate(args: argparse.Namespace) -> None:
 
 def main(args: argparse.Namespace) -> None:
     validate(args)
+    sit = is_sit(args.model)
     kind = resolve_dataset_kind(args.dataset, args.data_path)
+    run_dir = Path(args.results_dir) / args.exp_name if args.exp_name else None
+    if args.resume_step:
+        args.resume = str(run_dir / "checkpoints" / f"{args.resume_step:07d}.pt")
+    elif run_dir is not None and not args.resume and ckpt_io.latest_checkpoint(run_dir) is not None:
+        newest = ckpt_io.latest_checkpoint(run_dir)
+        raise ValueError(f"{run_dir} already holds checkpoints (newest {newest.name}); continue it with "
+                         f"--resume-step {int(newest.stem)} or choose another --exp-name")
     resume_path = ckpt_io.resolve_resume(args.resume) if args.resume else None
     resume = ckpt_io.load_checkpoint(resume_path) if resume_path else None
     if resume is not None:
@@ -96,11 +171,17 @@ def main(args: argparse.Namespace) -> None:
     if kind == "latents" and args.vae != dataset.vae:
         raise ValueError(f"the latent cache was encoded with --vae {dataset.vae}, not {args.vae}; "
                          f"pass --vae {dataset.vae} (its decoder draws the sample grids)")
+    if kind == "repa" and args.vae == "none":
+        raise ValueError("REPA/REG's layout holds SD-VAE latents: pass --vae ema or mse (it decodes the grids)")
     max_label = getattr(dataset, "num_classes", None) or len(getattr(dataset, "classes", [])) or 0
     if max_label > args.num_classes:
         raise ValueError(f"the data has {max_label} classes but --num-classes is {args.num_classes}")
+    aligned = sit and (args.proj_coeff > 0 or args.cls > 0)
+    if aligned and kind == "latents":
+        raise ValueError("REPA/REG align to encoder features of the images, which a latent cache does not hold: "
+                         "use an image folder or REPA/REG's layout (preprocessing/dataset_tools.py)")
 
-    accelerator = setup_accelerator(args.mixed_precision, args.report_to)
+    accelerator = setup_accelerator(args.mixed_precision, args.report_to, allow_tf32=args.allow_tf32 or not sit)
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     if args.global_batch_size % world != 0:
         raise ValueError(f"--global-batch-size {args.global_batch_size} is not divisible by {world} processes")
@@ -109,28 +190,48 @@ def main(args: argparse.Namespace) -> None:
 
     # Run folder (rank 0 creates; resume continues in the checkpoint's folder).
     is_main = accelerator.is_main_process
-    run_dir = None
     if resume_path is not None:
         run_dir = resume_path.parent.parent
     elif is_main:
-        run_dir = create_run_dir(args.results_dir, args.model)
+        run_dir = create_run_dir(args.results_dir, args.model, args.exp_name)
     run_dir = Path(gather_object([str(run_dir) if is_main else ""])[0])
     logger = create_logger(run_dir, is_main)
     if is_main:
         save_args(run_dir, args)
     logger.info(f"run folder {run_dir}; {world} process(es) on {device}; data: {kind} ({len(dataset):,} items)")
     if args.report_to != "none":
-        accelerator.init_trackers(run_dir.name, config={k: str(v) for k, v in vars(args).items()})
+        accelerator.init_trackers(args.exp_name or run_dir.name,
+                                  config={k: str(v) for k, v in vars(args).items()})
 
-    # Codec, model, diffusion.
+    # Codec, encoders, model, objective.
     codec = load_vae(args.vae, device)  # with cached latents: only to decode the sample grids
     channels, latent_size = codec.latent_channels, args.image_size // codec.downsample
     if kind == "latents":
         channels, latent_size = dataset.latent_shape[0], dataset.latent_shape[-1]
-    model = create_model(args.model, input_size=latent_size, num_classes=args.num_classes, in_channels=channels)
+    if kind == "repa":
+        channels, latent_size = dataset.moments_shape[0] // 2, dataset.moments_shape[-1]
+    model_kwargs = dict(input_size=latent_size, num_classes=args.num_classes, in_channels=channels,
+                        class_dropout_prob=args.cfg_prob)
+    encoders, sampling = [], {}
+    if sit:
+        if aligned:
+            encoders = load_encoders(args.enc_type, device, args.image_size)
+        z_dims = [e.embed_dim for e in encoders]
+        model_kwargs.update(z_dims=z_dims, qk_norm=args.qk_norm,
+                            cls_token_dim=z_dims[0] if args.cls > 0 else None)
+        if args.encoder_depth is not None:
+            model_kwargs["encoder_depth"] = args.encoder_depth
+        objective = InterpolantObjective(args.path_type, args.weighting, args.prediction, args.proj_coeff, args.cls)
+        sampling["path_type"] = args.path_type
+    else:
+        diffusion = create_diffusion(timestep_respacing="", noise_schedule=NOISE_SCHEDULES[args.noise_schedule])
+        objective = DDPMObjective(diffusion)
+        sampling["noise_schedule"] = NOISE_SCHEDULES[args.noise_schedule]
+    model = create_model(args.model, **model_kwargs)
+    if encoders:
+        check_token_counts(encoders, model.x_embedder.num_patches, args.image_size, args.model)
     ema = deepcopy(model).to(device)
     requires_grad(ema, False)
-    diffusion = create_diffusion(timestep_respacing="")
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0, fused=device.type == "cuda")
     steps, data_state = 0, {"epoch": 0, "position": 0}
     if resume is not None:
@@ -140,12 +241,10 @@ def main(args: argparse.Namespace) -> None:
         steps, data_state = resume["steps"], resume["data"]
     else:
         update_ema(ema, model, decay=0)
-    flops = train_flops_per_sample(model.eval().to(device),
-                                   torch.zeros(1, channels, latent_size, latent_size, device=device),
-                                   torch.zeros(1, device=device, dtype=torch.long),
-                                   torch.zeros(1, device=device, dtype=torch.long))
+    flops = train_flops_per_sample(model.eval().to(device), *example_inputs(model, channels, latent_size, device))
     n_params = sum(p.numel() for p in model.parameters())
-    logger.info(f"{args.model}: {n_params:,} parameters, input {channels}x{latent_size}x{latent_size}")
+    logger.info(f"{args.model}: {n_params:,} parameters, input {channels}x{latent_size}x{latent_size}"
+                + (f"; aligned to {args.enc_type} after block {model.encoder_depth}" if encoders else ""))
     model, opt = accelerator.prepare(model.to(device), opt)
     if resume is not None and accelerator.scaler is not None and "scaler" in resume:
         accelerator.scaler.load_state_dict(resume["scaler"])
@@ -171,12 +270,12 @@ def main(args: argparse.Namespace) -> None:
         if is_main:
             state = {"model": accelerator.unwrap_model(model).state_dict(), "ema": ema.state_dict(),
                      "opt": opt.state_dict(), "args": vars(args), "steps": steps, "rng": rngs,
-                     "data": dict(data_state)}
+                     "data": dict(data_state), "model_kwargs": model_kwargs}
             if accelerator.scaler is not None:
                 state["scaler"] = accelerator.scaler.state_dict()
             ckpt_io.save_atomic(state, path)
             sample_grid(ema, codec, grid_noise, grid_labels, args.num_classes,
-                        run_dir / "samples" / f"{steps:07d}.png")
+                        run_dir / "samples" / f"{steps:07d}.png", **sampling)
             logger.info(f"saved checkpoint {path}")
         accelerator.wait_for_everyone()
         return path
@@ -184,7 +283,8 @@ def main(args: argparse.Namespace) -> None:
     def evaluate() -> None:
         if is_main:
             result = evaluate_builtin(ema, codec, channels, latent_size, args.num_classes, device, run_dir,
-                                      steps, args.eval_samples, args.eval_cfg_scale, args.eval_sampling_steps)
+                                      steps, args.eval_samples, args.eval_cfg_scale, args.eval_sampling_steps,
+                                      **sampling)
             logger.info(f"step {steps}: proxy metrics of {args.eval_samples} EMA samples: {format_record(result)}")
             accelerator.log({f"eval/{k}": v for k, v in result.items() if isinstance(v, float)}, step=steps)
         accelerator.wait_for_everyone()
@@ -192,19 +292,22 @@ def main(args: argparse.Namespace) -> None:
     logger.info(f"training for {total:,} steps ({steps_per_epoch:,} per epoch), global batch "
                 f"{args.global_batch_size}, from step {steps}")
     bar = progress_bar(total, steps, is_main)
-    running_loss, log_steps, last_good, t0 = 0.0, 0, latest_or_none(run_dir, steps), time.time()
+    running, log_steps, last_good, t0 = {}, 0, latest_or_none(run_dir, steps), time.time()
     try:
-        for x, y in epochs_of(loader, sampler, data_state):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with torch.no_grad():
-                if kind == "latents":
-                    x = draw_cached_latents(x, torch.rand(x.shape[0]) < 0.5, dataset.scale)
-                else:
-                    x = codec.encode(random_flip(x)[0])
-            t = torch.randint(0, diffusion.num_timesteps, (x.shape[0],), device=device)
+        for batch in epochs_of(loader, sampler, data_state):
+            raw, x, y = prepare_batch(batch, kind, codec, dataset, device)
+            extra = {}
+            if encoders:
+                extra["zs"], cls_token = encoder_targets(encoders, raw, reg=args.cls > 0)
+                if cls_token is not None:
+                    extra["cls_token"] = cls_token
+            if sit and args.legacy:  # REPA's first runs dropped labels here and again in the model
+                y = torch.where(torch.rand(y.shape[0], device=y.device) < args.cfg_prob, args.num_classes, y)
             with accelerator.autocast():
-                loss = diffusion.training_losses(model, x, t, dict(y=y))["loss"].mean()
-            accelerator.backward(loss)
+                losses = objective(model, x, y, **extra)
+            accelerator.backward(losses["loss"])
+            if args.max_grad_norm is not None:
+                losses["grad_norm"] = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
             opt.step()
             opt.zero_grad(set_to_none=True)
             update_ema(ema, accelerator.unwrap_model(model), args.ema_decay)
@@ -212,15 +315,17 @@ def main(args: argparse.Namespace) -> None:
             data_state["position"] += local_batch
             bar.update(1)
 
-            step_loss = accelerator.reduce(loss.detach(), reduction="mean").item()
-            if not np.isfinite(step_loss):
-                raise NonFiniteLoss(steps, step_loss, last_good)
-            running_loss += step_loss
+            step_losses = {k: accelerator.reduce(v.detach().float(), reduction="mean").item()
+                           for k, v in losses.items()}
+            if not np.isfinite(step_losses["loss"]):
+                raise NonFiniteLoss(steps, step_losses["loss"], last_good)
+            for k, v in step_losses.items():
+                running[k] = running.get(k, 0.0) + v
             log_steps += 1
             if steps % args.log_every == 0 or steps == total:
                 dt = time.time() - t0
-                rec = {"step": steps, "loss": running_loss / log_steps, "steps_per_sec": log_steps / dt,
-                       "images_per_sec": log_steps * args.global_batch_size / dt,
+                rec = {"step": steps, **{k: v / log_steps for k, v in running.items()},
+                       "steps_per_sec": log_steps / dt, "images_per_sec": log_steps * args.global_batch_size / dt,
                        "epoch": data_state["epoch"], "lr": opt.param_groups[0]["lr"]}
                 rec["mfu"] = mfu(rec["images_per_sec"], flops, peak, world)
                 logger.info(format_record(rec))
@@ -229,7 +334,7 @@ def main(args: argparse.Namespace) -> None:
                     metrics.log(rec)
                     metrics.plot()
                 accelerator.log({k: v for k, v in rec.items() if v is not None}, step=steps)
-                running_loss, log_steps, t0 = 0.0, 0, time.time()
+                running, log_steps, t0 = {}, 0, time.time()
             if steps % args.ckpt_every == 0 or steps == total:
                 last_good = checkpoint()
             if args.eval_every and (steps % args.eval_every == 0 or steps == total):
@@ -240,6 +345,33 @@ def main(args: argparse.Namespace) -> None:
         bar.close()
     logger.info(f"done after {steps:,} steps; checkpoints in {run_dir / 'checkpoints'}")
     accelerator.end_training()
+
+
+def prepare_batch(batch, kind: str, codec, dataset, device):
+    """``(raw, x, y)``: clean images in [0, 255] for the encoders (None for a latent cache), the
+    model input (latents, or pixels in [-1, 1] with ``--vae none``) and labels.
+
+    Images get DiT's random flip (the same flip for the encoder's view); cached latents pick their
+    flipped or unflipped moments; REPA's layout is used as stored (no flip), as REPA does.
+    """
+    if kind == "repa":
+        raw, moments, y = (t.to(device, non_blocking=True) for t in batch)
+        mean, std = moments.chunk(2, dim=1)
+        return raw.float(), (mean + std * torch.randn_like(mean)) * codec.scale, y
+    x, y = (t.to(device, non_blocking=True) for t in batch)
+    with torch.no_grad():
+        if kind == "latents":
+            return None, draw_cached_latents(x, torch.rand(x.shape[0]) < 0.5, dataset.scale), y
+        x = random_flip(x)[0]
+        return (x + 1) * 127.5, codec.encode(x), y
+
+
+def example_inputs(model, channels: int, latent_size: int, device) -> tuple:
+    """One input of each kind the model takes, for the FLOP count."""
+    inputs = (torch.zeros(1, channels, latent_size, latent_size, device=device),
+              torch.zeros(1, device=device), torch.zeros(1, device=device, dtype=torch.long))
+    cls_dim = getattr(model, "cls_token_dim", None)
+    return inputs + ((torch.zeros(1, cls_dim, device=device),) if cls_dim else ())
 
 
 def epochs_of(loader, sampler, data_state: dict):
@@ -265,7 +397,8 @@ class NonFiniteLoss(RuntimeError):
 def check_resume_args(resume: dict, args: argparse.Namespace) -> None:
     """Resuming is re-running the same command: the settings that shape the run must match."""
     old = resume.get("args", {})
-    for key in ("model", "image_size", "num_classes", "vae", "global_batch_size", "global_seed"):
+    for key in ("model", "image_size", "num_classes", "vae", "global_batch_size", "global_seed", "enc_type",
+                "encoder_depth", "proj_coeff", "cls", "path_type", "weighting", "noise_schedule", "cfg_prob"):
         if key in old and old[key] != getattr(args, key):
             raise ValueError(f"--resume: the checkpoint was trained with --{key.replace('_', '-')} {old[key]}, "
                              f"not {getattr(args, key)}; pass the same flags as the original run")

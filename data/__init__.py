@@ -1,16 +1,18 @@
-"""Datasets for training: the built-in procedural set, an image folder, or cached latents."""
+"""Datasets for training: the built-in procedural set, an image folder, cached latents, or REPA/REG's layout."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from .latents import LatentDataset, is_latent_cache
+from .repa import is_repa_layout
 
 BUILTIN_SIZE = 100_000  # images per epoch of the built-in dataset (rendered on demand)
 
 
 def resolve_dataset_kind(dataset: str | None, data_path: str | None) -> str:
-    """``builtin`` | ``folder`` | ``latents``; a ``--data-path`` holding a latent cache means latents."""
+    """``builtin`` | ``folder`` | ``latents`` | ``repa``; a ``--data-path`` holding a latent cache means
+    latents, one holding ``vae-sd/`` or ``imagenet_256_vae/`` (``data/repa.py``) means repa."""
     if dataset == "builtin":
         return "builtin"
     if not data_path:
@@ -22,6 +24,8 @@ def resolve_dataset_kind(dataset: str | None, data_path: str | None) -> str:
     looks_cached = is_latent_cache(data_path) or (Path(data_path) / "moments.npy").is_file()
     if dataset == "latents" or (dataset is None and looks_cached):
         return "latents"
+    if dataset == "repa" or (dataset is None and is_repa_layout(data_path)):
+        return "repa"
     return "folder"
 
 
@@ -41,6 +45,13 @@ def build_dataset(kind: str, data_path: str | None, image_size: int, num_classes
         if ds.image_size != image_size:
             raise ValueError(f"latent cache {data_path} was made at --image-size {ds.image_size}, "
                              f"not {image_size}")
+        return ds
+    if kind == "repa":
+        from .repa import REPADataset
+
+        ds = REPADataset(data_path)
+        if ds.image_size != image_size:
+            raise ValueError(f"the images in {data_path} are {ds.image_size} px, not --image-size {image_size}")
         return ds
     from .folder import ImageFolderDataset, validate_image_folder
 

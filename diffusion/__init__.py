@@ -10,6 +10,9 @@ from __future__ import annotations
 from . import gaussian_diffusion as gd
 from .respace import SpacedDiffusion, space_timesteps
 
+# train.py's --noise-schedule names -> create_diffusion's (IDDPM: "cosine" is squaredcos_cap_v2)
+NOISE_SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
+
 
 def create_diffusion(
     timestep_respacing,

@@ -33,8 +33,8 @@ import torch.nn.functional as F
 
 from data.procedural import check_num_classes, render_batch, to_tensor
 from evaluations.frechet import feature_statistics, frechet_distance
+from models import hub
 
-CACHE_ENV = "DIFFUSION_LAB_CACHE"
 VERSION = 1
 INPUT_RESOLUTION = 32
 FEATURE_DIM = 64
@@ -42,11 +42,6 @@ CLASSIFIER_SEED = 1234  # training images; the training data of generators uses 
 HELD_OUT_SEED = 1235
 REFERENCE_SEED = 4321
 REFERENCE_SIZE = 2000
-
-
-def default_cache_dir() -> Path:
-    """``$DIFFUSION_LAB_CACHE`` or ``~/.cache/diffusion-lab``."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "diffusion-lab")
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
@@ -173,7 +168,7 @@ def _atomic_save(path: Path, save) -> None:
 def classifier_path(num_classes: int = 10, cache_dir=None) -> Path:
     """``<cache>/proxy_classifier_v1.pt`` (10 classes) or ``..._v1_c<k>.pt``."""
     suffix = "" if num_classes == 10 else f"_c{num_classes}"
-    return Path(cache_dir or default_cache_dir()) / f"proxy_classifier_v{VERSION}{suffix}.pt"
+    return Path(cache_dir or hub.cache_dir()) / f"proxy_classifier_v{VERSION}{suffix}.pt"
 
 
 def save_proxy_classifier(classifier: ProxyClassifier, path: Path, **info) -> None:
@@ -219,7 +214,7 @@ def reference_statistics(classifier: ProxyClassifier, resolution: int, cache_dir
     """``(mu, sigma)`` of the reference set (2,000 images, seed 4321) at ``resolution``, cached."""
     num_classes = classifier.num_classes
     name = f"proxy_reference_v{VERSION}_c{num_classes}_r{resolution}.npz"
-    path = Path(cache_dir or default_cache_dir()) / name
+    path = Path(cache_dir or hub.cache_dir()) / name
     key = fingerprint(classifier)
     if path.exists():
         try:

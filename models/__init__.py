@@ -5,8 +5,9 @@ from __future__ import annotations
 from torch import nn
 
 from models.dit import DiT_models
+from models.sit import SiT_models
 
-MODELS = {**DiT_models}
+MODELS = {**DiT_models, **SiT_models}
 MODEL_NAMES = tuple(MODELS)
 
 

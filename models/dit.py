@@ -19,7 +19,7 @@ from models.layers import (
     Mlp,
     PatchEmbed,
     TimestepEmbedder,
-    get_2d_sincos_pos_embed,
+    init_dit_weights,
     modulate,
 )
 
@@ -32,10 +32,10 @@ class DiTBlock(nn.Module):
     the identity.
     """
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0):
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, qk_norm: bool = False):
         super().__init__()
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(hidden_size, num_heads=num_heads, qkv_bias=True)
+        self.attn = Attention(hidden_size, num_heads=num_heads, qkv_bias=True, qk_norm=qk_norm)
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(
             hidden_size, int(hidden_size * mlp_ratio), act_layer=partial(nn.GELU, approximate="tanh")
@@ -93,32 +93,7 @@ class DiT(nn.Module):
 
     def initialize_weights(self) -> None:
         """Official initialisation; adaLN-Zero (DiT sec. 3.2) zeroes every modulation output and the final linear."""
-
-        def xavier_linear(module: nn.Module) -> None:
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
-
-        self.apply(xavier_linear)
-
-        grid = get_2d_sincos_pos_embed(self.pos_embed.shape[-1], self.x_embedder.grid_size)
-        self.pos_embed.data.copy_(torch.from_numpy(grid).float().unsqueeze(0))
-
-        # The patch conv is a linear map of each flattened patch: initialise it as one.
-        w = self.x_embedder.proj.weight.data
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.x_embedder.proj.bias)
-
-        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-
-        # adaLN-Zero: zero gates make every block the identity, zero output makes the model output 0.
-        for layer in [*(b.adaLN_modulation[-1] for b in self.blocks), self.final_layer.adaLN_modulation[-1]]:
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
-        nn.init.zeros_(self.final_layer.linear.weight)
-        nn.init.zeros_(self.final_layer.linear.bias)
+        init_dit_weights(self)
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         """(N, T, p*p*C) patch tokens -> (N, C, H, W) images."""

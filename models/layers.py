@@ -85,22 +85,30 @@ class LabelEmbedder(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with a fused ``qkv`` projection (timm names), run by SDPA."""
+    """Multi-head self-attention with a fused ``qkv`` projection (timm names), run by SDPA.
 
-    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True):
+    ``qk_norm`` LayerNorms each head's queries and keys before the dot product (timm's option,
+    used by REPA/REG as ``qk_norm``; keys ``q_norm`` / ``k_norm``, eps 1e-5 as timm's default
+    ``nn.LayerNorm``). Off, the module has DiT's parameters only.
+    """
+
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True, qk_norm: bool = False):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"hidden size {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        # Registered between qkv and proj, as in timm, so state_dict and parameter order match.
+        self.q_norm = nn.LayerNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(self.head_dim) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, t, d = x.shape
         qkv = self.qkv(x).reshape(n, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (N, heads, T, head_dim)
-        x = F.scaled_dot_product_attention(q, k, v)
+        x = F.scaled_dot_product_attention(self.q_norm(q), self.k_norm(k), v)
         return self.proj(x.transpose(1, 2).reshape(n, t, d))
 
 
@@ -144,17 +152,29 @@ class PatchEmbed(nn.Module):
 
 
 class FinalLayer(nn.Module):
-    """adaLN-modulated LayerNorm then a linear map of each token to its patch (DiT sec. 3.2)."""
+    """adaLN-modulated LayerNorm then a linear map of each token to its patch (DiT sec. 3.2).
 
-    def __init__(self, hidden_size: int, patch_size: int, out_channels: int):
+    With ``cls_token_dim`` (REG) token 0 is the class token: it goes through its own
+    ``linear_cls`` back to the encoder's feature size and ``forward`` returns
+    ``(patch_outputs, cls_output)``; the other tokens go through ``linear`` as usual.
+    """
+
+    def __init__(
+        self, hidden_size: int, patch_size: int, out_channels: int, cls_token_dim: int | None = None
+    ):
         super().__init__()
         self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels, bias=True)
+        # Registered between linear and adaLN_modulation, as in REG, so parameter order matches.
+        self.linear_cls = None if cls_token_dim is None else nn.Linear(hidden_size, cls_token_dim, bias=True)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size, bias=True))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
-        return self.linear(modulate(self.norm_final(x), shift, scale))
+        x = modulate(self.norm_final(x), shift, scale)
+        if self.linear_cls is None:
+            return self.linear(x)
+        return self.linear(x[:, 1:]), self.linear_cls(x[:, 0])
 
 
 def _sincos_1d(embed_dim: int, pos: np.ndarray) -> np.ndarray:
@@ -174,3 +194,41 @@ def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int) -> np.ndarray:
         raise ValueError(f"embed_dim must be a multiple of 4 for a 2-D sin-cos embedding, got {embed_dim}")
     rows, cols = np.meshgrid(np.arange(grid_size), np.arange(grid_size), indexing="ij")
     return np.concatenate([_sincos_1d(embed_dim // 2, cols), _sincos_1d(embed_dim // 2, rows)], axis=1)
+
+
+def init_dit_weights(model: nn.Module) -> None:
+    """DiT's initialisation of a DiT-family model (DiT sec. 3.2), used unchanged by SiT, REPA and REG.
+
+    Expects DiT's names: ``x_embedder``, ``t_embedder``, ``y_embedder``, ``pos_embed``, ``blocks``,
+    ``final_layer``. Every linear (REPA's projectors and REG's ``cls_projectors2`` included) is
+    xavier-uniform with zero bias; the patch conv is initialised as the linear map it is; the label
+    table and timestep MLP are N(0, 0.02). ``pos_embed`` gets the fixed sin-cos table; rows in front
+    of the patch tokens (REG's class token) are zero, as MAE's ``extra_tokens``. adaLN-Zero: every
+    modulation output and every final linear start at zero, so each block starts as the identity and
+    the model's output as zero.
+    """
+
+    def xavier_linear(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    model.apply(xavier_linear)
+
+    grid = torch.from_numpy(get_2d_sincos_pos_embed(model.pos_embed.shape[-1], model.x_embedder.grid_size))
+    extra_tokens = model.pos_embed.shape[1] - grid.shape[0]
+    model.pos_embed.data.copy_(F.pad(grid, (0, 0, extra_tokens, 0)).float().unsqueeze(0))
+
+    w = model.x_embedder.proj.weight.data
+    nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+    nn.init.zeros_(model.x_embedder.proj.bias)
+
+    nn.init.normal_(model.y_embedder.embedding_table.weight, std=0.02)
+    nn.init.normal_(model.t_embedder.mlp[0].weight, std=0.02)
+    nn.init.normal_(model.t_embedder.mlp[2].weight, std=0.02)
+
+    final = model.final_layer
+    zero = [*(b.adaLN_modulation[-1] for b in model.blocks), final.adaLN_modulation[-1], final.linear]
+    for layer in [*zero, *([final.linear_cls] if final.linear_cls is not None else [])]:
+        nn.init.zeros_(layer.weight)
+        nn.init.zeros_(layer.bias)

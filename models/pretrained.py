@@ -1,9 +1,12 @@
-"""Loading weights for sampling: our checkpoints or the official DiT releases.
+"""Loading weights for sampling: our checkpoints, the official DiT releases, REPA's and REG's.
 
-Official releases (``DiT-XL-2-256x256.pt``, ``DiT-XL-2-512x512.pt``) are raw state dicts;
-ours are ``{model, ema, opt, args, steps, ...}`` and sampling uses ``ema``. A checkpoint of
-ours also records the flags it was trained with, so ``--model``, ``--image-size``,
-``--num-classes`` and ``--vae`` default to those.
+Official DiT releases (``DiT-XL-2-256x256.pt``, ``DiT-XL-2-512x512.pt``) and REPA's ``last.pt``
+are raw state dicts; ours and REG's are ``{model, ema, opt, args, steps, ...}`` and sampling
+uses ``ema``. A checkpoint with ``args`` (ours, REG's) supplies the flags it was trained with,
+so ``--model``, ``--image-size`` / ``--resolution``, ``--num-classes`` and ``--vae`` default to
+those. A SiT's projector sizes, class token, qk-norm and learned-sigma half are read from the
+weights themselves; only ``--encoder-depth`` (where the projectors read) must come from the
+checkpoint's args or the flag.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from models import create_model
+from diffusion import NOISE_SCHEDULES
+from models import create_model, hub
 from training.checkpoint import load_checkpoint, load_weights, model_state_dict
 
 OFFICIAL = {256: "DiT-XL-2-256x256.pt", 512: "DiT-XL-2-512x512.pt"}
@@ -31,13 +35,9 @@ def find_official(image_size: int) -> Path:
         if candidate.is_file():
             return candidate
     target = PRETRAINED_DIR / name
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(OFFICIAL_URL.format(name), str(target) + ".part", progress=True)
-        os.replace(str(target) + ".part", target)
-    except Exception:
+    if not hub.download(OFFICIAL_URL.format(name), target):
         raise ValueError(f"{name} is not in ./ or {PRETRAINED_DIR}/ and cannot be downloaded; fetch "
-                         f"{OFFICIAL_URL.format(name)} and put it in {PRETRAINED_DIR}/ (or pass --ckpt)") from None
+                         f"{OFFICIAL_URL.format(name)} and put it in {PRETRAINED_DIR}/ (or pass --ckpt)")
     return target
 
 
@@ -58,9 +58,46 @@ def resolve_sampling_config(args) -> tuple[dict, dict]:
     trained = ckpt.get("args", {}) if isinstance(ckpt, dict) and "args" in ckpt else {}
     if not isinstance(trained, dict):
         trained = vars(trained)
-    defaults = {"model": "DiT-XL/2", "image_size": 256, "num_classes": 1000, "vae": args.default_vae}
-    cfg = {k: (getattr(args, k) if getattr(args, k) is not None else trained.get(k, v)) for k, v in defaults.items()}
-    return model_state_dict(ckpt, prefer="ema"), {**cfg, "ckpt": str(path)}
+    if "image_size" not in trained and "resolution" in trained:  # REPA / REG name it --resolution
+        trained["image_size"] = trained["resolution"]
+    defaults = {"model": getattr(args, "default_model", "DiT-XL/2"), "image_size": 256, "num_classes": 1000, "vae": args.default_vae}
+    cfg = {k: (getattr(args, k, None) if getattr(args, k, None) is not None else trained.get(k, v))
+           for k, v in defaults.items()}
+    state_dict = model_state_dict(ckpt, prefer="ema")
+    cfg["ckpt"] = str(path)
+    if cfg["model"].startswith("SiT-"):
+        cfg["model_kwargs"] = sit_kwargs(state_dict, trained, args)
+        cfg["path_type"] = getattr(args, "path_type", None) or trained.get("path_type", "linear")
+    else:
+        cfg["model_kwargs"] = {}
+        cfg["noise_schedule"] = NOISE_SCHEDULES[trained.get("noise_schedule") or "linear"]
+    return state_dict, cfg
+
+
+def sit_kwargs(state_dict: dict, trained: dict, args) -> dict:
+    """SiT arguments from the weights (projectors, class token, qk-norm, learned sigma), checked
+    against ``--projector-embed-dims`` / ``--cls`` when given, plus the encoder depth."""
+    z_dims = []
+    while f"projectors.{len(z_dims)}.4.weight" in state_dict:
+        z_dims.append(int(state_dict[f"projectors.{len(z_dims)}.4.weight"].shape[0]))
+    cls_dim = int(state_dict["cls_projectors2.weight"].shape[1]) if "cls_projectors2.weight" in state_dict else None
+    given = getattr(args, "projector_embed_dims", None)
+    if given is not None and [int(z) for z in str(given).split(",")] != z_dims:
+        raise ValueError(f"--projector-embed-dims {given} does not match the checkpoint, whose projectors give "
+                         f"{','.join(map(str, z_dims)) or 'nothing (plain SiT)'}; pass that or leave the flag out")
+    given_cls = getattr(args, "cls", None)
+    if given_cls is not None and cls_dim is not None and given_cls != cls_dim:
+        raise ValueError(f"--cls {given_cls} does not match the checkpoint's class token size {cls_dim} "
+                         "(REG: the encoder's dimension, 768 for DINOv2-B); pass --cls {cls_dim}")
+    channels = state_dict["x_embedder.proj.weight"].shape[1]
+    patch = state_dict["x_embedder.proj.weight"].shape[-1]
+    out_channels = state_dict["final_layer.linear.weight"].shape[0] // (patch * patch)
+    kwargs = dict(z_dims=z_dims, cls_token_dim=cls_dim, learn_sigma=out_channels == 2 * channels,
+                  qk_norm="blocks.0.attn.q_norm.weight" in state_dict)
+    depth = getattr(args, "encoder_depth", None) or trained.get("encoder_depth")
+    if depth is not None:
+        kwargs["encoder_depth"] = int(depth)
+    return kwargs
 
 
 def build_for_sampling(state_dict: dict, cfg: dict, codec, device) -> torch.nn.Module:
@@ -69,6 +106,7 @@ def build_for_sampling(state_dict: dict, cfg: dict, codec, device) -> torch.nn.M
         raise ValueError(f"--image-size {cfg['image_size']} is not divisible by 8")
     with torch.device("meta"):
         model = create_model(cfg["model"], input_size=cfg["image_size"] // codec.downsample,
-                             num_classes=cfg["num_classes"], in_channels=codec.latent_channels)
+                             num_classes=cfg["num_classes"], in_channels=codec.latent_channels,
+                             **cfg.get("model_kwargs", {}))
     load_weights(model, state_dict, cfg["ckpt"], assign=True)
     return model.to(device).eval()

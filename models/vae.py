@@ -8,20 +8,26 @@ trains on ``sd-vae-ft-ema`` latents and samples with ``sd-vae-ft-mse``.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
+
+from models import hub
 
 SD_VAE_SCALE = 0.18215
 HUB_NAMES = {"ema": "stabilityai/sd-vae-ft-ema", "mse": "stabilityai/sd-vae-ft-mse"}
 
 
 class PixelCodec(torch.nn.Module):
-    """Pixel space: images are their own latents (``--vae none``)."""
+    """Pixel space: images are their own latents (``--vae none``).
+
+    ``bounded``: the latents are images in [-1, 1], so DDPM sampling clips its x0 prediction
+    (ADM / IDDPM ``clip_denoised=True`` for pixel models); VAE latents are unbounded (DiT: False).
+    """
 
     latent_channels = 3
     downsample = 1
+    bounded = True
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -32,6 +38,8 @@ class PixelCodec(torch.nn.Module):
 
 class SDVAE(torch.nn.Module):
     """A diffusers ``AutoencoderKL`` with the LDM latent scale."""
+
+    bounded = False  # latents are unbounded: DDPM sampling does not clip (DiT's clip_denoised=False)
 
     def __init__(self, vae, scale: float = SD_VAE_SCALE):
         super().__init__()
@@ -82,7 +90,7 @@ def load_vae(name: str, device: torch.device | str = "cpu") -> torch.nn.Module:
         vae = AutoencoderKL.from_pretrained(repo, local_files_only=True)
     except Exception:
         vae = None
-        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("1", "true", "True"):
+        if not hub.offline():
             try:
                 vae = AutoencoderKL.from_pretrained(repo)
             except Exception:

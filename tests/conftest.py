@@ -33,3 +33,18 @@ def trained_run(tmp_path_factory) -> Path:
                                  "--log-every", "5", "--ckpt-every", "10"]))
     (run_dir,) = list(results.iterdir())
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_vae(tmp_path_factory) -> Path:
+    """A randomly initialised 4-channel, /8 diffusers AutoencoderKL saved as a local folder (``--vae PATH``)."""
+    from diffusers import AutoencoderKL
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+                            up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(32, 32, 32, 32),
+                            latent_channels=4, layers_per_block=1, norm_num_groups=8, sample_size=32)
+    path = tmp_path_factory.mktemp("vae") / "tiny-vae"
+    vae.save_pretrained(path)
+    return path

@@ -17,6 +17,7 @@ from evaluations.proxy import (
     proxy_metrics,
     train_proxy_classifier,
 )
+from models import hub
 
 QUICK = dict(num_images=3000, steps=200, width=8, num_held_out=500)  # ~5 s; the real one uses the defaults
 
@@ -89,7 +90,7 @@ def test_reference_statistics_are_cached_per_classifier(quick, tmp_path):
 
 def test_cached_classifier_is_loaded_without_training(quick, tmp_path, monkeypatch):
     classifier = quick[0]
-    monkeypatch.setenv(proxy.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(hub.CACHE_ENV, str(tmp_path))
     assert proxy.classifier_path() == tmp_path / "proxy_classifier_v1.pt"
     proxy.save_proxy_classifier(classifier, proxy.classifier_path())
     monkeypatch.setattr(proxy, "train_proxy_classifier", lambda *a, **k: pytest.fail("trained again"))
@@ -137,7 +138,7 @@ def test_bad_inputs_are_clear_errors(quick):
 
 
 def test_cli_prints_both_metrics(quick, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv(proxy.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(hub.CACHE_ENV, str(tmp_path))
     proxy.save_proxy_classifier(quick[0], proxy.classifier_path())
     images, labels = _real(100)
     np.savez(tmp_path / "samples.npz", images, labels=labels)

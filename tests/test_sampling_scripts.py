@@ -2,8 +2,12 @@
 
 import numpy as np
 import pytest
+import torch
 from conftest import run_script
 from PIL import Image
+
+from diffusion.pipeline import generate
+from models import create_model
 
 
 def test_sample_writes_a_grid_from_our_checkpoint(trained_run, tmp_path):
@@ -50,3 +54,40 @@ def test_sample_ddp_two_gloo_processes_write_exactly_n_and_resume(trained_run, t
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (folder / "000000.png").stat().st_mtime_ns == stamp
     assert np.array_equal(np.asarray(Image.open(folder / "000007.png")), first)
+
+
+class HugeEps(torch.nn.Module):
+    """A DiT stand-in whose eps prediction is far off: unclipped x0 estimates explode."""
+
+    def forward(self, x, t, y):
+        return torch.cat([torch.full_like(x, 50.0), torch.zeros_like(x)], dim=1)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_pixel_space_sampling_clips_x0_and_latent_sampling_does_not(sampler):
+    noise = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    labels = torch.zeros(2, dtype=torch.long)
+    kw = dict(sampler=sampler, num_steps=5, noise_schedule="squaredcos_cap_v2")
+    clipped = generate(HugeEps(), noise, labels, clip_denoised=True, **kw)
+    assert clipped.abs().max() <= 1.0 + 1e-6
+    assert generate(HugeEps(), noise, labels, clip_denoised=False, **kw).abs().max() > 10
+
+
+def test_samplers_use_the_noise_schedule_the_run_trained_with(tmp_path):
+    import argparse
+
+    from models.pretrained import resolve_sampling_config
+
+    ckpt = tmp_path / "c.pt"
+    weights = create_model("DiT-Ti/4", input_size=16, num_classes=10, in_channels=3).state_dict()
+    torch.save({"ema": weights, "args": {"model": "DiT-Ti/4", "image_size": 16, "num_classes": 10, "vae": "none",
+                                         "noise_schedule": "cosine"}}, ckpt)
+    args = argparse.Namespace(ckpt=str(ckpt), model=None, image_size=None, num_classes=None, vae=None,
+                              default_vae="ema")
+    _, cfg = resolve_sampling_config(args)
+    assert cfg["noise_schedule"] == "squaredcos_cap_v2" and cfg["vae"] == "none"
+    del args.ckpt
+    torch.save({"ema": weights, "args": {"model": "DiT-Ti/4", "image_size": 16}}, ckpt)  # runs before the flag
+    _, cfg = resolve_sampling_config(argparse.Namespace(ckpt=str(ckpt), model=None, image_size=None,
+                                                        num_classes=None, vae=None, default_vae="ema"))
+    assert cfg["noise_schedule"] == "linear"

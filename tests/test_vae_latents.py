@@ -24,19 +24,6 @@ N_IMAGES = 24
 
 
 @pytest.fixture(scope="module")
-def tiny_vae(tmp_path_factory):
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(0)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(32, 32, 32, 32),
-                        latent_channels=4, layers_per_block=1, norm_num_groups=8, sample_size=32)
-    path = tmp_path_factory.mktemp("vae") / "tiny-vae"
-    vae.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def latent_cache(tiny_vae, tmp_path_factory):
     out = tmp_path_factory.mktemp("latents") / "cache"
     proc = run_script("preprocessing/encode_latents.py", "--dataset", "builtin", "--num-images", str(N_IMAGES),

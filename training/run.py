@@ -9,10 +9,16 @@ import sys
 from pathlib import Path
 
 
-def create_run_dir(results_dir: str | Path, model_name: str) -> Path:
-    """A new numbered run folder ``{results_dir}/{index:03d}-{model}`` (DiT's naming)."""
+def create_run_dir(results_dir: str | Path, model_name: str, exp_name: str | None = None) -> Path:
+    """A new numbered run folder ``{results_dir}/{index:03d}-{model}`` (DiT's naming), or
+    ``{results_dir}/{exp_name}`` when the run is named (REPA's ``--exp-name``)."""
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
+    if exp_name:
+        run_dir = results_dir / exp_name
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (run_dir / "samples").mkdir(exist_ok=True)
+        return run_dir
     indices = [int(p.name.split("-", 1)[0]) for p in results_dir.iterdir()
                if p.is_dir() and p.name.split("-", 1)[0].isdigit()]
     index = max(indices, default=-1) + 1

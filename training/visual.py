@@ -1,4 +1,4 @@
-"""Sample grids during training and the built-in dataset's proxy evaluation."""
+"""Sample grids during training and the built-in dataset's proxy evaluation, for any model family."""
 
 from __future__ import annotations
 
@@ -7,50 +7,69 @@ from pathlib import Path
 
 import torch
 
-from diffusion import create_diffusion
-from diffusion.pipeline import sample_latents
+from diffusion.pipeline import generate, is_flow_model
 from training.monitor import save_grid, to_uint8
 
-GRID_SAMPLER = "ddim50"  # deterministic DDIM, 50 steps: a quick, comparable view across checkpoints
-GRID_CFG_SCALE = 4.0     # official sample.py default
+GRID_STEPS = 50        # a quick, comparable view across checkpoints
+GRID_CFG_SCALE = 4.0   # official DiT sample.py default; REPA samples with 4.0 during training too
+
+
+def grid_sampler(model) -> str:
+    """Deterministic where the family allows: DDIM for DiT, the Euler ODE for SiT / REPA (as REPA's
+    in-training samples), the SDE for REG (its class token has no ODE)."""
+    if not is_flow_model(model):
+        return "ddim"
+    return "sde" if getattr(model, "cls_token_dim", None) else "ode"
+
+
+def eval_sampler(model) -> str:
+    """The samplers the papers report FID with: DDPM for DiT, Euler-Maruyama for SiT / REPA / REG."""
+    return "sde" if is_flow_model(model) else "ddpm"
 
 
 @torch.no_grad()
-def sample_grid(ema, codec, noise, labels, num_classes: int, path: Path) -> None:
+def sample_grid(ema, codec, noise, labels, num_classes: int, path: Path, **sampling) -> None:
     """Decode EMA samples for fixed noise and labels into a PNG grid. Runs inside a forked
-    RNG so that the training stream (and so exact resume) is untouched."""
+    RNG so that the training stream (and so exact resume) is untouched. ``sampling``: extra
+    ``diffusion.pipeline.generate`` arguments (noise schedule, path type)."""
     devices = [noise.device] if noise.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(0)
-        z = sample_latents(ema, create_diffusion(GRID_SAMPLER), noise, labels, cfg_scale=GRID_CFG_SCALE,
-                           num_classes=num_classes, sampler="ddim")
+        z = generate(ema, noise, labels, sampler=grid_sampler(ema), num_steps=GRID_STEPS,
+                     cfg_scale=GRID_CFG_SCALE, cls_cfg_scale=GRID_CFG_SCALE, num_classes=num_classes,
+                     clip_denoised=codec.bounded, **sampling)
         save_grid(codec.decode(z), path, nrow=8)
 
 
+@torch.no_grad()
 def evaluate_builtin(ema, codec, channels: int, latent_size: int, num_classes: int, device, run_dir: Path,
-                     step: int, num_samples: int = 500, cfg_scale: float = 1.0, sampling_steps: int = 250) -> dict:
+                     step: int, num_samples: int = 500, cfg_scale: float = 1.0, sampling_steps: int = 250,
+                     **sampling) -> dict:
     """Class accuracy and Fréchet distance (proxy classifier features) of EMA samples.
 
     Appends a record to ``proxy_metrics.jsonl`` (a curve over training), writes the latest to
     ``proxy_metrics.json`` and a grid of up to 8 samples per class to ``eval_samples.png``.
     Sampling runs in a forked RNG so the training stream (and exact resume) is untouched.
+    REG's class token is guided with the same scale as the image (``cls_cfg_scale = cfg_scale``).
     """
     from evaluations.proxy import proxy_metrics
 
+    sampler = eval_sampler(ema)
     devices = [device] if torch.device(device).type == "cuda" else []
     labels = (torch.arange(num_samples) % num_classes).to(device)
-    with torch.random.fork_rng(devices=devices), torch.no_grad():
+    with torch.random.fork_rng(devices=devices):
         torch.manual_seed(1)
         noise = torch.randn(num_samples, channels, latent_size, latent_size, device=device)
         images = []
         for start in range(0, num_samples, 500):
-            z = sample_latents(ema, create_diffusion(str(sampling_steps)), noise[start:start + 500],
-                               labels[start:start + 500], cfg_scale=cfg_scale, num_classes=num_classes)
+            z = generate(ema, noise[start:start + 500], labels[start:start + 500], sampler=sampler,
+                         num_steps=sampling_steps, cfg_scale=cfg_scale, cls_cfg_scale=cfg_scale,
+                         num_classes=num_classes, clip_denoised=codec.bounded, **sampling)
             images.append(codec.decode(z))
         images = torch.cat(images)
     result = proxy_metrics(to_uint8(images), labels.cpu().numpy(), num_classes=num_classes, device=str(device))
     result = {"step": step, **{k: float(v) for k, v in result.items()}, "samples": num_samples,
-              "cfg_scale": cfg_scale, "sampler": f"ddpm{sampling_steps}"}
+              "cfg_scale": cfg_scale, "sampler": f"{sampler}{sampling_steps}"}
     run_dir = Path(run_dir)
     with open(run_dir / "proxy_metrics.jsonl", "a") as f:
         f.write(json.dumps(result) + "\n")

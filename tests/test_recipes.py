@@ -1,0 +1,53 @@
+"""train.sh and eval.sh: every recipe hands train.py / generate.py flags they accept, with the papers' values."""
+
+import os
+import subprocess
+
+import pytest
+from conftest import ROOT
+
+import generate
+import train
+
+
+def run_recipe(script, tmp_path, **env):
+    fake = tmp_path / "python"  # records its command line instead of launching anything
+    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$RECORD"\n')
+    fake.chmod(0o755)
+    proc = subprocess.run(["bash", str(ROOT / script)], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHON": str(fake), "RECORD": str(tmp_path / "argv"), **env})
+    assert proc.returncode == 0, proc.stderr
+    argv = (tmp_path / "argv").read_text().splitlines()
+    script_name = "train.py" if script == "train.sh" else "generate.py"
+    return argv[argv.index(script_name) + 1:]
+
+
+@pytest.mark.parametrize("recipe, expected", [
+    ("reg", dict(model="SiT-XL/2", enc_type="dinov2-vit-b", encoder_depth=8, proj_coeff=0.5, cls=0.03,
+                 global_batch_size=256, mixed_precision="fp16", allow_tf32=True, exp_name="linear-dinov2-b-enc8-reg")),
+    ("repa", dict(model="SiT-B/2", encoder_depth=4, proj_coeff=0.5, cls=0.0, max_steps=400_000)),
+    ("dit", dict(model="DiT-XL/2", global_batch_size=256, lr=1e-4, ema_decay=0.9999)),
+])
+def test_train_sh_recipes_parse_with_the_papers_values(recipe, expected, tmp_path):
+    args = train.parse_args(run_recipe("train.sh", tmp_path, RECIPE=recipe, DATA_DIR="data"))
+    assert args.data_path == "data"
+    for key, value in expected.items():
+        assert getattr(args, key) == value, key
+
+
+@pytest.mark.parametrize("recipe, expected", [
+    ("reg", dict(sampler="sde", num_sampling_steps=250, cfg_scale=2.3, cls_cfg_scale=2.3, guidance_high=0.85)),
+    ("repa", dict(sampler="sde", num_sampling_steps=250, cfg_scale=1.8, guidance_high=0.7)),
+    ("dit", dict(sampler="ddpm", num_sampling_steps=250, cfg_scale=1.5)),
+])
+def test_eval_sh_recipes_parse_with_the_papers_values(recipe, expected, tmp_path):
+    args = generate.parse_args(run_recipe("eval.sh", tmp_path, RECIPE=recipe, CKPT="c.pt", REF_BATCH="ref.npz"))
+    assert args.ckpt == "c.pt" and args.ref_batch == "ref.npz" and args.num_fid_samples == 50_000
+    for key, value in expected.items():
+        assert getattr(args, key) == value, key
+
+
+def test_recipes_name_the_missing_variable():
+    proc = subprocess.run(["bash", str(ROOT / "train.sh")], capture_output=True, text=True, cwd=ROOT,
+                          env={k: v for k, v in os.environ.items() if k != "DATA_DIR"})
+    assert proc.returncode != 0 and "set DATA_DIR" in proc.stderr
