@@ -1,4 +1,4 @@
-# make install | demo | test | lint | bench | clean
+# make install | demo | demo-sit | test | lint | bench | clean
 # `install` makes .venv in the repository root unless a virtual or conda environment is active.
 ACTIVE_ENV := $(or $(VIRTUAL_ENV),$(CONDA_PREFIX))
 ifeq ($(ACTIVE_ENV),)
@@ -17,7 +17,10 @@ DEMO_FLAGS ?= --dataset builtin --model DiT-Demo/4 --image-size 16 --num-classes
 	--num-workers 0 --eval-every 2400 --eval-samples 500 --eval-sampling-steps 50 --eval-cfg-scale 4 \
 	--results-dir results/demo
 
-.PHONY: install demo test lint bench clean
+# The same budget for a plain SiT (v-prediction, linear interpolant, Euler-Maruyama samples): issue 3's comparison.
+DEMO_SIT_FLAGS ?= $(subst DiT-Demo/4,SiT-Demo/4,$(DEMO_FLAGS)) --proj-coeff 0 --cls 0
+
+.PHONY: install demo demo-sit test lint bench clean
 
 install: $(STAMP)
 
@@ -28,6 +31,9 @@ $(STAMP): requirements.txt
 
 demo: install
 	$(PYTHON) train.py $(DEMO_FLAGS)
+
+demo-sit: install
+	$(PYTHON) train.py $(DEMO_SIT_FLAGS)
 
 test: install
 	$(PYTHON) -m pytest -q

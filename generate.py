@@ -17,9 +17,6 @@ samples are scored with ``evaluations/evaluator.py`` (FID, sFID, IS, precision, 
 from __future__ import annotations
 
 import argparse
-import json
-
-import torch.distributed as dist
 
 import sample_ddp
 from training.cli import run_cli
@@ -43,35 +40,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--global-seed", type=int, default=0)
     p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True)
     sample_ddp.add_flow_args(p)
-    ev = p.add_argument_group("evaluation at the end")
-    ev.add_argument("--ref-batch", type=str, default=None,
-                    help="ADM reference batch or saved statistics (e.g. VIRTUAL_imagenet256_labeled.npz)")
-    ev.add_argument("--proxy", action="store_true", help="built-in dataset: class accuracy and proxy FD")
-    ev.add_argument("--inception-weights", type=str, default=None, help="the ported Inception weights file")
+    sample_ddp.add_eval_args(p)
     args = p.parse_args(argv)
     args.default_vae, args.default_model = "ema", "SiT-XL/2"  # REPA's last.pt carries no args
     return args
 
 
 def main(args: argparse.Namespace) -> None:
-    npz = sample_ddp.main(args)
-    if not (args.ref_batch or args.proxy):
-        return
-    from evaluations.evaluator import METRIC_NAMES, evaluate, proxy_scores
-
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    metrics = {}
-    if args.ref_batch:
-        metrics.update(evaluate(args.ref_batch, str(npz), inception_weights=args.inception_weights,
-                                progress=rank == 0))
-    if args.proxy and rank == 0:
-        metrics.update(proxy_scores(str(npz)))
-    if rank == 0:
-        for key, value in metrics.items():
-            print(f"{METRIC_NAMES.get(key, key)}: {value}")
-        out = npz.with_suffix(".json")
-        out.write_text(json.dumps({"samples": str(npz), "reference": args.ref_batch, **metrics}, indent=2) + "\n")
-        print(f"saved metrics to {out}")
+    sample_ddp.main(args)
 
 
 if __name__ == "__main__":

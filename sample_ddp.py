@@ -15,6 +15,7 @@ so a re-run skips the PNGs already written and still produces the same set.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from pathlib import Path
 
@@ -51,9 +52,38 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--ckpt", type=str, default=None)
     add_flow_args(p)
+    add_eval_args(p)
     args = p.parse_args(argv)
     args.default_vae = "ema"
     return args
+
+
+def add_eval_args(p: argparse.ArgumentParser) -> None:
+    """Score the ``.npz`` at the end of the run (``generate.py`` shares them)."""
+    ev = p.add_argument_group("evaluation at the end")
+    ev.add_argument("--ref-batch", type=str, default=None, help="ADM reference batch or saved statistics "
+                    "(e.g. VIRTUAL_imagenet256_labeled.npz): FID, sFID, IS, precision, recall")
+    ev.add_argument("--proxy", action="store_true", help="built-in dataset: class accuracy and proxy FD")
+    ev.add_argument("--inception-weights", type=str, default=None, help="the ported Inception weights file")
+
+
+def score(args, npz: Path, num_classes: int, is_main: bool) -> None:
+    """The evaluator on the samples just written (every process takes part in Inception features);
+    the metrics are printed and saved next to the ``.npz`` as ``.json``."""
+    from evaluations.evaluator import METRIC_NAMES, evaluate, proxy_scores
+
+    metrics = {}
+    if args.ref_batch:
+        metrics.update(evaluate(args.ref_batch, str(npz), inception_weights=args.inception_weights,
+                                progress=is_main))
+    if args.proxy and is_main:
+        metrics.update(proxy_scores(str(npz), num_classes))
+    if is_main:
+        for key, value in metrics.items():
+            print(f"{METRIC_NAMES.get(key, key)}: {value}")
+        out = npz.with_suffix(".json")
+        out.write_text(json.dumps({"samples": str(npz), "reference": args.ref_batch, **metrics}, indent=2) + "\n")
+        print(f"saved metrics to {out}")
 
 
 def add_flow_args(p: argparse.ArgumentParser) -> None:
@@ -162,7 +192,10 @@ def main(args: argparse.Namespace) -> None:
         print(f"saved .npz file to {path} [shape=({args.num_fid_samples}, {cfg['image_size']}, "
               f"{cfg['image_size']}, 3)]")
     accelerator.wait_for_everyone()
-    return folder.parent / (folder.name + ".npz")
+    npz = folder.parent / (folder.name + ".npz")
+    if args.ref_batch or args.proxy:
+        score(args, npz, cfg["num_classes"], accelerator.is_main_process)
+    return npz
 
 
 if __name__ == "__main__":

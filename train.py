@@ -42,7 +42,7 @@ from training.monitor import MetricsLog
 from training.run import create_logger, create_run_dir, save_args
 from training.setup import seed_everything, setup_accelerator
 from training.throughput import mfu, peak_flops, train_flops_per_sample
-from training.visual import evaluate_builtin, sample_grid
+from training.visual import InceptionCurve, evaluate_builtin, sample_grid
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -78,7 +78,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "{step:07d}.pt (REPA)")
     p.add_argument("--report-to", choices=["none", "wandb", "tensorboard"], default="none")
     p.add_argument("--eval-every", type=int, default=0, help="score EMA samples every N steps and at the end "
-                   "(0 = off; proxy metrics, --dataset builtin)")
+                   "(0 = off): proxy metrics with --dataset builtin, ADM's metrics against --eval-ref")
+    p.add_argument("--eval-ref", type=str, default=None, help="reference batch or statistics for FID, sFID, IS, "
+                   "precision, recall during training (evaluations/evaluator.py)")
+    p.add_argument("--inception-weights", type=str, default=None, help="the ported Inception weights file")
     p.add_argument("--eval-samples", type=int, default=500, help="samples per evaluation, spread over the classes")
     p.add_argument("--eval-sampling-steps", type=int, default=250,
                    help="sampler steps for evaluation samples (DDPM for DiT, Euler-Maruyama for SiT)")
@@ -147,9 +150,12 @@ def validate(args: argparse.Namespace) -> None:
     resolve_family_flags(args)
     if is_sit(args.model) and args.proj_coeff < 0 or is_sit(args.model) and args.cls < 0:
         raise ValueError("--proj-coeff and --cls must be >= 0")
-    if args.eval_every and args.dataset != "builtin":
-        raise ValueError("--eval-every scores with the built-in dataset's proxy classifier: use --dataset builtin "
-                         "(Inception scores for other data come from sample_ddp.py and evaluations/)")
+    if args.eval_every and args.dataset != "builtin" and not args.eval_ref:
+        raise ValueError("--eval-every needs something to score against: --dataset builtin (proxy metrics) or "
+                         "--eval-ref REF.npz (FID, sFID, IS, precision, recall)")
+    if args.eval_ref and not Path(args.eval_ref).exists():
+        raise ValueError(f"--eval-ref {args.eval_ref} does not exist; pass an ADM reference batch or a file written "
+                         "by evaluations/evaluator.py --ref-stats")
 
 
 def main(args: argparse.Namespace) -> None:
@@ -280,8 +286,16 @@ def main(args: argparse.Namespace) -> None:
         accelerator.wait_for_everyone()
         return path
 
+    inception_curve = InceptionCurve(args.eval_ref, device, args.inception_weights) if args.eval_ref else None
+
     def evaluate() -> None:
-        if is_main:
+        if inception_curve is not None:
+            result = inception_curve(ema, codec, channels, latent_size, args.num_classes, run_dir, steps,
+                                     args.eval_samples, args.eval_cfg_scale, args.eval_sampling_steps, rank, world,
+                                     **sampling)
+            logger.info(f"step {steps}: ADM metrics of {args.eval_samples} EMA samples: {format_record(result)}")
+            accelerator.log({f"eval/{k}": v for k, v in result.items() if isinstance(v, float)}, step=steps)
+        if is_main and kind == "builtin":
             result = evaluate_builtin(ema, codec, channels, latent_size, args.num_classes, device, run_dir,
                                       steps, args.eval_samples, args.eval_cfg_scale, args.eval_sampling_steps,
                                       **sampling)

@@ -94,3 +94,30 @@ def test_torchrun_two_gloo_processes_train_and_resume(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert torch.load(run_dir / "checkpoints" / "0000004.pt", weights_only=False)["steps"] == 4
     assert "2 process(es)" in (run_dir / "log.txt").read_text()
+
+
+def test_eval_ref_records_an_inception_metric_curve(tmp_path, monkeypatch):
+    import numpy as np
+    from eval_stand_in import StandInInception
+
+    import evaluations.evaluator as evaluator
+    import evaluations.proxy as proxy
+    from data.procedural import render_batch
+
+    monkeypatch.setattr(evaluator, "load_inception", lambda *a, **k: StandInInception())
+    untrained = proxy.ProxyClassifier(10).eval()
+    monkeypatch.setattr(proxy, "get_proxy_classifier", lambda *a, **k: untrained)
+    monkeypatch.setenv("DIFFUSION_LAB_CACHE", str(tmp_path / "cache"))
+    ref = tmp_path / "ref.npz"
+    np.savez(ref, arr_0=render_batch(range(40), seed=7, resolution=16))
+    train.main(train.parse_args([*TINY_TRAIN, "--results-dir", str(tmp_path), "--max-steps", "4",
+                                 "--log-every", "2", "--ckpt-every", "100", "--eval-every", "2",
+                                 "--eval-ref", str(ref), "--eval-samples", "12", "--eval-sampling-steps", "3"]))
+    run_dir = tmp_path / "000-DiT-Ti-4"
+    curve = [json.loads(line) for line in (run_dir / "inception_metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in curve] == [2, 4]
+    for r in curve:
+        assert r["fid"] > 0 and r["sfid"] > 0 and r["inception_score"] >= 1
+        assert 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 and r["num_samples"] == 12
+    assert (run_dir / "proxy_metrics.jsonl").exists()  # the built-in dataset is scored by its proxy as well
+

@@ -125,11 +125,15 @@ def test_generate_checks_projector_dims_and_class_token_size(reg_run, tmp_path):
 
 @pytest.mark.multiprocess
 def test_generate_through_two_gloo_processes_writes_exactly_n_images(reg_run, tmp_path):
+    from evaluations.proxy import ProxyClassifier, classifier_path, save_proxy_classifier
+
+    cache = tmp_path / "cache"  # an untrained classifier: the scoring path is what is tested, not its value
+    save_proxy_classifier(ProxyClassifier(10), classifier_path(10, cache))
     proc = run_script("-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29547", "generate.py",
                       "--ckpt", str(reg_run / "checkpoints" / "0000080.pt"), "--mode", "sde", "--num-steps", "3",
                       "--cfg-scale", "2.3", "--cls-cfg-scale", "2.3", "--guidance-high", "0.85",
                       "--num-fid-samples", "7", "--per-proc-batch-size", "2", "--sample-dir", str(tmp_path),
-                      timeout=600)
+                      "--proxy", timeout=600, env={"DIFFUSION_LAB_CACHE": str(cache)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     (npz,) = tmp_path.glob("*.npz")
     assert "sde3" in npz.name and "0.0-0.85-cls2.3" in npz.name
@@ -137,3 +141,6 @@ def test_generate_through_two_gloo_processes_writes_exactly_n_images(reg_run, tm
         assert f["arr_0"].shape == (7, 16, 16, 3) and f["arr_0"].dtype == np.uint8
         assert f["arr_1"].shape == (7,)
     assert len(list(npz.with_suffix("").glob("*.png"))) == 8  # 2 batches of 2 x 2 processes, the npz keeps 7
+    metrics = json.loads(npz.with_suffix(".json").read_text())
+    assert 0 <= metrics["proxy_class_accuracy"] <= 1 and metrics["proxy_fd"] >= 0
+    assert "Proxy class accuracy" in proc.stdout

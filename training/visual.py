@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from diffusion.pipeline import generate, is_flow_model
@@ -77,3 +78,53 @@ def evaluate_builtin(ema, codec, channels: int, latent_size: int, num_classes: i
     order = torch.cat([torch.nonzero(labels == c)[:8, 0] for c in range(num_classes)])
     save_grid(images[order], run_dir / "eval_samples.png", nrow=8)
     return result
+
+
+class InceptionCurve:
+    """ADM's metrics of ``num_samples`` EMA samples every N steps, against ``ref`` (issue: a curve
+    over training). The reference features and the network are loaded once. Every process samples
+    its share of the same fixed noise; the images are gathered so every process holds them all,
+    and the evaluator shards the Inception features across the processes again.
+    """
+
+    def __init__(self, ref: str, device, inception_weights: str | None = None):
+        from evaluations.evaluator import load_inception
+
+        self.ref_path, self.device = ref, device
+        self.model = load_inception(inception_weights, device)
+        self.reference = None
+
+    @torch.no_grad()
+    def __call__(self, ema, codec, channels: int, latent_size: int, num_classes: int, run_dir: Path, step: int,
+                 num_samples: int, cfg_scale: float, sampling_steps: int, rank: int, world: int,
+                 **sampling) -> dict:
+        from accelerate.utils import gather_object
+
+        from evaluations.evaluator import evaluate, reference_features
+
+        if self.reference is None:
+            self.reference = reference_features(self.ref_path, self.model, progress=rank == 0)
+        sampler = eval_sampler(ema)
+        devices = [self.device] if torch.device(self.device).type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            gen = torch.Generator().manual_seed(1)
+            noise = torch.randn(num_samples, channels, latent_size, latent_size, generator=gen)
+            labels = torch.randint(0, num_classes, (num_samples,), generator=gen)
+            start, stop = rank * num_samples // world, (rank + 1) * num_samples // world
+            torch.manual_seed(1 + rank)
+            mine = []
+            for i in range(start, stop, 250):
+                j = min(i + 250, stop)
+                z = generate(ema, noise[i:j].to(self.device), labels[i:j].to(self.device), sampler=sampler,
+                             num_steps=sampling_steps, cfg_scale=cfg_scale, cls_cfg_scale=cfg_scale,
+                             num_classes=num_classes, clip_denoised=codec.bounded, **sampling)
+                mine.append(to_uint8(codec.decode(z)))
+        parts = gather_object([np.concatenate(mine) if mine else None])
+        images = np.concatenate([p for p in parts if p is not None])
+        metrics = evaluate(self.reference, images, self.model, progress=False)
+        result = {"step": step, **{k: (float(v) if v is not None else None) for k, v in metrics.items()},
+                  "cfg_scale": cfg_scale, "sampler": f"{sampler}{sampling_steps}"}
+        if rank == 0:
+            with open(Path(run_dir) / "inception_metrics.jsonl", "a") as f:
+                f.write(json.dumps(result) + "\n")
+        return result
