@@ -20,6 +20,7 @@ import argparse
 
 import sample_ddp
 from training.cli import run_cli
+from training.visual import grid_sampler
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -43,11 +44,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     sample_ddp.add_eval_args(p)
     args = p.parse_args(argv)
     args.default_vae, args.default_model = "ema", "SiT-XL/2"  # REPA's last.pt carries no args
+    args.default_sampler = grid_sampler  # REPA's generate.py: ode; REG (no ODE for its class token): sde
     return args
 
 
-def main(args: argparse.Namespace) -> None:
-    sample_ddp.main(args)
+main = sample_ddp.main
 
 
 if __name__ == "__main__":

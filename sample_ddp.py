@@ -102,7 +102,7 @@ def add_flow_args(p: argparse.ArgumentParser) -> None:
 
 def sampling_settings(args, cfg: dict, model, codec) -> dict:
     """``diffusion.pipeline.generate`` arguments for this model family, and a name for them."""
-    sampler = args.sampler or eval_sampler(model)
+    sampler = args.sampler or getattr(args, "default_sampler", eval_sampler)(model)
     kw = dict(sampler=sampler, num_steps=args.num_sampling_steps, cfg_scale=args.cfg_scale,
               num_classes=cfg["num_classes"])
     name = f"cfg-{args.cfg_scale}-{sampler}{args.num_sampling_steps}"

@@ -309,7 +309,7 @@ def main(args: argparse.Namespace) -> None:
     running, log_steps, last_good, t0 = {}, 0, latest_or_none(run_dir, steps), time.time()
     try:
         for batch in epochs_of(loader, sampler, data_state):
-            raw, x, y = prepare_batch(batch, kind, codec, dataset, device)
+            raw, x, y = prepare_batch(batch, kind, codec, dataset, device, with_raw=bool(encoders))
             extra = {}
             if encoders:
                 extra["zs"], cls_token = encoder_targets(encoders, raw, reg=args.cls > 0)
@@ -361,8 +361,8 @@ def main(args: argparse.Namespace) -> None:
     accelerator.end_training()
 
 
-def prepare_batch(batch, kind: str, codec, dataset, device):
-    """``(raw, x, y)``: clean images in [0, 255] for the encoders (None for a latent cache), the
+def prepare_batch(batch, kind: str, codec, dataset, device, with_raw: bool):
+    """``(raw, x, y)``: clean images in [0, 255] for the encoders (None without ``with_raw``), the
     model input (latents, or pixels in [-1, 1] with ``--vae none``) and labels.
 
     Images get DiT's random flip (the same flip for the encoder's view); cached latents pick their
@@ -377,7 +377,7 @@ def prepare_batch(batch, kind: str, codec, dataset, device):
         if kind == "latents":
             return None, draw_cached_latents(x, torch.rand(x.shape[0]) < 0.5, dataset.scale), y
         x = random_flip(x)[0]
-        return (x + 1) * 127.5, codec.encode(x), y
+        return (x + 1) * 127.5 if with_raw else None, codec.encode(x), y
 
 
 def example_inputs(model, channels: int, latent_size: int, device) -> tuple:

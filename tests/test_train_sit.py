@@ -144,3 +144,16 @@ def test_generate_through_two_gloo_processes_writes_exactly_n_images(reg_run, tm
     metrics = json.loads(npz.with_suffix(".json").read_text())
     assert 0 <= metrics["proxy_class_accuracy"] <= 1 and metrics["proxy_fd"] >= 0
     assert "Proxy class accuracy" in proc.stdout
+
+
+def test_generate_defaults_to_repas_ode_and_to_the_sde_for_reg():
+    import generate
+    from models import create_model
+    from sample_ddp import sampling_settings
+
+    args = generate.parse_args(["--ckpt", "c.pt"])
+    cfg = {"num_classes": 10, "path_type": "linear"}
+    repa = create_model("SiT-Ti/4", input_size=16, num_classes=10, in_channels=3, z_dims=[32])
+    reg = create_model("SiT-Ti/4", input_size=16, num_classes=10, in_channels=3, z_dims=[32], cls_token_dim=32)
+    assert sampling_settings(args, cfg, repa, None)["kwargs"]["sampler"] == "ode"
+    assert sampling_settings(args, cfg, reg, None)["kwargs"]["sampler"] == "sde"
