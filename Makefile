@@ -1,4 +1,5 @@
 # make install | demo | demo-sit | test | lint | bench | clean
+#      train | overfit | quick-test | generate | status | gpu-status | monitor | clean-all | clean-cuda  (the U-Net)
 # `install` makes .venv in the repository root unless a virtual or conda environment is active.
 ACTIVE_ENV := $(or $(VIRTUAL_ENV),$(CONDA_PREFIX))
 ifeq ($(ACTIVE_ENV),)
@@ -20,7 +21,30 @@ DEMO_FLAGS ?= --dataset builtin --model DiT-Demo/4 --image-size 16 --num-classes
 # The same budget for a plain SiT (v-prediction, linear interpolant, Euler-Maruyama samples): issue 3's comparison.
 DEMO_SIT_FLAGS ?= $(subst DiT-Demo/4,SiT-Demo/4,$(DEMO_FLAGS)) --proj-coeff 0 --cls 0
 
-.PHONY: install demo demo-sit test lint bench clean
+# The class-conditional U-Net (pixel space, cosine schedule, DDPM). 128 px on a GPU as the original; a CPU
+# gets 32 px unless IMAGE_SIZE is given. DATASET=builtin trains offline on the procedural images.
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
+MODEL ?= UNet
+DATASET ?= cifar10
+IMAGE_SIZE ?= $(if $(HAS_GPU),128,32)
+RESULTS ?= results
+SAMPLES ?= 1
+OVERFIT_EPOCHS ?= 1500
+CFG_SCALE ?= 2
+GEN_STEPS ?= 250
+UNET_FLAGS ?= --model $(MODEL) --dataset $(DATASET) --image-size $(IMAGE_SIZE) --num-classes 10 --vae none \
+	$(if $(DATA_PATH),--data-path $(DATA_PATH)) --results-dir $(RESULTS) --num-workers $(if $(HAS_GPU),4,0) \
+	--eval-sampling-steps 100
+TRAIN_FLAGS ?= --global-batch-size 128 --epochs 100 --lr 2e-4 --lr-warmup-steps 1000 --lr-schedule cosine \
+	--ema-decay 0.9999 --log-every 100 --ckpt-every 5000
+# Overfit: every image in each batch, a short EMA so the samples follow the weights.
+OVERFIT_FLAGS ?= --overfit --samples $(SAMPLES) --global-batch-size $(shell echo $$((10 * $(SAMPLES)))) \
+	--lr 1e-3 --lr-warmup-steps 50 --lr-schedule cosine --ema-decay 0.99 --log-every 50 --ckpt-every 500
+# Targets other than install depend on $(NEEDS); the test suite runs them with NEEDS= (already installed).
+NEEDS ?= install
+
+.PHONY: install demo demo-sit test lint bench clean train overfit quick-test generate status gpu-status monitor \
+	clean-all clean-cuda
 
 install: $(STAMP)
 
@@ -29,20 +53,60 @@ $(STAMP): requirements.txt
 	$(PYTHON) -m pip install -q -r requirements.txt
 	@touch $(STAMP)
 
-demo: install
+demo: $(NEEDS)
 	$(PYTHON) train.py $(DEMO_FLAGS)
 
-demo-sit: install
+demo-sit: $(NEEDS)
 	$(PYTHON) train.py $(DEMO_SIT_FLAGS)
 
-test: install
+test: $(NEEDS)
 	$(PYTHON) -m pytest -q
 
-lint: install
+lint: $(NEEDS)
 	$(PYTHON) -m ruff check .
 
-bench: install
+bench: $(NEEDS)
 	$(PYTHON) benchmarks/train_throughput.py --model DiT-XL/2 --image-size 256 --batch-size 32
 
+train: $(NEEDS)
+	$(PYTHON) train.py $(UNET_FLAGS) $(TRAIN_FLAGS)
+
+overfit: $(NEEDS)
+	$(PYTHON) train.py $(UNET_FLAGS) $(OVERFIT_FLAGS) --epochs $(OVERFIT_EPOCHS)
+
+quick-test: $(NEEDS)
+	$(PYTHON) train.py $(UNET_FLAGS) $(OVERFIT_FLAGS) --epochs 2
+
+# Samples of every class from the newest checkpoint of any run, into that run's folder.
+generate: $(NEEDS)
+	@ckpt=$$($(PYTHON) -m training.run newest $(RESULTS)) && run=$$(dirname $$(dirname $$ckpt)) && \
+	echo "newest checkpoint: $$ckpt" && \
+	$(PYTHON) sample.py --ckpt $$ckpt --samples 4 --class-labels 0 1 2 3 4 5 6 7 8 9 --sampler ddpm \
+		--num-sampling-steps $(GEN_STEPS) --cfg-scale $(CFG_SCALE) --output $$run/generated.png
+
+status: $(NEEDS)
+	@$(PYTHON) -m training.run status $(RESULTS)
+
+gpu-status: $(NEEDS)
+	@if [ -n "$(HAS_GPU)" ]; then nvidia-smi; else echo "nvidia-smi: no NVIDIA GPU or driver found"; fi
+	@$(PYTHON) -c "import torch; n = torch.cuda.device_count(); print(f'torch {torch.__version__}: CUDA available: {torch.cuda.is_available()}, {n} device(s)'); [print(f'  cuda:{i} {torch.cuda.get_device_name(i)}, {torch.cuda.mem_get_info(i)[0] / 2**30:.1f} of {torch.cuda.mem_get_info(i)[1] / 2**30:.1f} GiB free') for i in range(n)]"
+
+# GPU use every 2 s while training runs; without a GPU, the newest run's log as it grows.
+monitor: $(NEEDS)
+	@if [ -n "$(HAS_GPU)" ]; then nvidia-smi --query-gpu=index,utilization.gpu,memory.used,memory.total,temperature.gpu,power.draw --format=csv -l 2; \
+	else echo "no NVIDIA GPU: following the newest run's log (Ctrl-C stops)"; tail -f "$$($(PYTHON) -m training.run log $(RESULTS))"; fi
+
+# Checkpoints and generated images (sample.py's sample.png, sample_ddp.py's samples/).
+OUTPUTS ?= samples sample.png
 clean:
-	rm -rf results samples sample.png .pytest_cache
+	rm -rf $(RESULTS) $(OUTPUTS)
+
+clean-all: clean
+	find . -path ./.venv -prune -o -name __pycache__ -type d -print -exec rm -rf {} +
+	rm -rf .pytest_cache .ruff_cache *.egg-info
+
+# A process frees its own CUDA cache when it exits; what stays allocated belongs to running processes.
+clean-cuda:
+	@if [ -n "$(HAS_GPU)" ]; then nvidia-smi --query-compute-apps=pid,process_name,used_memory --format=csv; \
+	echo "these processes hold GPU memory; stop the ones you no longer need (kill PID) to free it"; \
+	else echo "no NVIDIA GPU: nothing to clear"; fi

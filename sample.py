@@ -4,6 +4,7 @@
   python sample.py --model DiT-L/4 --image-size 256 --ckpt /path/to/model.pt
   python sample.py --ckpt results/000-DiT-Ti-4/checkpoints/0002000.pt --sampler ddim --num-sampling-steps 50
   python sample.py --model SiT-XL/2 --ckpt last.pt --sampler ode --num-sampling-steps 50   # REPA
+  python sample.py --ckpt results/000-UNet/checkpoints/0100000.pt --samples 4         # U-Net: 4 per class
 Writes ``sample.png`` (or ``--output``).
 """
 
@@ -42,6 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--class-labels", type=int, nargs="+", default=None,
                    help="default: the official eight ImageNet classes, or the first classes of the checkpoint")
+    p.add_argument("--samples", type=int, default=1,
+                   help="samples of each class in --class-labels; the grid then has one row per class")
     p.add_argument("--ckpt", type=str, default=None, help="default: download the official DiT-XL/2 weights")
     p.add_argument("--output", type=str, default="sample.png")
     add_flow_args(p)
@@ -64,13 +67,16 @@ def main(args: argparse.Namespace) -> None:
     bad = [c for c in labels if not 0 <= c < cfg["num_classes"]]
     if bad:
         raise ValueError(f"--class-labels {bad} outside 0..{cfg['num_classes'] - 1}")
+    if args.samples < 1:
+        raise ValueError("--samples must be positive")
+    labels = [c for c in labels for _ in range(args.samples)]
     args.sampler = args.sampler or grid_sampler(model)
     settings = sampling_settings(args, cfg, model, codec)
     size = cfg["image_size"] // codec.downsample
     noise = torch.randn(len(labels), codec.latent_channels, size, size, device=device)
     y = torch.tensor(labels, device=device)
     z = generate(model, noise, y, progress=True, **settings["kwargs"])
-    save_grid(codec.decode(z), args.output, nrow=4)
+    save_grid(codec.decode(z), args.output, nrow=args.samples if args.samples > 1 else 4)
     print(f"saved {len(labels)} samples of {cfg['model']} ({cfg['ckpt']}) to {args.output}")
 
 

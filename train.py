@@ -1,13 +1,15 @@
-"""Train a class-conditional DiT (DDPM) or SiT / REPA / REG (interpolant) model, on images or latents.
+"""Train a class-conditional DiT or U-Net (DDPM) or SiT / REPA / REG (interpolant) model, on images or latents.
 
   torchrun --nnodes=1 --nproc_per_node=N train.py --model DiT-XL/2 --data-path /path/to/imagenet/train
   accelerate launch --multi_gpu --num_processes 8 train.py --model SiT-XL/2 --enc-type dinov2-vit-b \
       --encoder-depth 8 --proj-coeff 0.5 --cls 0.03 --batch-size 256 --data-dir data/ --exp-name reg
   python train.py --dataset builtin --model DiT-Ti/4 --image-size 32 --vae none --max-steps 2000
+  python train.py --model UNet --dataset cifar10 --image-size 128 --vae none      # the CIFAR-10 U-Net
+  python train.py --model UNet --dataset cifar10 --vae none --overfit --samples 1  # one image per class
 
-Both families share the loop; each keeps its original's flags and defaults. SiT models take
-REPA/REG's flags (``--proj-coeff 0 --cls 0`` is plain SiT, ``--cls 0`` is REPA); the flags that
-only one family has are refused for the other.
+The families share the loop; each keeps its original's flags and defaults. SiT models take
+REPA/REG's flags (``--proj-coeff 0 --cls 0`` is plain SiT, ``--cls 0`` is REPA), the U-Net its
+shape flags and the cosine schedule; flags that only one family has are refused for the others.
 
 Story: parse and validate the flags, set up the run folder, build data / VAE / encoders / model /
 objective, then loop: draw the loss terms, take an AdamW step, update the EMA, log, checkpoint
@@ -28,7 +30,8 @@ from accelerate.utils import gather_object
 
 from data import build_dataset, resolve_dataset_kind
 from data.latents import sample_latents as draw_cached_latents
-from diffusion import NOISE_SCHEDULES, create_diffusion
+from diffusion import NOISE_SCHEDULES
+from diffusion.pipeline import diffusion_for
 from loss.denoising import DDPMObjective, InterpolantObjective
 from models import MODEL_NAMES, create_model
 from models.encoders import load_encoders
@@ -36,21 +39,24 @@ from models.vae import load_vae
 from training import checkpoint as ckpt_io
 from training.alignment import check_token_counts, encoder_targets
 from training.cli import run_cli
-from training.data import make_loader, random_flip
+from training.data import make_loader, overfit_subset, random_flip
 from training.ema import requires_grad, update_ema
 from training.monitor import MetricsLog
-from training.run import create_logger, create_run_dir, save_args
+from training.overfit import overfit_report
+from training.run import checkpoint_dir, create_logger, create_run_dir, save_args
+from training.schedule import LR_SCHEDULES, lr_at
 from training.setup import seed_everything, setup_accelerator
 from training.throughput import mfu, peak_flops, train_flops_per_sample
-from training.visual import InceptionCurve, evaluate_builtin, sample_grid
+from training.visual import InceptionCurve, evaluate_builtin, grid_labels, sample_grid
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-path", "--data-dir", dest="data_path", type=str, default=None,
                    help="ImageNet-style folder, a latent cache, or REPA/REG's layout (imagenet_256_vae/ + vae-sd/)")
-    p.add_argument("--dataset", choices=["folder", "latents", "repa", "builtin"], default=None,
-                   help="default: from what --data-path holds")
+    p.add_argument("--dataset", choices=["folder", "latents", "repa", "builtin", "cifar10"], default=None,
+                   help="default: from what --data-path holds; cifar10 reads (or downloads into) --data-path, "
+                   "default datasets/cifar10")
     p.add_argument("--results-dir", "--output-dir", dest="results_dir", type=str, default="results")
     p.add_argument("--exp-name", type=str, default=None,
                    help="run folder {results-dir}/{exp-name} (REPA) instead of a numbered one (DiT)")
@@ -68,6 +74,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ckpt-every", "--checkpointing-steps", dest="ckpt_every", type=int, default=50_000)
     p.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=1e-4)
     p.add_argument("--ema-decay", type=float, default=0.9999)
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
+                   help="after the warm-up: constant (DiT, REPA), or linear / cosine decay to --min-lr at the last step")
+    p.add_argument("--lr-warmup-steps", type=int, default=0, help="linear warm-up of the learning rate")
+    p.add_argument("--min-lr", type=float, default=0.0, help="final learning rate of the linear / cosine decay")
+    p.add_argument("--overfit", action="store_true", help="train on --samples images per class only; "
+                   "checkpoints go to checkpoints_overfit/ and the run ends with an overfit report")
+    p.add_argument("--samples", type=int, default=1, help="images per class with --overfit")
     p.add_argument("--max-grad-norm", type=float, default=None,
                    help="gradient clipping (default: none for DiT, 1.0 for SiT, as the originals)")
     p.add_argument("--cfg-prob", type=float, default=0.1, help="label dropout for classifier-free guidance")
@@ -86,9 +99,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval-sampling-steps", type=int, default=250,
                    help="sampler steps for evaluation samples (DDPM for DiT, Euler-Maruyama for SiT)")
     p.add_argument("--eval-cfg-scale", type=float, default=1.0)
-    dit = p.add_argument_group("DiT only")
+    dit = p.add_argument_group("DDPM models (DiT, U-Net) only")
     dit.add_argument("--noise-schedule", choices=list(NOISE_SCHEDULES), default=None,
-                     help="beta schedule: linear (DiT, default) or cosine (IDDPM, better at low resolution)")
+                     help="beta schedule: linear (DiT's default) or cosine (IDDPM; the U-Net's default)")
+    unet = p.add_argument_group("U-Net only (defaults: the model's, base 64, mult 1,2,2,2, embeddings 128)")
+    unet.add_argument("--base-channels", type=int, default=None, help="channels at full resolution")
+    unet.add_argument("--channel-mult", type=str, default=None, help="per-resolution multipliers, e.g. 1,2,2,2")
+    unet.add_argument("--num-res-blocks", type=int, default=None, help="residual blocks per resolution")
+    unet.add_argument("--time-emb-dim", type=int, default=None, help="time embedding size")
+    unet.add_argument("--class-emb-dim", type=int, default=None, help="class embedding size")
+    unet.add_argument("--dropout", type=float, default=None, help="dropout in the residual blocks (0.1)")
     sit = p.add_argument_group("SiT / REPA / REG only (defaults are REG's)")
     sit.add_argument("--enc-type", type=str, default=None, help="frozen encoder(s), e.g. dinov2-vit-b (default)")
     sit.add_argument("--encoder-depth", type=int, default=None, help="block whose tokens are aligned (REPA: 8)")
@@ -105,26 +125,50 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 SIT_DEFAULTS = {"enc_type": "dinov2-vit-b", "proj_coeff": 0.5, "cls": 0.03, "path_type": "linear",
                 "prediction": "v", "weighting": "uniform", "qk_norm": False, "legacy": False,
-                "max_grad_norm": 1.0}
+                "max_grad_norm": 1.0, "encoder_depth": None}
 DIT_DEFAULTS = {"noise_schedule": "linear", "max_grad_norm": None}
+UNET_SHAPE_FLAGS = ("base_channels", "channel_mult", "num_res_blocks", "time_emb_dim", "class_emb_dim", "dropout")
+# DDPM's CIFAR-10 recipe: cosine schedule (IDDPM), gradients clipped at norm 1 (Ho et al., App. B).
+UNET_DEFAULTS = {"noise_schedule": "cosine", "max_grad_norm": 1.0, **dict.fromkeys(UNET_SHAPE_FLAGS)}
+FAMILY_DEFAULTS = {"dit": DIT_DEFAULTS, "sit": SIT_DEFAULTS, "unet": UNET_DEFAULTS}
+FAMILY_NAMES = {"dit": "DiT (DDPM)", "sit": "SiT (REPA / REG)", "unet": "U-Net (DDPM)"}
+
+
+def family_of(model_name: str) -> str:
+    """``sit`` for SiT-* (interpolants), ``unet`` for UNet*, ``dit`` for DiT-* (both DDPM)."""
+    if model_name.startswith("SiT-"):
+        return "sit"
+    return "unet" if model_name.startswith("UNet") else "dit"
 
 
 def is_sit(model_name: str) -> bool:
-    return model_name.startswith("SiT-")
+    return family_of(model_name) == "sit"
 
 
 def resolve_family_flags(args: argparse.Namespace) -> None:
-    """Refuse the other family's flags, then fill this family's defaults (so args.json records them)."""
-    mine, theirs = (SIT_DEFAULTS, DIT_DEFAULTS) if is_sit(args.model) else (DIT_DEFAULTS, SIT_DEFAULTS)
-    family = "SiT (REPA / REG)" if is_sit(args.model) else "DiT (DDPM)"
-    others = [*theirs, *([] if is_sit(args.model) else ["encoder_depth"])]
-    for key in others:
-        if key not in mine and getattr(args, key) is not None:
-            raise ValueError(f"--{key.replace('_', '-')} does not apply to {args.model}: {family} models do not "
-                             "use it (DiT trains with DDPM; SiT-* models take the REPA/REG flags)")
+    """Refuse the other families' flags, then fill this family's defaults (so args.json records them)."""
+    family = family_of(args.model)
+    mine = FAMILY_DEFAULTS[family]
+    for other, flags in FAMILY_DEFAULTS.items():
+        for key in flags:
+            if other != family and key not in mine and getattr(args, key) is not None:
+                raise ValueError(f"--{key.replace('_', '-')} does not apply to {args.model}: {FAMILY_NAMES[family]} "
+                                 f"models do not use it (it is a {FAMILY_NAMES[other]} flag)")
     for key, value in mine.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+
+
+def unet_kwargs(args: argparse.Namespace) -> dict:
+    """The U-Net shape flags that were given (the model's defaults fill the rest)."""
+    kw = {k: getattr(args, k) for k in UNET_SHAPE_FLAGS if getattr(args, k) is not None}
+    if "channel_mult" in kw:
+        try:
+            kw["channel_mult"] = tuple(int(m) for m in kw["channel_mult"].split(","))
+        except ValueError:
+            raise ValueError(f"--channel-mult {kw['channel_mult']!r} is not a comma-separated list of integers, "
+                             "e.g. 1,2,2,2") from None
+    return kw
 
 
 def validate(args: argparse.Namespace) -> None:
@@ -147,7 +191,11 @@ def validate(args: argparse.Namespace) -> None:
                          "or pass --resume with a checkpoint file or run folder")
     if args.resume_step and args.resume:
         raise ValueError("pass either --resume or --resume-step, not both")
+    if args.samples < 1 or args.lr_warmup_steps < 0 or args.min_lr < 0:
+        raise ValueError("--samples must be positive, --lr-warmup-steps and --min-lr >= 0")
     resolve_family_flags(args)
+    if family_of(args.model) == "unet":
+        unet_kwargs(args)
     if is_sit(args.model) and args.proj_coeff < 0 or is_sit(args.model) and args.cls < 0:
         raise ValueError("--proj-coeff and --cls must be >= 0")
     if args.eval_every and args.dataset != "builtin" and not args.eval_ref:
@@ -163,13 +211,14 @@ def main(args: argparse.Namespace) -> None:
     sit = is_sit(args.model)
     kind = resolve_dataset_kind(args.dataset, args.data_path)
     run_dir = Path(args.results_dir) / args.exp_name if args.exp_name else None
+    ckpt_subdir = checkpoint_dir(args.overfit)
     if args.resume_step:
-        args.resume = str(run_dir / "checkpoints" / f"{args.resume_step:07d}.pt")
-    elif run_dir is not None and not args.resume and ckpt_io.latest_checkpoint(run_dir) is not None:
-        newest = ckpt_io.latest_checkpoint(run_dir)
+        args.resume = str(run_dir / ckpt_subdir / f"{args.resume_step:07d}.pt")
+    elif run_dir is not None and not args.resume and ckpt_io.latest_checkpoint(run_dir, ckpt_subdir) is not None:
+        newest = ckpt_io.latest_checkpoint(run_dir, ckpt_subdir)
         raise ValueError(f"{run_dir} already holds checkpoints (newest {newest.name}); continue it with "
                          f"--resume-step {int(newest.stem)} or choose another --exp-name")
-    resume_path = ckpt_io.resolve_resume(args.resume) if args.resume else None
+    resume_path = ckpt_io.resolve_resume(args.resume, ckpt_subdir) if args.resume else None
     resume = ckpt_io.load_checkpoint(resume_path) if resume_path else None
     if resume is not None:
         check_resume_args(resume, args)
@@ -186,6 +235,8 @@ def main(args: argparse.Namespace) -> None:
     if aligned and kind == "latents":
         raise ValueError("REPA/REG align to encoder features of the images, which a latent cache does not hold: "
                          "use an image folder or REPA/REG's layout (preprocessing/dataset_tools.py)")
+    if args.overfit:
+        dataset = overfit_subset(dataset, args.samples, args.num_classes)
 
     accelerator = setup_accelerator(args.mixed_precision, args.report_to, allow_tf32=args.allow_tf32 or not sit)
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
@@ -199,7 +250,7 @@ def main(args: argparse.Namespace) -> None:
     if resume_path is not None:
         run_dir = resume_path.parent.parent
     elif is_main:
-        run_dir = create_run_dir(args.results_dir, args.model, args.exp_name)
+        run_dir = create_run_dir(args.results_dir, args.model, args.exp_name, ckpt_subdir)
     run_dir = Path(gather_object([str(run_dir) if is_main else ""])[0])
     logger = create_logger(run_dir, is_main)
     if is_main:
@@ -218,6 +269,8 @@ def main(args: argparse.Namespace) -> None:
         channels, latent_size = dataset.moments_shape[0] // 2, dataset.moments_shape[-1]
     model_kwargs = dict(input_size=latent_size, num_classes=args.num_classes, in_channels=channels,
                         class_dropout_prob=args.cfg_prob)
+    if family_of(args.model) == "unet":
+        model_kwargs.update(unet_kwargs(args))
     encoders, sampling = [], {}
     if sit:
         if aligned:
@@ -229,11 +282,10 @@ def main(args: argparse.Namespace) -> None:
             model_kwargs["encoder_depth"] = args.encoder_depth
         objective = InterpolantObjective(args.path_type, args.weighting, args.prediction, args.proj_coeff, args.cls)
         sampling["path_type"] = args.path_type
-    else:
-        diffusion = create_diffusion(timestep_respacing="", noise_schedule=NOISE_SCHEDULES[args.noise_schedule])
-        objective = DDPMObjective(diffusion)
-        sampling["noise_schedule"] = NOISE_SCHEDULES[args.noise_schedule]
     model = create_model(args.model, **model_kwargs)
+    if not sit:
+        sampling["noise_schedule"] = NOISE_SCHEDULES[args.noise_schedule]
+        objective = DDPMObjective(diffusion_for(model, "", sampling["noise_schedule"]))
     if encoders:
         check_token_counts(encoders, model.x_embedder.num_patches, args.image_size, args.model)
     ema = deepcopy(model).to(device)
@@ -263,16 +315,18 @@ def main(args: argparse.Namespace) -> None:
     steps_per_epoch = len(sampler) // local_batch
     total = min(args.max_steps or sys.maxsize, args.epochs * steps_per_epoch)
     if steps_per_epoch == 0:
-        raise ValueError(f"the dataset has {len(dataset)} items, fewer than one batch of {local_batch} per process")
+        raise ValueError(f"the dataset has {len(dataset)} items, fewer than one batch of {local_batch} per process; "
+                         "lower --global-batch-size")
     peak = peak_flops(device, args.mixed_precision)
     metrics = MetricsLog(run_dir, resume_step=steps) if is_main else None
-    grid_noise = torch.randn(16, channels, latent_size, latent_size,
+    grid_y, grid_nrow = grid_labels(args.num_classes)
+    grid_noise = torch.randn(len(grid_y), channels, latent_size, latent_size,
                              generator=torch.Generator().manual_seed(args.global_seed)).to(device)
-    grid_labels = (torch.arange(16) * max(1, args.num_classes // 16) % args.num_classes).to(device)
+    grid_y = grid_y.to(device)
 
     def checkpoint() -> Path:
         rngs = gather_object([ckpt_io.rng_state()])
-        path = run_dir / "checkpoints" / f"{steps:07d}.pt"
+        path = run_dir / ckpt_subdir / f"{steps:07d}.pt"
         if is_main:
             state = {"model": accelerator.unwrap_model(model).state_dict(), "ema": ema.state_dict(),
                      "opt": opt.state_dict(), "args": vars(args), "steps": steps, "rng": rngs,
@@ -280,8 +334,8 @@ def main(args: argparse.Namespace) -> None:
             if accelerator.scaler is not None:
                 state["scaler"] = accelerator.scaler.state_dict()
             ckpt_io.save_atomic(state, path)
-            sample_grid(ema, codec, grid_noise, grid_labels, args.num_classes,
-                        run_dir / "samples" / f"{steps:07d}.png", **sampling)
+            sample_grid(ema, codec, grid_noise, grid_y, args.num_classes,
+                        run_dir / "samples" / f"{steps:07d}.png", nrow=grid_nrow, **sampling)
             logger.info(f"saved checkpoint {path}")
         accelerator.wait_for_everyone()
         return path
@@ -306,7 +360,7 @@ def main(args: argparse.Namespace) -> None:
     logger.info(f"training for {total:,} steps ({steps_per_epoch:,} per epoch), global batch "
                 f"{args.global_batch_size}, from step {steps}")
     bar = progress_bar(total, steps, is_main)
-    running, log_steps, last_good, t0 = {}, 0, latest_or_none(run_dir, steps), time.time()
+    running, log_steps, last_good, t0 = {}, 0, latest_or_none(run_dir, steps, ckpt_subdir), time.time()
     try:
         for batch in epochs_of(loader, sampler, data_state):
             raw, x, y = prepare_batch(batch, kind, codec, dataset, device, with_raw=bool(encoders))
@@ -322,6 +376,8 @@ def main(args: argparse.Namespace) -> None:
             accelerator.backward(losses["loss"])
             if args.max_grad_norm is not None:
                 losses["grad_norm"] = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(steps, args.lr, args.lr_schedule, args.lr_warmup_steps, total, args.min_lr)
             opt.step()
             opt.zero_grad(set_to_none=True)
             update_ema(ema, accelerator.unwrap_model(model), args.ema_decay)
@@ -357,7 +413,11 @@ def main(args: argparse.Namespace) -> None:
                 break
     finally:
         bar.close()
-    logger.info(f"done after {steps:,} steps; checkpoints in {run_dir / 'checkpoints'}")
+    if args.overfit and is_main:
+        report = overfit_report(ema, codec, dataset, args.num_classes, run_dir, steps, args.eval_cfg_scale,
+                                args.eval_sampling_steps, builtin=kind == "builtin", **sampling)
+        logger.info(f"overfit report (EMA samples vs their training images): {format_record(report)}")
+    logger.info(f"done after {steps:,} steps; checkpoints in {run_dir / ckpt_subdir}")
     accelerator.end_training()
 
 
@@ -427,8 +487,8 @@ def restore_rng(resume: dict, rank: int, world: int, logger) -> None:
                     "continuing with fresh random streams (not bit-exact)")
 
 
-def latest_or_none(run_dir: Path, steps: int) -> Path | None:
-    return ckpt_io.latest_checkpoint(run_dir) if steps > 0 else None
+def latest_or_none(run_dir: Path, steps: int, subdir: str) -> Path | None:
+    return ckpt_io.latest_checkpoint(run_dir, subdir) if steps > 0 else None
 
 
 def progress_bar(total: int, initial: int, enabled: bool):

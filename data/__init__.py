@@ -1,4 +1,5 @@
-"""Datasets for training: the built-in procedural set, an image folder, cached latents, or REPA/REG's layout."""
+"""Datasets for training: the built-in procedural set, CIFAR-10, an image folder, cached latents, or
+REPA/REG's layout."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ from .latents import LatentDataset, is_latent_cache
 from .repa import is_repa_layout
 
 BUILTIN_SIZE = 100_000  # images per epoch of the built-in dataset (rendered on demand)
+CIFAR10_ROOT = "datasets/cifar10"  # where --dataset cifar10 looks (and downloads) without --data-path
 
 
 def resolve_dataset_kind(dataset: str | None, data_path: str | None) -> str:
-    """``builtin`` | ``folder`` | ``latents`` | ``repa``; a ``--data-path`` holding a latent cache means
+    """``builtin`` | ``cifar10`` | ``folder`` | ``latents`` | ``repa``; a ``--data-path`` holding a latent cache means
     latents, one holding ``vae-sd/`` or ``imagenet_256_vae/`` (``data/repa.py``) means repa."""
-    if dataset == "builtin":
-        return "builtin"
+    if dataset in ("builtin", "cifar10"):
+        return dataset
     if not data_path:
         raise ValueError("no training data: pass --data-path /path/to/imagenet/train (or a latent cache), "
                          "or --dataset builtin for the built-in procedural images")
@@ -40,6 +42,10 @@ def build_dataset(kind: str, data_path: str | None, image_size: int, num_classes
         from .procedural import ProceduralImages
 
         return ProceduralImages(num_images or BUILTIN_SIZE, resolution=image_size, num_classes=num_classes, seed=0)
+    if kind == "cifar10":
+        from .cifar10 import CIFAR10Images
+
+        return CIFAR10Images(data_path or CIFAR10_ROOT, image_size)
     if kind == "latents":
         ds = LatentDataset(data_path)
         if ds.image_size != image_size:

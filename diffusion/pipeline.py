@@ -44,6 +44,16 @@ DDPM_SAMPLERS = ("ddpm", "ddim")  # DiT: GaussianDiffusion loops on respaced int
 FLOW_SAMPLERS = ("ode", "sde")    # SiT / REPA / REG: Euler (Heun) ODE, Euler-Maruyama SDE
 
 
+def diffusion_for(model, timestep_respacing, noise_schedule: str = "linear"):
+    """The DDPM process a DiT or U-Net was trained with: a learned variance (DiT's default) when the
+    model outputs one, else the fixed posterior variance beta_tilde_t (DDPM's sigma_small)."""
+    from diffusion import create_diffusion
+
+    learn_sigma = getattr(model, "learn_sigma", True)
+    return create_diffusion(timestep_respacing, noise_schedule=noise_schedule, learn_sigma=learn_sigma,
+                            sigma_small=not learn_sigma)
+
+
 def is_flow_model(model) -> bool:
     """SiT-family models (tuple outputs, flow time in [0, 1]) carry ``z_dims``; DiT does not."""
     return hasattr(model, "z_dims")
@@ -60,7 +70,6 @@ def generate(model, noise: torch.Tensor, labels: torch.Tensor, *, sampler: str, 
     with guidance inside ``[guidance_low, guidance_high]``; for a REG model the random class tokens
     are drawn here, after ``noise`` (as REG's generate.py does), and guided by ``cls_cfg_scale``.
     """
-    from diffusion import create_diffusion
     from diffusion.samplers import euler_maruyama_sampler, euler_sampler
 
     flow = is_flow_model(model)
@@ -70,7 +79,7 @@ def generate(model, noise: torch.Tensor, labels: torch.Tensor, *, sampler: str, 
         raise ValueError(f"a {kind} model samples with {' or '.join(valid)}, not {sampler!r}")
     if not flow:
         steps = f"ddim{num_steps}" if sampler == "ddim" else str(num_steps)
-        diffusion = create_diffusion(steps, noise_schedule=noise_schedule)
+        diffusion = diffusion_for(model, steps, noise_schedule)
         return sample_latents(model, diffusion, noise, labels, cfg_scale=cfg_scale, num_classes=num_classes,
                               sampler=sampler, eta=eta, clip_denoised=clip_denoised, progress=progress)
     cls_dim = getattr(model, "cls_token_dim", None)

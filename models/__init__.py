@@ -6,8 +6,9 @@ from torch import nn
 
 from models.dit import DiT_models
 from models.sit import SiT_models
+from models.unet import UNet_models
 
-MODELS = {**DiT_models, **SiT_models}
+MODELS = {**DiT_models, **SiT_models, **UNet_models}
 MODEL_NAMES = tuple(MODELS)
 
 

@@ -6,7 +6,7 @@ uses ``ema``. A checkpoint with ``args`` (ours, REG's) supplies the flags it was
 so ``--model``, ``--image-size`` / ``--resolution``, ``--num-classes`` and ``--vae`` default to
 those. A SiT's projector sizes, class token, qk-norm and learned-sigma half are read from the
 weights themselves; only ``--encoder-depth`` (where the projectors read) must come from the
-checkpoint's args or the flag.
+checkpoint's args or the flag. A U-Net's shape comes from the ``model_kwargs`` train.py records.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def resolve_sampling_config(args) -> tuple[dict, dict]:
         cfg["model_kwargs"] = sit_kwargs(state_dict, trained, args)
         cfg["path_type"] = getattr(args, "path_type", None) or trained.get("path_type", "linear")
     else:
-        cfg["model_kwargs"] = {}
+        cfg["model_kwargs"] = unet_kwargs(ckpt) if cfg["model"].startswith("UNet") else {}
         cfg["noise_schedule"] = NOISE_SCHEDULES[trained.get("noise_schedule") or "linear"]
     return state_dict, cfg
 
@@ -98,6 +98,12 @@ def sit_kwargs(state_dict: dict, trained: dict, args) -> dict:
     if depth is not None:
         kwargs["encoder_depth"] = int(depth)
     return kwargs
+
+
+def unet_kwargs(ckpt: dict) -> dict:
+    """A U-Net's shape (channels, multipliers, embeddings) as train.py recorded it in ``model_kwargs``."""
+    recorded = ckpt.get("model_kwargs", {}) if isinstance(ckpt, dict) else {}
+    return {k: v for k, v in recorded.items() if k not in ("input_size", "num_classes", "in_channels")}
 
 
 def build_for_sampling(state_dict: dict, cfg: dict, codec, device) -> torch.nn.Module:

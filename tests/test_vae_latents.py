@@ -139,7 +139,7 @@ def test_train_on_cached_latents_writes_checkpoint_and_decoded_grid(cached_run, 
     assert ckpt["steps"] == 4 and ckpt["args"]["vae"] == str(tiny_vae)
     assert ckpt["model"]["x_embedder.proj.weight"].shape[1] == 4  # 4 latent channels in
     grid = np.asarray(Image.open(cached_run / "samples" / "0000004.png"))
-    assert grid.shape == (2 + 2 * 34, 2 + 8 * 34, 3)  # 16 samples of 32 px: decoded by the VAE
+    assert grid.shape == (2 + 1 * 34, 2 + 10 * 34, 3)  # one 32 px sample per class, decoded by the VAE
 
 
 def test_train_with_vae_none_on_a_latent_cache_fails_in_one_line(latent_cache, tmp_path):

@@ -65,19 +65,19 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
                               "it may be truncated: use an earlier checkpoint") from None
 
 
-def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """The newest ``checkpoints/NNNNNNN.pt`` in a run folder, or None."""
-    ckpts = sorted(Path(run_dir, "checkpoints").glob("[0-9]*.pt"))
+def latest_checkpoint(run_dir: str | os.PathLike, subdir: str = "checkpoints") -> Path | None:
+    """The newest ``{subdir}/NNNNNNN.pt`` in a run folder (``checkpoints_overfit`` in overfit mode), or None."""
+    ckpts = sorted(Path(run_dir, subdir).glob("[0-9]*.pt"))
     return ckpts[-1] if ckpts else None
 
 
-def resolve_resume(path: str | os.PathLike) -> Path:
-    """``--resume`` accepts a checkpoint file or a run folder (its newest checkpoint)."""
+def resolve_resume(path: str | os.PathLike, subdir: str = "checkpoints") -> Path:
+    """``--resume`` accepts a checkpoint file or a run folder (its newest checkpoint in ``subdir``)."""
     path = Path(path)
     if path.is_dir():
-        found = latest_checkpoint(path)
+        found = latest_checkpoint(path, subdir)
         if found is None:
-            raise CheckpointError(f"--resume {path}: no checkpoints/NNNNNNN.pt in this run folder")
+            raise CheckpointError(f"--resume {path}: no {subdir}/NNNNNNN.pt in this run folder")
         return found
     if not path.is_file():
         raise CheckpointError(f"--resume {path}: no such checkpoint file or run folder")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 
 class ResumableSampler(DistributedSampler):
@@ -39,3 +39,24 @@ def random_flip(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Horizontal flip of each image with probability 1/2, drawn from the global RNG."""
     flip = torch.rand(x.shape[0]) < 0.5
     return torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x), flip
+
+
+def overfit_subset(dataset, samples_per_class: int, num_classes: int) -> Subset:
+    """The first ``samples_per_class`` items of every class, in index order (overfit mode).
+
+    A run that can reproduce its few training images shows that model, objective and sampler
+    fit together; ``labels`` keeps their classes for the overfit report."""
+    targets = getattr(dataset, "targets", None)
+    if targets is None:
+        raise ValueError("--overfit needs labelled images (--dataset builtin, cifar10 or an image folder), "
+                         "not a latent cache")
+    chosen, seen = [], [0] * num_classes
+    for index, label in enumerate(targets):
+        if seen[label] < samples_per_class:
+            chosen.append(index)
+            seen[label] += 1
+        if len(chosen) == samples_per_class * num_classes:
+            break
+    subset = Subset(dataset, chosen)
+    subset.labels = [targets[i] for i in chosen]
+    return subset

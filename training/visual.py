@@ -28,8 +28,18 @@ def eval_sampler(model) -> str:
     return "sde" if is_flow_model(model) else "ddpm"
 
 
+def grid_labels(num_classes: int, size: int = 16) -> tuple[torch.Tensor, int]:
+    """Labels of the periodic sample grid and its row length: with up to ``size`` classes, one row
+    per class (``size // num_classes`` samples each, or one row of one sample per class); with more,
+    ``size`` classes spread over the label range."""
+    if num_classes > size:
+        return torch.arange(size) * (num_classes // size) % num_classes, 8
+    per_class = max(1, size // num_classes)
+    return torch.arange(num_classes).repeat_interleave(per_class), per_class if per_class > 1 else num_classes
+
+
 @torch.no_grad()
-def sample_grid(ema, codec, noise, labels, num_classes: int, path: Path, **sampling) -> None:
+def sample_grid(ema, codec, noise, labels, num_classes: int, path: Path, nrow: int = 8, **sampling) -> None:
     """Decode EMA samples for fixed noise and labels into a PNG grid. Runs inside a forked
     RNG so that the training stream (and so exact resume) is untouched. ``sampling``: extra
     ``diffusion.pipeline.generate`` arguments (noise schedule, path type)."""
@@ -39,7 +49,7 @@ def sample_grid(ema, codec, noise, labels, num_classes: int, path: Path, **sampl
         z = generate(ema, noise, labels, sampler=grid_sampler(ema), num_steps=GRID_STEPS,
                      cfg_scale=GRID_CFG_SCALE, cls_cfg_scale=GRID_CFG_SCALE, num_classes=num_classes,
                      clip_denoised=codec.bounded, **sampling)
-        save_grid(codec.decode(z), path, nrow=8)
+        save_grid(codec.decode(z), path, nrow=nrow)
 
 
 @torch.no_grad()
