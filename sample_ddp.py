@@ -98,6 +98,8 @@ def add_flow_args(p: argparse.ArgumentParser) -> None:
     sit.add_argument("--projector-embed-dims", type=str, default=None,
                      help="checked against the checkpoint's projectors (e.g. 768)")
     sit.add_argument("--cls", type=int, default=None, help="REG: class token size, checked against the checkpoint")
+    sit.add_argument("--legacy", action="store_true", help="REPA's first checkpoints: their decoder_blocks.N become "
+                     "blocks.(N + --encoder-depth)")
 
 
 def sampling_settings(args, cfg: dict, model, codec) -> dict:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from contextlib import nullcontext
 from copy import deepcopy
 from pathlib import Path
 
@@ -67,6 +68,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-steps", "--max-train-steps", dest="max_steps", type=int, default=None,
                    help="stop after this many optimizer steps")
     p.add_argument("--global-batch-size", "--batch-size", dest="global_batch_size", type=int, default=256)
+    p.add_argument("--gradient-accumulation-steps", type=int, default=1,
+                   help="micro-batches per optimizer step; the global batch is split over processes and these")
     p.add_argument("--global-seed", "--seed", dest="global_seed", type=int, default=0)
     p.add_argument("--vae", type=str, default="ema", help="ema | mse | none (pixel space) | folder | hub id")
     p.add_argument("--num-workers", type=int, default=4)
@@ -81,6 +84,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--overfit", action="store_true", help="train on --samples images per class only; "
                    "checkpoints go to checkpoints_overfit/ and the run ends with an overfit report")
     p.add_argument("--samples", type=int, default=1, help="images per class with --overfit")
+    p.add_argument("--adam-beta1", type=float, default=0.9)
+    p.add_argument("--adam-beta2", type=float, default=0.999)
+    p.add_argument("--adam-weight-decay", type=float, default=0.0, help="AdamW weight decay (0 in DiT and REPA)")
+    p.add_argument("--adam-epsilon", type=float, default=1e-8)
     p.add_argument("--max-grad-norm", type=float, default=None,
                    help="gradient clipping (default: none for DiT, 1.0 for SiT, as the originals)")
     p.add_argument("--cfg-prob", type=float, default=0.1, help="label dropout for classifier-free guidance")
@@ -177,7 +184,7 @@ def validate(args: argparse.Namespace) -> None:
         raise ValueError(f"unknown --model {args.model!r}; choose one of {', '.join(MODEL_NAMES)}")
     if args.image_size % 8 != 0:
         raise ValueError(f"--image-size {args.image_size} is not divisible by 8 (the VAE downsamples by 8)")
-    for name in ("global_batch_size", "log_every", "ckpt_every", "epochs", "num_classes"):
+    for name in ("global_batch_size", "log_every", "ckpt_every", "epochs", "num_classes", "gradient_accumulation_steps"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
     if args.max_steps is not None and args.max_steps <= 0:
@@ -240,9 +247,11 @@ def main(args: argparse.Namespace) -> None:
 
     accelerator = setup_accelerator(args.mixed_precision, args.report_to, allow_tf32=args.allow_tf32 or not sit)
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
-    if args.global_batch_size % world != 0:
-        raise ValueError(f"--global-batch-size {args.global_batch_size} is not divisible by {world} processes")
-    local_batch = args.global_batch_size // world
+    accum = args.gradient_accumulation_steps
+    if args.global_batch_size % (world * accum) != 0:
+        raise ValueError(f"--global-batch-size {args.global_batch_size} is not divisible by {world} process(es) x "
+                         f"{accum} accumulation steps")
+    local_batch = args.global_batch_size // (world * accum)  # per process and micro-batch
     seed_everything(args.global_seed * world + rank)  # DiT: a distinct stream per rank
 
     # Run folder (rank 0 creates; resume continues in the checkpoint's folder).
@@ -290,7 +299,8 @@ def main(args: argparse.Namespace) -> None:
         check_token_counts(encoders, model.x_embedder.num_patches, args.image_size, args.model)
     ema = deepcopy(model).to(device)
     requires_grad(ema, False)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0, fused=device.type == "cuda")
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(args.adam_beta1, args.adam_beta2),
+                            weight_decay=args.adam_weight_decay, eps=args.adam_epsilon, fused=device.type == "cuda")
     steps, data_state = 0, {"epoch": 0, "position": 0}
     if resume is not None:
         model.load_state_dict(resume["model"])
@@ -312,7 +322,7 @@ def main(args: argparse.Namespace) -> None:
     model.train()
 
     loader, sampler = make_loader(dataset, local_batch, world, rank, args.global_seed, args.num_workers)
-    steps_per_epoch = len(sampler) // local_batch
+    steps_per_epoch = len(sampler) // local_batch // accum
     total = min(args.max_steps or sys.maxsize, args.epochs * steps_per_epoch)
     if steps_per_epoch == 0:
         raise ValueError(f"the dataset has {len(dataset)} items, fewer than one batch of {local_batch} per process; "
@@ -361,6 +371,7 @@ def main(args: argparse.Namespace) -> None:
                 f"{args.global_batch_size}, from step {steps}")
     bar = progress_bar(total, steps, is_main)
     running, log_steps, last_good, t0 = {}, 0, latest_or_none(run_dir, steps, ckpt_subdir), time.time()
+    micro, micro_sum = 0, {}  # micro-batches of this optimizer step (--gradient-accumulation-steps)
     try:
         for batch in epochs_of(loader, sampler, data_state):
             raw, x, y = prepare_batch(batch, kind, codec, dataset, device, with_raw=bool(encoders))
@@ -371,9 +382,17 @@ def main(args: argparse.Namespace) -> None:
                     extra["cls_token"] = cls_token
             if sit and args.legacy:  # REPA's first runs dropped labels here and again in the model
                 y = torch.where(torch.rand(y.shape[0], device=y.device) < args.cfg_prob, args.num_classes, y)
-            with accelerator.autocast():
-                losses = objective(model, x, y, **extra)
-            accelerator.backward(losses["loss"])
+            micro += 1
+            data_state["position"] += local_batch
+            with nullcontext() if micro == accum else accelerator.no_sync(model):  # all-reduce once per step
+                with accelerator.autocast():
+                    losses = objective(model, x, y, **extra)
+                accelerator.backward(losses["loss"] / accum)  # the mean over the global batch, as one step
+            for k, v in losses.items():
+                micro_sum[k] = micro_sum.get(k, 0.0) + v.detach().float() / accum
+            if micro < accum:
+                continue
+            losses, micro_sum, micro = micro_sum, {}, 0
             if args.max_grad_norm is not None:
                 losses["grad_norm"] = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
             for group in opt.param_groups:
@@ -382,7 +401,6 @@ def main(args: argparse.Namespace) -> None:
             opt.zero_grad(set_to_none=True)
             update_ema(ema, accelerator.unwrap_model(model), args.ema_decay)
             steps += 1
-            data_state["position"] += local_batch
             bar.update(1)
 
             step_losses = {k: accelerator.reduce(v.detach().float(), reduction="mean").item()

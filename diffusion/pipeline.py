@@ -54,6 +54,12 @@ def diffusion_for(model, timestep_respacing, noise_schedule: str = "linear"):
                             sigma_small=not learn_sigma)
 
 
+def has_null_class(model) -> bool:
+    """Whether the model learned the null class that guidance needs (label dropout > 0 in training)."""
+    table = model.y_embedder.embedding_table
+    return table.num_embeddings > model.y_embedder.num_classes
+
+
 def is_flow_model(model) -> bool:
     """SiT-family models (tuple outputs, flow time in [0, 1]) carry ``z_dims``; DiT does not."""
     return hasattr(model, "z_dims")
@@ -73,6 +79,9 @@ def generate(model, noise: torch.Tensor, labels: torch.Tensor, *, sampler: str, 
     from diffusion.samplers import euler_maruyama_sampler, euler_sampler
 
     flow = is_flow_model(model)
+    if cfg_scale > 1.0 and not has_null_class(model):
+        raise ValueError(f"--cfg-scale {cfg_scale} needs the null class, which this model never learned (trained "
+                         "with --cfg-prob 0); sample it with --cfg-scale 1")
     valid = FLOW_SAMPLERS if flow else DDPM_SAMPLERS
     if sampler not in valid:
         kind = "SiT-family" if flow else "DiT"

@@ -66,12 +66,36 @@ def resolve_sampling_config(args) -> tuple[dict, dict]:
     state_dict = model_state_dict(ckpt, prefer="ema")
     cfg["ckpt"] = str(path)
     if cfg["model"].startswith("SiT-"):
+        state_dict = legacy_blocks(state_dict, trained, args)
         cfg["model_kwargs"] = sit_kwargs(state_dict, trained, args)
         cfg["path_type"] = getattr(args, "path_type", None) or trained.get("path_type", "linear")
     else:
         cfg["model_kwargs"] = unet_kwargs(ckpt) if cfg["model"].startswith("UNet") else {}
         cfg["noise_schedule"] = NOISE_SCHEDULES[trained.get("noise_schedule") or "linear"]
     return state_dict, cfg
+
+
+def legacy_blocks(state_dict: dict, trained: dict, args) -> dict:
+    """REPA's ``--legacy``: its first checkpoints split the blocks into ``blocks`` (the first
+    ``encoder_depth``) and ``decoder_blocks``; ``decoder_blocks.N`` is ``blocks.(N + encoder_depth)``."""
+    legacy = any(k.startswith("decoder_blocks.") for k in state_dict)
+    if not getattr(args, "legacy", False):
+        if legacy:
+            raise ValueError("this is one of REPA's legacy checkpoints (decoder_blocks.*): pass --legacy and its "
+                             "--encoder-depth, as REPA's generate.py needs")
+        return state_dict
+    if not legacy:
+        raise ValueError("--legacy: the checkpoint has no decoder_blocks.* to rename; leave the flag out")
+    depth = getattr(args, "encoder_depth", None) or trained.get("encoder_depth")
+    if depth is None:
+        raise ValueError("--legacy needs --encoder-depth (where REPA's legacy checkpoint splits its blocks)")
+    renamed = {}
+    for key, value in state_dict.items():
+        if key.startswith("decoder_blocks."):
+            _, index, rest = key.split(".", 2)
+            key = f"blocks.{int(index) + int(depth)}.{rest}"
+        renamed[key] = value
+    return renamed
 
 
 def sit_kwargs(state_dict: dict, trained: dict, args) -> dict:
@@ -110,9 +134,11 @@ def build_for_sampling(state_dict: dict, cfg: dict, codec, device) -> torch.nn.M
     """Create the model for ``cfg`` and load ``state_dict`` strictly; error names the mismatch."""
     if cfg["image_size"] % 8 != 0:
         raise ValueError(f"--image-size {cfg['image_size']} is not divisible by 8")
+    table = state_dict.get("y_embedder.embedding_table.weight")
+    dropout = {} if table is None or len(table) > cfg["num_classes"] else {"class_dropout_prob": 0.0}  # no null class
     with torch.device("meta"):
         model = create_model(cfg["model"], input_size=cfg["image_size"] // codec.downsample,
                              num_classes=cfg["num_classes"], in_channels=codec.latent_channels,
-                             **cfg.get("model_kwargs", {}))
+                             **{**cfg.get("model_kwargs", {}), **dropout})
     load_weights(model, state_dict, cfg["ckpt"], assign=True)
     return model.to(device).eval()

@@ -91,3 +91,11 @@ def test_samplers_use_the_noise_schedule_the_run_trained_with(tmp_path):
     _, cfg = resolve_sampling_config(argparse.Namespace(ckpt=str(ckpt), model=None, image_size=None,
                                                         num_classes=None, vae=None, default_vae="ema"))
     assert cfg["noise_schedule"] == "linear"
+
+
+def test_guidance_without_a_null_class_is_refused():
+    model = create_model("DiT-Ti/4", input_size=16, num_classes=10, in_channels=3, class_dropout_prob=0.0).eval()
+    noise, labels = torch.randn(2, 3, 16, 16), torch.tensor([0, 1])
+    with pytest.raises(ValueError, match="--cfg-prob 0.*--cfg-scale 1"):
+        generate(model, noise, labels, sampler="ddim", num_steps=2, cfg_scale=4.0, num_classes=10)
+    assert generate(model, noise, labels, sampler="ddim", num_steps=2, cfg_scale=1.0, num_classes=10).shape == noise.shape

@@ -252,3 +252,31 @@ def test_registry_sizes_and_create_model():
     assert isinstance(model, SiT) and not isinstance(model, DiT)
     assert model.encoder_depth == 8 and model.z_dims == (768,) and model.cls_token_dim == 768
     assert create_model("SiT-Demo/4", input_size=16).encoder_depth == 2  # tiny defaults fit their depth
+
+
+def test_legacy_repa_checkpoints_load_with_legacy_and_are_named_without(tmp_path):
+    import argparse
+
+    from models.pretrained import resolve_sampling_config
+
+    model = create_model("SiT-Ti/4", input_size=16, num_classes=10, in_channels=3, z_dims=[32], encoder_depth=1)
+    weights = model.state_dict()
+    legacy = {(f"decoder_blocks.{int(k.split('.')[1]) - 1}.{k.split('.', 2)[2]}"
+               if k.startswith("blocks.") and int(k.split(".")[1]) >= 1 else k): v for k, v in weights.items()}
+    assert any(k.startswith("decoder_blocks.0.") for k in legacy)
+    ckpt = tmp_path / "legacy.pt"
+    torch.save(legacy, ckpt)  # REPA's raw state dict, as its first releases
+
+    def resolve(**flags):
+        args = argparse.Namespace(ckpt=str(ckpt), model="SiT-Ti/4", image_size=16, num_classes=10, vae="none",
+                                  default_vae="ema", path_type=None, projector_embed_dims=None, cls=None, **flags)
+        return resolve_sampling_config(args)
+
+    state_dict, _ = resolve(legacy=True, encoder_depth=1)
+    assert state_dict.keys() == weights.keys()
+    assert all(torch.equal(state_dict[k], weights[k]) for k in weights)
+    with pytest.raises(ValueError, match="legacy checkpoints .*pass --legacy"):
+        resolve(legacy=False, encoder_depth=1)
+    torch.save(weights, ckpt)
+    with pytest.raises(ValueError, match="no decoder_blocks"):
+        resolve(legacy=True, encoder_depth=1)

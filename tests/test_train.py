@@ -121,3 +121,36 @@ def test_eval_ref_records_an_inception_metric_curve(tmp_path, monkeypatch):
         assert 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 and r["num_samples"] == 12
     assert (run_dir / "proxy_metrics.jsonl").exists()  # the built-in dataset is scored by its proxy as well
 
+
+
+def test_gradient_accumulation_takes_the_same_step_as_one_big_batch(tmp_path, monkeypatch):
+    class Deterministic:  # no random t or noise, so two micro-batches of 4 and one batch of 8 see the same loss
+        def __init__(self, diffusion):
+            pass
+
+        def __call__(self, model, x, y):
+            t = torch.full((x.shape[0],), 500, device=x.device)
+            return {"loss": ((model(x, t, y)[:, :3] - x) ** 2).mean()}
+
+    monkeypatch.setattr(train, "DDPMObjective", Deterministic)
+    monkeypatch.setattr(train, "random_flip", lambda x: (x, None))
+    common = [*TINY_TRAIN, "--global-batch-size", "8", "--max-steps", "2", "--log-every", "1", "--ckpt-every", "2",
+              "--cfg-prob", "0"]
+    train.main(train.parse_args([*common, "--results-dir", str(tmp_path / "a")]))
+    train.main(train.parse_args([*common, "--results-dir", str(tmp_path / "b"), "--gradient-accumulation-steps", "2"]))
+    a = torch.load(tmp_path / "a" / "000-DiT-Ti-4" / "checkpoints" / "0000002.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "000-DiT-Ti-4" / "checkpoints" / "0000002.pt", weights_only=False)
+    assert a["data"] == b["data"] == {"epoch": 0, "position": 16}
+    assert [r["loss"] for r in read_metrics(tmp_path / "b" / "000-DiT-Ti-4")] == pytest.approx(
+        [r["loss"] for r in read_metrics(tmp_path / "a" / "000-DiT-Ti-4")], rel=1e-5)
+    for name, value in a["model"].items():
+        assert torch.allclose(value, b["model"][name], atol=1e-6), name
+
+
+def test_adam_flags_reach_the_optimizer(tmp_path):
+    train.main(train.parse_args([*TINY_TRAIN, "--max-steps", "1", "--ckpt-every", "1", "--results-dir", str(tmp_path),
+                                 "--adam-beta1", "0.8", "--adam-beta2", "0.95", "--adam-weight-decay", "0.01",
+                                 "--adam-epsilon", "1e-6"]))
+    group = torch.load(tmp_path / "000-DiT-Ti-4" / "checkpoints" / "0000001.pt", weights_only=False)["opt"]
+    group = group["param_groups"][0]
+    assert group["betas"] == (0.8, 0.95) and group["weight_decay"] == 0.01 and group["eps"] == 1e-6

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffusion.pipeline import generate, is_flow_model
+from diffusion.pipeline import generate, has_null_class, is_flow_model
 from training.monitor import save_grid, to_uint8
 
 GRID_STEPS = 50        # a quick, comparable view across checkpoints
@@ -46,8 +46,9 @@ def sample_grid(ema, codec, noise, labels, num_classes: int, path: Path, nrow: i
     devices = [noise.device] if noise.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(0)
+        scale = GRID_CFG_SCALE if has_null_class(ema) else 1.0  # --cfg-prob 0: no null class to guide with
         z = generate(ema, noise, labels, sampler=grid_sampler(ema), num_steps=GRID_STEPS,
-                     cfg_scale=GRID_CFG_SCALE, cls_cfg_scale=GRID_CFG_SCALE, num_classes=num_classes,
+                     cfg_scale=scale, cls_cfg_scale=scale, num_classes=num_classes,
                      clip_denoised=codec.bounded, **sampling)
         save_grid(codec.decode(z), path, nrow=nrow)
 
