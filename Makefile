@@ -25,18 +25,16 @@ DEMO_SIT_FLAGS ?= $(subst DiT-Demo/4,SiT-Demo/4,$(DEMO_FLAGS)) --proj-coeff 0 --
 # gets 32 px unless IMAGE_SIZE is given. DATASET=builtin trains offline on the procedural images.
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 MODEL ?= UNet
-# CIFAR-10 when it is on disk (DATA_PATH, default datasets/cifar10) or can be downloaded; else the built-in set.
-CIFAR_ROOT = $(or $(DATA_PATH),datasets/cifar10)
-ONLINE = $(shell python3 -c "import socket; socket.create_connection(('www.cs.toronto.edu', 443), timeout=3)" \
-	>/dev/null 2>&1 && echo yes)
-DATASET ?= $(if $(or $(wildcard $(CIFAR_ROOT)/cifar-10-batches-py/data_batch_1),$(ONLINE)),cifar10,builtin)
+# Data: train.py picks CIFAR-10 when it is in DATA_PATH (default datasets/cifar10/) or can be downloaded there,
+# else the built-in procedural images; DATASET=cifar10 or builtin decides instead.
+DATASET ?=
 IMAGE_SIZE ?= $(if $(HAS_GPU),128,32)
 RESULTS ?= results
 SAMPLES ?= 1
 OVERFIT_EPOCHS ?= 1500
 CFG_SCALE ?= 2
 GEN_STEPS ?= $(if $(HAS_GPU),1000,50)
-UNET_FLAGS ?= --model $(MODEL) --dataset $(DATASET) --image-size $(IMAGE_SIZE) --num-classes 10 --vae none \
+UNET_FLAGS ?= --model $(MODEL) $(if $(DATASET),--dataset $(DATASET)) --image-size $(IMAGE_SIZE) --num-classes 10 --vae none \
 	$(if $(DATA_PATH),--data-path $(DATA_PATH)) --results-dir $(RESULTS) --num-workers $(if $(HAS_GPU),4,0) \
 	--eval-sampling-steps 100
 TRAIN_FLAGS ?= --global-batch-size 128 --epochs 100 --lr 2e-4 --lr-warmup-steps 1000 --lr-schedule cosine \

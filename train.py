@@ -62,8 +62,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--exp-name", type=str, default=None,
                    help="run folder {results-dir}/{exp-name} (REPA) instead of a numbered one (DiT)")
     p.add_argument("--model", type=str, default="DiT-XL/2", help=f"one of {', '.join(MODEL_NAMES)}")
-    p.add_argument("--image-size", "--resolution", dest="image_size", type=int, default=256)
-    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--image-size", "--resolution", dest="image_size", type=int, default=None,
+                   help="default 256 (DiT, SiT), 128 (U-Net)")
+    p.add_argument("--num-classes", type=int, default=None, help="default 1000 (ImageNet), 10 (U-Net: CIFAR-10)")
     p.add_argument("--epochs", type=int, default=1400)
     p.add_argument("--max-steps", "--max-train-steps", dest="max_steps", type=int, default=None,
                    help="stop after this many optimizer steps")
@@ -71,7 +72,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gradient-accumulation-steps", type=int, default=1,
                    help="micro-batches per optimizer step; the global batch is split over processes and these")
     p.add_argument("--global-seed", "--seed", dest="global_seed", type=int, default=0)
-    p.add_argument("--vae", type=str, default="ema", help="ema | mse | none (pixel space) | folder | hub id")
+    p.add_argument("--vae", type=str, default=None, help="ema | mse | none (pixel space) | folder | hub id "
+                   "(default ema; none for the U-Net)")
     p.add_argument("--num-workers", type=int, default=4)
     p.add_argument("--log-every", type=int, default=100)
     p.add_argument("--ckpt-every", "--checkpointing-steps", dest="ckpt_every", type=int, default=50_000)
@@ -130,13 +132,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+IMAGENET = {"image_size": 256, "num_classes": 1000, "vae": "ema"}  # DiT's and REPA's data defaults
 SIT_DEFAULTS = {"enc_type": "dinov2-vit-b", "proj_coeff": 0.5, "cls": 0.03, "path_type": "linear",
                 "prediction": "v", "weighting": "uniform", "qk_norm": False, "legacy": False,
-                "max_grad_norm": 1.0, "encoder_depth": None}
-DIT_DEFAULTS = {"noise_schedule": "linear", "max_grad_norm": None}
+                "max_grad_norm": 1.0, "encoder_depth": None, **IMAGENET}
+DIT_DEFAULTS = {"noise_schedule": "linear", "max_grad_norm": None, **IMAGENET}
 UNET_SHAPE_FLAGS = ("base_channels", "channel_mult", "num_res_blocks", "time_emb_dim", "class_emb_dim", "dropout")
 # DDPM's CIFAR-10 recipe: cosine schedule (IDDPM), gradients clipped at norm 1 (Ho et al., App. B).
-UNET_DEFAULTS = {"noise_schedule": "cosine", "max_grad_norm": 1.0, **dict.fromkeys(UNET_SHAPE_FLAGS)}
+# CIFAR-10 upscaled to 128 x 128 in pixel space.
+UNET_DEFAULTS = {"noise_schedule": "cosine", "max_grad_norm": 1.0, **dict.fromkeys(UNET_SHAPE_FLAGS),
+                 "image_size": 128, "num_classes": 10, "vae": "none"}
 FAMILY_DEFAULTS = {"dit": DIT_DEFAULTS, "sit": SIT_DEFAULTS, "unet": UNET_DEFAULTS}
 FAMILY_NAMES = {"dit": "DiT (DDPM)", "sit": "SiT (REPA / REG)", "unet": "U-Net (DDPM)"}
 
@@ -182,6 +187,7 @@ def validate(args: argparse.Namespace) -> None:
     """Fail fast, before any process group or model exists, with one line each."""
     if args.model not in MODEL_NAMES:
         raise ValueError(f"unknown --model {args.model!r}; choose one of {', '.join(MODEL_NAMES)}")
+    resolve_family_flags(args)
     if args.image_size % 8 != 0:
         raise ValueError(f"--image-size {args.image_size} is not divisible by 8 (the VAE downsamples by 8)")
     for name in ("global_batch_size", "log_every", "ckpt_every", "epochs", "num_classes", "gradient_accumulation_steps"):
@@ -200,7 +206,6 @@ def validate(args: argparse.Namespace) -> None:
         raise ValueError("pass either --resume or --resume-step, not both")
     if args.samples < 1 or args.lr_warmup_steps < 0 or args.min_lr < 0:
         raise ValueError("--samples must be positive, --lr-warmup-steps and --min-lr >= 0")
-    resolve_family_flags(args)
     if family_of(args.model) == "unet":
         unet_kwargs(args)
     if is_sit(args.model) and args.proj_coeff < 0 or is_sit(args.model) and args.cls < 0:
@@ -216,7 +221,15 @@ def validate(args: argparse.Namespace) -> None:
 def main(args: argparse.Namespace) -> None:
     validate(args)
     sit = is_sit(args.model)
-    kind = resolve_dataset_kind(args.dataset, args.data_path)
+    if family_of(args.model) == "unet" and args.dataset is None and args.data_path is None:
+        from data import CIFAR10_ROOT
+        from data.cifar10 import default_dataset
+
+        args.dataset = default_dataset(CIFAR10_ROOT)  # CIFAR-10 when it can be had, else the built-in images
+        if args.dataset == "builtin":
+            print(f"CIFAR-10 is not in {CIFAR10_ROOT} and cannot be downloaded: training on the built-in images "
+                  "(--dataset cifar10 --data-path DIR to use a copy elsewhere)", file=sys.stderr)
+    kind = args.dataset = resolve_dataset_kind(args.dataset, args.data_path)  # args.json records what was used
     run_dir = Path(args.results_dir) / args.exp_name if args.exp_name else None
     ckpt_subdir = checkpoint_dir(args.overfit)
     if args.resume_step:
@@ -227,8 +240,6 @@ def main(args: argparse.Namespace) -> None:
                          f"--resume-step {int(newest.stem)} or choose another --exp-name")
     resume_path = ckpt_io.resolve_resume(args.resume, ckpt_subdir) if args.resume else None
     resume = ckpt_io.load_checkpoint(resume_path) if resume_path else None
-    if resume is not None:
-        check_resume_args(resume, args)
     dataset = build_dataset(kind, args.data_path, args.image_size, args.num_classes)
     if kind == "latents" and args.vae != dataset.vae:
         raise ValueError(f"the latent cache was encoded with --vae {dataset.vae}, not {args.vae}; "
@@ -244,6 +255,10 @@ def main(args: argparse.Namespace) -> None:
                          "use an image folder or REPA/REG's layout (preprocessing/dataset_tools.py)")
     if args.overfit:
         dataset = overfit_subset(dataset, args.samples, args.num_classes)
+        if args.global_batch_size > len(dataset):  # every image in every batch
+            args.global_batch_size = len(dataset)
+    if resume is not None:
+        check_resume_args(resume, args)
 
     accelerator = setup_accelerator(args.mixed_precision, args.report_to, allow_tf32=args.allow_tf32 or not sit)
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes

@@ -14,7 +14,8 @@ CIFAR10_ROOT = "datasets/cifar10"  # where --dataset cifar10 looks (and download
 
 def resolve_dataset_kind(dataset: str | None, data_path: str | None) -> str:
     """``builtin`` | ``cifar10`` | ``folder`` | ``latents`` | ``repa``; a ``--data-path`` holding a latent cache means
-    latents, one holding ``vae-sd/`` or ``imagenet_256_vae/`` (``data/repa.py``) means repa."""
+    latents, one holding ``vae-sd/`` or ``imagenet_256_vae/`` (``data/repa.py``) means repa, one holding
+    ``cifar-10-batches-py/`` means cifar10."""
     if dataset in ("builtin", "cifar10"):
         return dataset
     if not data_path:
@@ -28,6 +29,8 @@ def resolve_dataset_kind(dataset: str | None, data_path: str | None) -> str:
         return "latents"
     if dataset == "repa" or (dataset is None and is_repa_layout(data_path)):
         return "repa"
+    if dataset is None and (Path(data_path) / "cifar-10-batches-py").is_dir():
+        return "cifar10"
     return "folder"
 
 

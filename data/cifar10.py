@@ -10,6 +10,7 @@ training loop flips.
 from __future__ import annotations
 
 import pickle
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from torch.utils.data import Dataset
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 FOLDER = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+DOWNLOAD_HOST = "www.cs.toronto.edu"  # torchvision's CIFAR-10 source
 
 
 def ensure_cifar10(root: str | Path) -> Path:
@@ -38,6 +40,22 @@ def ensure_cifar10(root: str | Path) -> Path:
             f"(cifar-10-python.tar.gz, extracted) in {root}, or train on --dataset builtin"
         ) from None
     return folder
+
+
+def default_dataset(root: str | Path) -> str:
+    """The U-Net's data when none is named: ``cifar10`` if it is in ``root`` or can be downloaded
+    (the host answers within 3 s), else ``builtin``, so that everything runs offline."""
+    if all((Path(root) / FOLDER / name).is_file() for name in TRAIN_BATCHES):
+        return "cifar10"
+    try:
+        socket.create_connection((DOWNLOAD_HOST, 443), timeout=3).close()
+    except OSError:
+        return "builtin"
+    try:
+        ensure_cifar10(root)
+    except ValueError:
+        return "builtin"
+    return "cifar10"
 
 
 def _read_batch(path: Path) -> tuple[np.ndarray, list[int]]:

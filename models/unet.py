@@ -8,8 +8,8 @@ time embedding and a class embedding (``time_emb_dim`` and ``class_emb_dim``, 12
 concatenated and injected into every residual block as a per-channel scale and shift of
 its second normalisation (ADM's ``use_scale_shift_norm``). Labels are dropped to the null
 class ``num_classes`` with ``class_dropout_prob`` in training, as DiT's, so classifier-free
-guidance works the same way. The output convolution and every residual branch start at
-zero, so the untrained network is the identity plus zero noise prediction.
+guidance works the same way. The output convolution and the last layer of every residual and
+attention branch start at zero (ADM's ``zero_module``): the untrained network predicts zero noise.
 
 ``model(x, t, y)`` returns the eps prediction (``2 * in_channels`` channels with
 ``learn_sigma``), the same interface as ``DiT``, so ``train.py``, the DDPM objective and

@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 
@@ -195,13 +196,20 @@ def test_makefile_workflow_quick_test_generate_status_clean(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     run = tmp_path / "results" / "000-UNet-Ti"
     assert (run / "checkpoints_overfit" / "0000002.pt").is_file() and (run / "overfit_report.json").is_file()
+    proc = make("train", *common, "TRAIN_FLAGS=--global-batch-size 10 --max-steps 1 --ckpt-every 1")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    trained = tmp_path / "results" / "001-UNet-Ti"
     proc = make("generate", *common, "GEN_STEPS=2")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "newest checkpoint: " + str(run / "checkpoints_overfit" / "0000002.pt") in proc.stdout
-    assert (run / "generated.png").is_file()
+    assert "newest checkpoint: " + str(trained / "checkpoints" / "0000001.pt") in proc.stdout
+    assert (trained / "generated.png").is_file()
     proc = make("status", *common)
     assert "000-UNet-Ti: UNet-Ti 16px on cifar10, overfit (1 per class)" in proc.stdout
     assert "checkpoints_overfit/0000002.pt" in proc.stdout
+    if shutil.which("nvidia-smi") is None:  # with a GPU, monitor polls nvidia-smi instead
+        proc = subprocess.run(["timeout", "10", "make", "--no-print-directory", "monitor", *common, "NEEDS=",
+                               f"PYTHON={sys.executable}"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert "following the newest run's log" in proc.stdout and "step=1" in proc.stdout  # tail -f of 001's log
     for target in ("gpu-status", "clean-cuda"):
         proc = make(target, *common)
         assert proc.returncode == 0, proc.stderr[-2000:]
@@ -209,3 +217,38 @@ def test_makefile_workflow_quick_test_generate_status_clean(tmp_path):
     assert make("clean", *common, "OUTPUTS=").returncode == 0 and not (tmp_path / "results").exists()
     proc = make("generate", *common)
     assert proc.returncode != 0 and "no checkpoints under" in proc.stderr
+
+
+def test_unet_defaults_are_cifar10s_and_offline_falls_back_to_builtin(tmp_path, monkeypatch):
+    import socket
+
+    import data.cifar10 as cifar
+
+    def no_network(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    assert cifar.default_dataset(tmp_path / "none") == "builtin"
+    write_fake_cifar10(tmp_path / "have")
+    assert cifar.default_dataset(tmp_path / "have") == "cifar10"
+    args = train.parse_args(["--model", "UNet-Ti"])
+    train.validate(args)
+    assert (args.image_size, args.num_classes, args.vae, args.noise_schedule) == (128, 10, "none", "cosine")
+    args = train.parse_args(["--model", "DiT-Ti/4"])
+    train.validate(args)
+    assert (args.image_size, args.num_classes, args.vae, args.noise_schedule) == (256, 1000, "ema", "linear")
+
+
+def test_overfit_batch_is_every_image_when_the_default_is_larger(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # datasets/cifar10 is absent here, and the network is off
+    import socket
+
+    import evaluations.proxy as proxy
+
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    monkeypatch.setattr(proxy, "get_proxy_classifier", lambda *a, **k: proxy.ProxyClassifier(10).eval())
+    train.main(train.parse_args(["--model", "UNet-Ti", "--image-size", "16", "--overfit", "--samples", "1",
+                                 "--epochs", "1", "--num-workers", "0", "--eval-sampling-steps", "2",
+                                 "--results-dir", str(tmp_path / "r")]))
+    saved = json.loads((tmp_path / "r" / "000-UNet-Ti" / "args.json").read_text())
+    assert saved["global_batch_size"] == 10 and saved["dataset"] == "builtin"

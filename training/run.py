@@ -111,7 +111,7 @@ def status(results_dir: str | Path) -> str:
         for report in ("proxy_metrics.json", "overfit_report.json"):
             if Path(run, report).exists():
                 values = json.loads(Path(run, report).read_text())
-                shown = {k: v for k, v in values.items() if isinstance(v, float)}
+                shown = {k: v for k, v in values.items() if isinstance(v, float) and k != "cfg_scale"}
                 lines.append(f"  {report}: " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()))
     return "\n".join(lines)
 
