@@ -210,9 +210,6 @@ def validate(args: argparse.Namespace) -> None:
         unet_kwargs(args)
     if is_sit(args.model) and args.proj_coeff < 0 or is_sit(args.model) and args.cls < 0:
         raise ValueError("--proj-coeff and --cls must be >= 0")
-    if args.eval_every and args.dataset != "builtin" and not args.eval_ref:
-        raise ValueError("--eval-every needs something to score against: --dataset builtin (proxy metrics) or "
-                         "--eval-ref REF.npz (FID, sFID, IS, precision, recall)")
     if args.eval_ref and not Path(args.eval_ref).exists():
         raise ValueError(f"--eval-ref {args.eval_ref} does not exist; pass an ADM reference batch or a file written "
                          "by evaluations/evaluator.py --ref-stats")
@@ -230,6 +227,9 @@ def main(args: argparse.Namespace) -> None:
             print(f"CIFAR-10 is not in {CIFAR10_ROOT} and cannot be downloaded: training on the built-in images "
                   "(--dataset cifar10 --data-path DIR to use a copy elsewhere)", file=sys.stderr)
     kind = args.dataset = resolve_dataset_kind(args.dataset, args.data_path)  # args.json records what was used
+    if args.eval_every and kind != "builtin" and not args.eval_ref:
+        raise ValueError("--eval-every needs something to score against: --dataset builtin (proxy metrics) or "
+                         "--eval-ref REF.npz (FID, sFID, IS, precision, recall)")
     run_dir = Path(args.results_dir) / args.exp_name if args.exp_name else None
     ckpt_subdir = checkpoint_dir(args.overfit)
     if args.resume_step:
