@@ -70,7 +70,7 @@ def resolve_sampling_config(args) -> tuple[dict, dict]:
         cfg["model_kwargs"] = sit_kwargs(state_dict, trained, args)
         cfg["path_type"] = getattr(args, "path_type", None) or trained.get("path_type", "linear")
     else:
-        cfg["model_kwargs"] = unet_kwargs(ckpt) if cfg["model"].startswith("UNet") else {}
+        cfg["model_kwargs"] = recorded_shape(ckpt) if cfg["model"].startswith("UNet") else {}
         cfg["noise_schedule"] = NOISE_SCHEDULES[trained.get("noise_schedule") or "linear"]
     return state_dict, cfg
 
@@ -124,7 +124,7 @@ def sit_kwargs(state_dict: dict, trained: dict, args) -> dict:
     return kwargs
 
 
-def unet_kwargs(ckpt: dict) -> dict:
+def recorded_shape(ckpt: dict) -> dict:
     """A U-Net's shape (channels, multipliers, embeddings) as train.py recorded it in ``model_kwargs``."""
     recorded = ckpt.get("model_kwargs", {}) if isinstance(ckpt, dict) else {}
     return {k: v for k, v in recorded.items() if k not in ("input_size", "num_classes", "in_channels")}

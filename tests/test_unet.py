@@ -57,6 +57,8 @@ def test_unet_default_is_the_cifar10_configuration():
     assert model.conv_in.out_channels == 64
     assert model.t_embedder.mlp[-1].out_features == 128 and model.y_embedder.embedding_table.embedding_dim == 128
     assert model.y_embedder.embedding_table.num_embeddings == 11  # ten classes and the null class
+    # N(0, 1) like the time signal (ADM); DiT's 0.02 left the overfit U-Net drawing other classes' images
+    assert model.y_embedder.embedding_table.weight.std() > 0.5
 
 
 def test_unet_output_depends_on_class_and_time():
