@@ -19,6 +19,8 @@ differs from DiT and SiT. Both samplers follow the originals step for step:
 Heun's correction on every step but the last when ``heun`` (NFE num_steps or 2 num_steps - 1).
 ``euler_maruyama_sampler`` (SDE) steps on t = linspace(1, 0.04, num_steps) then 0: num_steps - 1
 Euler-Maruyama steps, then a last step 0.04 -> 0 along the drift without noise (NFE num_steps).
+That drift carries the score term, so with an exact model the sample is x_0 - 0.04 eps, not x_0:
+the originals leave this much noise in their samples too (tests/test_sampling_oracle.py).
 """
 
 from __future__ import annotations
