@@ -64,6 +64,15 @@ class ExactDiT(nn.Module):
         return combine_cfg(self.forward(torch.cat([half, half]), t, y), cfg_scale, 3)
 
 
+class ExactEpsOnly(ExactDiT):
+    """The U-Net's interface: eps only, so sampling uses DDPM's fixed posterior variance."""
+
+    learn_sigma = False
+
+    def forward(self, x, t, y):
+        return super().forward(x, t, y)[:, :3]
+
+
 class ExactSiT(nn.Module):
     """SiT's interface (velocity, no projections) around the exact denoiser on REPA's paths."""
 
@@ -101,6 +110,7 @@ TOLERANCE = {"ddpm": 0.02, "ddim": 0.02, "ode": 0.02, "sde": 0.06}
 CASES = {  # name: (model factory, generate() keyword arguments)
     "ddpm50": (lambda: ExactDiT(0.0), dict(sampler="ddpm", num_steps=50, clip_denoised=True)),
     "ddpm50_fixed_large": (lambda: ExactDiT(1.0), dict(sampler="ddpm", num_steps=50, clip_denoised=True)),
+    "ddpm50_fixed_small": (lambda: ExactEpsOnly(0.0), dict(sampler="ddpm", num_steps=50, clip_denoised=True)),
     "ddpm50_cfg4": (lambda: ExactDiT(0.0), dict(sampler="ddpm", num_steps=50, cfg_scale=4.0, clip_denoised=True)),
     "ddim25": (lambda: ExactDiT(0.0), dict(sampler="ddim", num_steps=25)),
     "ddim25_eta1": (lambda: ExactDiT(0.0), dict(sampler="ddim", num_steps=25, eta=1.0, clip_denoised=True)),
