@@ -4,8 +4,8 @@ For a finite training set the optimal denoiser is known in closed form: E[x_0 | 
 softmax-weighted mean of the class's images, weights ``exp(-|x_t - alpha_t x_i|^2 / 2 sigma_t^2)``.
 A sampler that integrates the reverse process correctly (time direction, respacing, variances,
 guidance, the last step) must therefore end on a training image of the requested class, and
-without guidance draw each of the class's images equally often: a wrong time grid or a mis-scaled
-noise term skews those frequencies even where it still lands on images.
+without guidance draw each of the class's images equally often: a model fed the wrong timesteps
+still lands on images, but on some far more often than others (the last test).
 This checks ``diffusion.pipeline.generate`` as ``sample.py``, ``sample_ddp.py`` and ``generate.py``
 use it, which the parity tests (fixed stand-in models) cannot: they compare against the originals,
 not against the distribution being sampled.
