@@ -39,6 +39,14 @@ def posterior_mean(x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, y:
     return (weights @ data).view(x.shape)
 
 
+def label_table_with_null_class() -> nn.Module:
+    """What ``has_null_class`` reads: a label table with the null row, so guidance is allowed."""
+    table = nn.Module()
+    table.num_classes = NUM_CLASSES
+    table.embedding_table = nn.Embedding(NUM_CLASSES + 1, 1)
+    return table
+
+
 class ExactDiT(nn.Module):
     """DiT's interface (eps and a learned-range variance value) around the exact denoiser."""
 
@@ -46,9 +54,7 @@ class ExactDiT(nn.Module):
 
     def __init__(self, variance_value: float):
         super().__init__()
-        self.y_embedder = nn.Module()
-        self.y_embedder.num_classes = NUM_CLASSES
-        self.y_embedder.embedding_table = nn.Embedding(NUM_CLASSES + 1, 1)  # a null class row: guidance allowed
+        self.y_embedder = label_table_with_null_class()
         self.alphas_cumprod = torch.tensor(create_diffusion("").alphas_cumprod)
         self.variance_value = variance_value
 
@@ -83,7 +89,7 @@ class ExactSiT(nn.Module):
     def __init__(self, path_type: str):
         super().__init__()
         self.path_type = path_type
-        self.y_embedder = ExactDiT(0.0).y_embedder
+        self.y_embedder = label_table_with_null_class()
 
     def forward(self, x, t, y):
         alpha, sigma, d_alpha, d_sigma = interpolant(t.double(), self.path_type)
