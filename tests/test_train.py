@@ -75,8 +75,9 @@ def test_eval_every_records_a_proxy_metric_curve(tmp_path, monkeypatch):
     assert (run_dir / "eval_samples.png").is_file()
 
 
-@pytest.mark.parametrize("target, run_name", [("demo", "000-DiT-Demo-4"), ("demo-sit", "000-SiT-Demo-4")])
-def test_makefile_demo_recipes_train_and_score(tmp_path, monkeypatch, target, run_name):
+@pytest.mark.parametrize("target, run_name, sampler", [("demo", "000-DiT-Demo-4", "ddpm2"),
+                                                       ("demo-sit", "000-SiT-Demo-4", "sde2")])
+def test_makefile_demo_recipes_train_and_score(tmp_path, monkeypatch, target, run_name, sampler):
     """`make demo` / `make demo-sit` flags, as the Makefile writes them, shortened to two steps and 20 samples."""
     import shlex
     import subprocess
@@ -94,6 +95,7 @@ def test_makefile_demo_recipes_train_and_score(tmp_path, monkeypatch, target, ru
                                  "--eval-every", "2", "--eval-samples", "20", "--eval-sampling-steps", "2"]))
     result = json.loads((tmp_path / run_name / "proxy_metrics.json").read_text())
     assert result["step"] == 2 and result["samples"] == 20 and result["cfg_scale"] == 4.0
+    assert result["sampler"] == sampler  # the README's demo table: DDPM for the DiT, Euler-Maruyama for the SiT
 
 
 def test_eval_every_needs_the_builtin_dataset(tmp_path):
