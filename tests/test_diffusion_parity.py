@@ -19,7 +19,7 @@ from diffusion import create_diffusion, space_timesteps
 
 FIXTURE = Path(__file__).parent / "fixtures" / "dit_diffusion_reference.pt"
 SOURCE = "facebookresearch/DiT @ ed81ce2, diffusion/"
-ATOL, RTOL = 1e-6, 1e-5  # on the recording machine the match is bit-exact
+ATOL, RTOL = 2e-5, 1e-5  # bit-exact on the recording machine; other CPUs sum float32 in another order (5e-6)
 
 
 @pytest.fixture(scope="module")

@@ -47,6 +47,11 @@ def test_official_checkpoint_layout_loads_strict(config):
     assert not result.missing_keys and not result.unexpected_keys
 
 
+# The recorded outputs reach 23 in size: float32 sums taken in another order (another CPU's kernels)
+# move them by up to 6e-5, while tanh instead of exact GELU (or the reverse) moves them by 1.2e-3.
+DIT_TOL = dict(atol=2e-4, rtol=1e-5)
+
+
 def test_tiny_dit_matches_original_outputs():
     ref = torch.load(FIXTURES / "dit_tiny_reference.pt")
     model = DiT(**ref["config"])
@@ -54,13 +59,13 @@ def test_tiny_dit_matches_original_outputs():
     model.load_state_dict({k: v.float() for k, v in ref["state_dict"].items()}, strict=True)
     with torch.no_grad():
         model.eval()
-        torch.testing.assert_close(model(ref["x"], ref["t"], ref["y"]), ref["out"], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model(ref["x"], ref["t"], ref["y"]), ref["out"], **DIT_TOL)
         out_cfg = model.forward_with_cfg(ref["x"], ref["t"], ref["y_cfg"], ref["cfg_scale"])
-        torch.testing.assert_close(out_cfg, ref["out_cfg"], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out_cfg, ref["out_cfg"], **DIT_TOL)
         model.train()  # label dropout draws the same random numbers as the original
         torch.manual_seed(ref["train_seed"])
         torch.testing.assert_close(
-            model(ref["x"], ref["t"], ref["y"]), ref["out_train"], atol=1e-5, rtol=1e-5
+            model(ref["x"], ref["t"], ref["y"]), ref["out_train"], **DIT_TOL
         )
 
 
