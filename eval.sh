@@ -4,7 +4,7 @@
 #             repa (SDE 250, cfg 1.8, guidance t <= 0.7) | dit (DDPM 250, cfg 1.5)   [reg]
 #   CKPT      checkpoint (required)       NUM_GPUS [8]     REF_BATCH  ADM reference batch, e.g.
 #             VIRTUAL_imagenet256_labeled.npz (required)   SAMPLE_DIR [samples]   NUM_SAMPLES [50000]
-#   NUM_STEPS / CFG_SCALE / CLS_CFG_SCALE / GH  override the recipe's values
+#   NUM_STEPS / CFG_SCALE / CLS_CFG_SCALE (reg) / GH (reg, repa)  override the recipe's values
 # Extra arguments go to generate.py, e.g.  CKPT=... REF_BATCH=... bash eval.sh --per-proc-batch-size 32
 set -euo pipefail
 RECIPE=${RECIPE:-reg}
@@ -13,14 +13,16 @@ REF_BATCH=${REF_BATCH:?set REF_BATCH to the ADM reference batch (VIRTUAL_imagene
 NUM_GPUS=${NUM_GPUS:-8}
 PYTHON=${PYTHON:-python}
 
+# The DiT recipe samples with DDPM, which has no guidance interval or class token: those flags go to SiT recipes only.
 case "$RECIPE" in
-  reg)  MODE=sde;  STEPS=${NUM_STEPS:-250}; CFG=${CFG_SCALE:-2.3}; CLS=${CLS_CFG_SCALE:-2.3}; HIGH=${GH:-0.85} ;;
-  repa) MODE=sde;  STEPS=${NUM_STEPS:-250}; CFG=${CFG_SCALE:-1.8}; CLS=${CLS_CFG_SCALE:-0};   HIGH=${GH:-0.7} ;;
-  dit)  MODE=ddpm; STEPS=${NUM_STEPS:-250}; CFG=${CFG_SCALE:-1.5}; CLS=${CLS_CFG_SCALE:-0};   HIGH=${GH:-1.0} ;;
+  reg)  MODE=sde;  STEPS=${NUM_STEPS:-250}; CFG=${CFG_SCALE:-2.3}
+        FLOW=(--cls-cfg-scale "${CLS_CFG_SCALE:-2.3}" --guidance-high "${GH:-0.85}") ;;
+  repa) MODE=sde;  STEPS=${NUM_STEPS:-250}; CFG=${CFG_SCALE:-1.8}; FLOW=(--guidance-high "${GH:-0.7}") ;;
+  dit)  MODE=ddpm; STEPS=${NUM_STEPS:-250}; CFG=${CFG_SCALE:-1.5}; FLOW=() ;;
   *) echo "error: RECIPE must be reg, repa or dit, not '$RECIPE'" >&2; exit 2 ;;
 esac
 
 exec "$PYTHON" -m torch.distributed.run --nnodes=1 --nproc_per_node="$NUM_GPUS" generate.py \
-  --ckpt "$CKPT" --mode "$MODE" --num-steps "$STEPS" --cfg-scale "$CFG" --cls-cfg-scale "$CLS" \
-  --guidance-high "$HIGH" --num-fid-samples "${NUM_SAMPLES:-50000}" --per-proc-batch-size 64 \
+  --ckpt "$CKPT" --mode "$MODE" --num-steps "$STEPS" --cfg-scale "$CFG" "${FLOW[@]}" \
+  --num-fid-samples "${NUM_SAMPLES:-50000}" --per-proc-batch-size 64 \
   --sample-dir "${SAMPLE_DIR:-samples}" --ref-batch "$REF_BATCH" "$@"

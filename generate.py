@@ -19,12 +19,11 @@ from __future__ import annotations
 import argparse
 
 import sample_ddp
-from training.cli import run_cli
-from training.visual import grid_sampler
+from training.cli import first_paragraph, run_cli
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=first_paragraph(__doc__))
     p.add_argument("--ckpt", type=str, required=True, help="a REPA / REG / train.py checkpoint (EMA weights used)")
     p.add_argument("--model", type=str, default=None, help="default: the checkpoint's args, else SiT-XL/2")
     p.add_argument("--num-classes", type=int, default=None)
@@ -34,17 +33,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--per-proc-batch-size", type=int, default=32)
     p.add_argument("--num-fid-samples", type=int, default=50_000)
     p.add_argument("--mode", "--sampler", dest="sampler", choices=["ode", "sde", "ddpm", "ddim"], default=None,
-                   help="default: ode (REPA), sde for REG checkpoints; ddpm/ddim for DiT checkpoints")
+                   help="default: ode (REPA), sde for REG checkpoints, ddpm for DiT checkpoints")
     p.add_argument("--num-steps", "--num-sampling-steps", dest="num_sampling_steps", type=int, default=50)
     p.add_argument("--cfg-scale", type=float, default=1.5)
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM noise (DiT checkpoints)")
+    p.add_argument("--eta", type=float, default=None, help="DDIM noise (default 0; DiT checkpoints, --mode ddim)")
     p.add_argument("--global-seed", type=int, default=0)
     p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True)
     sample_ddp.add_flow_args(p)
     sample_ddp.add_eval_args(p)
     args = p.parse_args(argv)
     args.default_vae, args.default_model = "ema", "SiT-XL/2"  # REPA's last.pt carries no args
-    args.default_sampler = grid_sampler  # REPA's generate.py: ode; REG (no ODE for its class token): sde
+    args.flow_default = "ode"  # REPA's generate.py; REG (no ODE for its class token): sde
     return args
 
 

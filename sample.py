@@ -14,21 +14,21 @@ import argparse
 
 import torch
 
+from data import class_names
 from diffusion.pipeline import DDPM_SAMPLERS, FLOW_SAMPLERS, generate
 from models import MODEL_NAMES
 from models.pretrained import build_for_sampling, resolve_sampling_config
 from models.vae import load_vae
-from sample_ddp import add_flow_args, sampling_settings
-from training.cli import run_cli
-from training.monitor import save_grid
+from sample_ddp import add_flow_args, check_sampling_args, choose_sampler, sampling_settings
+from training.cli import first_paragraph, run_cli
+from training.monitor import row_labels, save_grid
 from training.setup import enable_tf32
-from training.visual import grid_sampler
 
 IMAGENET_DEMO_CLASSES = [207, 360, 387, 974, 88, 979, 417, 279]  # official sample.py
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=first_paragraph(__doc__))
     p.add_argument("--model", type=str, default=None, help=f"default: from the checkpoint, else DiT-XL/2; "
                    f"one of {', '.join(MODEL_NAMES)}")
     p.add_argument("--vae", type=str, default=None, help="ema | mse | none | folder | hub id (default: mse, "
@@ -39,7 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-sampling-steps", "--num-steps", dest="num_sampling_steps", type=int, default=250)
     p.add_argument("--sampler", "--mode", dest="sampler", choices=[*DDPM_SAMPLERS, *FLOW_SAMPLERS], default=None,
                    help="default: ddpm for DiT, ode for SiT / REPA, sde for REG")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0 = deterministic)")
+    p.add_argument("--eta", type=float, default=None, help="DDIM noise (default 0: deterministic); --sampler ddim only")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--class-labels", type=int, nargs="+", default=None,
                    help="default: the official eight ImageNet classes, or the first classes of the checkpoint")
@@ -49,16 +49,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--output", type=str, default="sample.png")
     add_flow_args(p)
     args = p.parse_args(argv)
-    args.default_vae = "mse"
+    args.default_vae, args.flow_default = "mse", "ode"
     return args
 
 
 @torch.no_grad()
 def main(args: argparse.Namespace) -> None:
+    check_sampling_args(args)
     torch.manual_seed(args.seed)
     enable_tf32()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     state_dict, cfg = resolve_sampling_config(args)
+    args.sampler = choose_sampler(args, cfg)
     codec = load_vae(cfg["vae"], device)
     model = build_for_sampling(state_dict, cfg, codec, device)
     labels = args.class_labels
@@ -67,16 +69,15 @@ def main(args: argparse.Namespace) -> None:
     bad = [c for c in labels if not 0 <= c < cfg["num_classes"]]
     if bad:
         raise ValueError(f"--class-labels {bad} outside 0..{cfg['num_classes'] - 1}")
-    if args.samples < 1:
-        raise ValueError("--samples must be positive")
     labels = [c for c in labels for _ in range(args.samples)]
-    args.sampler = args.sampler or grid_sampler(model)
-    settings = sampling_settings(args, cfg, model, codec)
+    settings = sampling_settings(args, cfg, codec)
     size = cfg["image_size"] // codec.downsample
     noise = torch.randn(len(labels), codec.latent_channels, size, size, device=device)
     y = torch.tensor(labels, device=device)
     z = generate(model, noise, y, progress=True, **settings["kwargs"])
-    save_grid(codec.decode(z), args.output, nrow=args.samples if args.samples > 1 else 4)
+    nrow = args.samples if args.samples > 1 else 4
+    rows = row_labels(labels, nrow, class_names(cfg["dataset"], cfg["num_classes"])) if args.samples > 1 else None
+    save_grid(codec.decode(z), args.output, nrow=nrow, row_labels=rows)
     print(f"saved {len(labels)} samples of {cfg['model']} ({cfg['ckpt']}) to {args.output}")
 
 

@@ -1,26 +1,33 @@
-"""Many samples for FID, in parallel: PNGs plus one ``.npz`` (``arr_0``: uint8 NHWC, exactly N images;
-``arr_1``: their class labels) for the ADM evaluator. Any model: DiT (DDPM / DDIM) or SiT / REPA /
-REG (Euler ODE / Euler-Maruyama SDE with a guidance interval; REG's class-token guidance).
+"""Many samples for FID, in parallel: PNGs plus one ``.npz`` for the ADM evaluator, from any model.
+
+The ``.npz`` holds ``arr_0`` (uint8 NHWC, exactly N images) and ``arr_1`` (their class labels).
+Any model: DiT (DDPM / DDIM) or SiT / REPA / REG (Euler ODE / Euler-Maruyama SDE with a guidance
+interval; REG's class-token guidance).
 
   torchrun --nnodes=1 --nproc_per_node=N sample_ddp.py --model DiT-XL/2 --num-fid-samples 50000
-  torchrun --nproc_per_node=N sample_ddp.py --ckpt exps/reg/checkpoints/4000000.pt --sampler sde \
+  torchrun --nproc_per_node=N sample_ddp.py --ckpt exps/reg/checkpoints/4000000.pt --sampler sde \\
       --num-sampling-steps 250 --cfg-scale 2.3 --cls-cfg-scale 2.3 --guidance-high 0.85
   torchrun --nproc_per_node=2 sample_ddp.py --ckpt results/000-DiT-Ti-4/checkpoints/0002000.pt   # CPU: gloo
 
 Image ``i`` of batch ``b`` on rank ``r`` is file ``b * global_batch + i * world + r`` (official
 layout). Each batch draws its noise and labels from its own seed (global seed, batch, rank),
-so a re-run skips the PNGs already written and still produces the same set.
+so a re-run skips the PNGs already written and still produces the same set. The sample folder
+is named after the checkpoint (with the start of its sha256) and the sampler settings, and its
+``manifest.json`` records everything that decides its images; a re-run whose settings differ
+(another checkpoint, seed, per-process batch or number of processes) is refused, never merged.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate.utils import gather_object
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -28,14 +35,13 @@ from diffusion.pipeline import DDPM_SAMPLERS, FLOW_SAMPLERS, generate
 from models import MODEL_NAMES
 from models.pretrained import build_for_sampling, resolve_sampling_config
 from models.vae import load_vae
-from training.cli import run_cli
+from training.cli import check_writable_dir, first_paragraph, run_cli
 from training.monitor import to_uint8
 from training.setup import setup_accelerator
-from training.visual import eval_sampler
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=first_paragraph(__doc__))
     p.add_argument("--model", type=str, default=None, help=f"one of {', '.join(MODEL_NAMES)}")
     p.add_argument("--vae", type=str, default=None, help="ema | mse | none | folder | hub id (default: ema)")
     p.add_argument("--sample-dir", type=str, default="samples")
@@ -47,15 +53,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-sampling-steps", "--num-steps", dest="num_sampling_steps", type=int, default=250)
     p.add_argument("--sampler", "--mode", dest="sampler", choices=[*DDPM_SAMPLERS, *FLOW_SAMPLERS], default=None,
                    help="default: ddpm for DiT, sde for SiT (the papers' FID samplers)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0 = deterministic)")
+    p.add_argument("--eta", type=float, default=None, help="DDIM noise (default 0: deterministic); --sampler ddim only")
     p.add_argument("--global-seed", type=int, default=0)
     p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--ckpt", type=str, default=None)
     add_flow_args(p)
     add_eval_args(p)
     args = p.parse_args(argv)
-    args.default_vae = "ema"
+    args.default_vae, args.flow_default = "ema", "sde"
     return args
+
+
+def check_sampling_args(args) -> None:
+    """Counts that must be positive, refused before anything is loaded or written."""
+    for name in ("num_sampling_steps", "per_proc_batch_size", "num_fid_samples", "samples"):
+        if getattr(args, name, 1) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, not {getattr(args, name)}")
 
 
 def add_eval_args(p: argparse.ArgumentParser) -> None:
@@ -88,11 +101,13 @@ def score(args, npz: Path, num_classes: int, is_main: bool) -> None:
 
 def add_flow_args(p: argparse.ArgumentParser) -> None:
     """REPA / REG sampling flags (SiT models; ``generate.py`` shares them)."""
-    sit = p.add_argument_group("SiT / REPA / REG")
-    sit.add_argument("--heun", action="store_true", help="Heun steps for the ODE sampler")
-    sit.add_argument("--guidance-low", type=float, default=0.0, help="guide only for t >= this (t=1 is noise)")
-    sit.add_argument("--guidance-high", type=float, default=1.0, help="guide only for t <= this")
-    sit.add_argument("--cls-cfg-scale", type=float, default=1.5, help="REG: guidance of the class token")
+    sit = p.add_argument_group("SiT / REPA / REG (refused for DiT and U-Net checkpoints)")
+    sit.add_argument("--heun", action="store_true", default=None, help="Heun steps for the ODE sampler")
+    sit.add_argument("--guidance-low", type=float, default=None, help="guide only for t >= this (default 0; "
+                     "t=1 is noise)")
+    sit.add_argument("--guidance-high", type=float, default=None, help="guide only for t <= this (default 1)")
+    sit.add_argument("--cls-cfg-scale", type=float, default=None, help="REG: guidance of the class token "
+                     "(default 1.5)")
     sit.add_argument("--path-type", choices=["linear", "cosine"], default=None, help="default: the checkpoint's")
     sit.add_argument("--encoder-depth", type=int, default=None, help="default: the checkpoint's args, else 8")
     sit.add_argument("--projector-embed-dims", type=str, default=None,
@@ -102,21 +117,94 @@ def add_flow_args(p: argparse.ArgumentParser) -> None:
                      "blocks.(N + --encoder-depth)")
 
 
-def sampling_settings(args, cfg: dict, model, codec) -> dict:
-    """``diffusion.pipeline.generate`` arguments for this model family, and a name for them."""
-    sampler = args.sampler or getattr(args, "default_sampler", eval_sampler)(model)
+FLOW_FLAGS = {"heun": False, "guidance_low": 0.0, "guidance_high": 1.0, "cls_cfg_scale": 1.5}  # and defaults
+
+
+def choose_sampler(args, cfg: dict) -> str:
+    """``--sampler`` (``--mode``), or the script's default for the checkpoint's family: DDPM for DiT and
+    the U-Net, ``args.flow_default`` for SiT / REPA, the SDE for REG (its class token has no ODE).
+
+    A sampler or sampling flag the family cannot honour is refused in one line, before anything is
+    loaded or written: flags are never silently ignored.
+    """
+    flow = cfg["model"].startswith("SiT-")
+    reg = bool(cfg["model_kwargs"].get("cls_token_dim")) if flow else False
+    sampler = args.sampler or (("sde" if reg else args.flow_default) if flow else "ddpm")
+    valid = FLOW_SAMPLERS if flow else DDPM_SAMPLERS
+    if sampler not in valid:
+        raise ValueError(f"{cfg['model']} samples with {' or '.join(valid)}, not --sampler {sampler} "
+                         f"({'ode / sde are' if not flow else 'ddpm / ddim are'} for "
+                         f"{'SiT / REPA / REG' if not flow else 'DiT and U-Net'} checkpoints)")
+    if reg and sampler == "ode":
+        raise ValueError("a REG model samples with the SDE (--mode sde): its class token has no ODE in REG")
+    given = [name for name in (*FLOW_FLAGS, "path_type") if getattr(args, name, None) is not None]
+    if not flow and given:
+        raise ValueError(f"--{given[0].replace('_', '-')} applies to SiT / REPA / REG samplers; {cfg['model']} "
+                         "samples with ddpm or ddim: leave it out")
+    if flow and not reg and args.cls_cfg_scale is not None:
+        raise ValueError("--cls-cfg-scale guides REG's class token, which this checkpoint has not: leave it out")
+    if args.eta is not None and sampler != "ddim":
+        raise ValueError(f"--eta is DDIM's noise level: it applies with --sampler ddim, not {sampler}")
+    return sampler
+
+
+def sampling_settings(args, cfg: dict, codec) -> dict:
+    """``diffusion.pipeline.generate`` arguments for ``args.sampler`` (see ``choose_sampler``), and a name
+    for them."""
+    sampler = args.sampler
     kw = dict(sampler=sampler, num_steps=args.num_sampling_steps, cfg_scale=args.cfg_scale,
               num_classes=cfg["num_classes"])
     name = f"cfg-{args.cfg_scale}-{sampler}{args.num_sampling_steps}"
     if sampler in DDPM_SAMPLERS:
-        kw.update(noise_schedule=cfg.get("noise_schedule", "linear"), eta=args.eta, clip_denoised=codec.bounded)
-        name += f"-eta{args.eta}" if sampler == "ddim" else ""
+        eta = args.eta or 0.0
+        kw.update(noise_schedule=cfg.get("noise_schedule", "linear"), eta=eta, clip_denoised=codec.bounded)
+        name += f"-eta{eta}" if sampler == "ddim" else ""
     else:
-        kw.update(heun=args.heun, guidance_low=args.guidance_low, guidance_high=args.guidance_high,
-                  path_type=cfg["path_type"], cls_cfg_scale=args.cls_cfg_scale)
-        name += f"{'-heun' if args.heun else ''}-{args.guidance_low}-{args.guidance_high}"
-        name += f"-cls{args.cls_cfg_scale}" if getattr(model, "cls_token_dim", None) else ""
+        flags = {k: default if getattr(args, k) is None else getattr(args, k) for k, default in FLOW_FLAGS.items()}
+        reg = bool(cfg["model_kwargs"].get("cls_token_dim"))
+        kw.update(heun=flags["heun"], guidance_low=flags["guidance_low"], guidance_high=flags["guidance_high"],
+                  path_type=cfg["path_type"], cls_cfg_scale=flags["cls_cfg_scale"] if reg else 0.0)
+        name += f"{'-heun' if flags['heun'] else ''}-{flags['guidance_low']}-{flags['guidance_high']}"
+        name += f"-cls{flags['cls_cfg_scale']}" if reg else ""
     return {"kwargs": kw, "name": name}
+
+
+MANIFEST = "manifest.json"
+
+
+def sha256_of(path: str | Path, chunk: int = 1 << 24) -> str:
+    """The checkpoint's identity: sha256 of its bytes (read once per run, on one process)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_manifest(folder: Path, manifest: dict) -> None:
+    """A sample folder is resumed only by a run that would draw the same images: same checkpoint bytes,
+    sampler settings, seed, per-process batch and number of processes (``--num-fid-samples`` may grow)."""
+    if not folder.is_dir():
+        return
+    path = folder / MANIFEST
+    if not path.is_file():
+        if any(folder.glob("*.png")):
+            raise ValueError(f"{folder} holds samples without a {MANIFEST}, so nothing says what drew them; "
+                             "delete the folder or pass another --sample-dir")
+        return
+    old = json.loads(path.read_text())
+    new = json.loads(json.dumps(manifest))  # the same types as read back
+    changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if changed:
+        k = changed[0]
+        raise ValueError(f"{folder} holds samples made with {k} {old.get(k)}, not {new.get(k)}: they would not be "
+                         "the same images, so they are not merged; delete the folder or pass another --sample-dir")
+
+
+def write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)
 
 
 def batch_seed(global_seed: int, batch: int, world: int, rank: int) -> int:
@@ -145,20 +233,29 @@ def write_npz(folder: Path, n: int, labels: np.ndarray) -> Path:
 
 @torch.no_grad()
 def main(args: argparse.Namespace) -> None:
-    if args.num_fid_samples <= 0 or args.per_proc_batch_size <= 0:
-        raise ValueError("--num-fid-samples and --per-proc-batch-size must be positive")
+    check_sampling_args(args)
+    check_writable_dir(args.sample_dir, "--sample-dir")
     accelerator = setup_accelerator(allow_tf32=args.tf32)
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     state_dict, cfg = resolve_sampling_config(args)
+    args.sampler = choose_sampler(args, cfg)
+    digest = gather_object([sha256_of(cfg["ckpt"]) if accelerator.is_main_process else ""])[0]
+    manifest = {"checkpoint_sha256": digest, "model": cfg["model"], "image_size": cfg["image_size"],
+                "vae": cfg["vae"], "num_classes": cfg["num_classes"], "global_seed": args.global_seed,
+                "per_proc_batch_size": args.per_proc_batch_size, "world_size": world}
+    folder = Path(args.sample_dir) / (f"{cfg['model'].replace('/', '-')}-{Path(cfg['ckpt']).stem}-{digest[:8]}-"
+                                      f"size-{cfg['image_size']}-vae-{cfg['vae']}-seed-{args.global_seed}")
     codec = load_vae(cfg["vae"], device)
+    settings = sampling_settings(args, cfg, codec)
+    manifest["sampling"] = settings["kwargs"]
+    folder = folder.with_name(f"{folder.name}-{settings['name']}")
+    check_manifest(folder, manifest)
     model = build_for_sampling(state_dict, cfg, codec, device)
-    settings = sampling_settings(args, cfg, model, codec)
-
-    ckpt_name = Path(cfg["ckpt"]).stem
-    folder = Path(args.sample_dir) / (f"{cfg['model'].replace('/', '-')}-{ckpt_name}-size-{cfg['image_size']}-"
-                                      f"vae-{cfg['vae']}-seed-{args.global_seed}-{settings['name']}")
+    accelerator.wait_for_everyone()  # every process has checked the folder before the first one writes to it
     if accelerator.is_main_process:
         folder.mkdir(parents=True, exist_ok=True)
+        if not (folder / MANIFEST).is_file():
+            write_json_atomic(folder / MANIFEST, manifest)
         print(f"saving .png samples at {folder}")
     accelerator.wait_for_everyone()
 

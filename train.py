@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from accelerate.utils import gather_object
 
-from data import build_dataset, resolve_dataset_kind
+from data import build_dataset, class_names, resolve_dataset_kind
 from data.latents import sample_latents as draw_cached_latents
 from diffusion import NOISE_SCHEDULES
 from diffusion.pipeline import diffusion_for
@@ -39,20 +39,20 @@ from models.encoders import load_encoders
 from models.vae import load_vae
 from training import checkpoint as ckpt_io
 from training.alignment import check_token_counts, encoder_targets
-from training.cli import run_cli
+from training.cli import check_writable_dir, first_paragraph, run_cli
 from training.data import make_loader, overfit_subset, random_flip
 from training.ema import requires_grad, update_ema
 from training.monitor import MetricsLog
 from training.overfit import overfit_report
-from training.run import checkpoint_dir, create_logger, create_run_dir, save_args
+from training.run import checkpoint_dir, create_logger, plan_run_folder, save_args, summary
 from training.schedule import LR_SCHEDULES, lr_at
-from training.setup import seed_everything, setup_accelerator
+from training.setup import prepare_tracker, seed_everything, setup_accelerator
 from training.throughput import mfu, peak_flops, train_flops_per_sample
 from training.visual import InceptionCurve, evaluate_builtin, grid_labels, sample_grid
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=first_paragraph(__doc__))
     p.add_argument("--data-path", "--data-dir", dest="data_path", type=str, default=None,
                    help="ImageNet-style folder, a latent cache, or REPA/REG's layout (imagenet_256_vae/ + vae-sd/)")
     p.add_argument("--dataset", choices=["folder", "latents", "repa", "builtin", "cifar10"], default=None,
@@ -230,16 +230,9 @@ def main(args: argparse.Namespace) -> None:
     if args.eval_every and kind != "builtin" and not args.eval_ref:
         raise ValueError("--eval-every needs something to score against: --dataset builtin (proxy metrics) or "
                          "--eval-ref REF.npz (FID, sFID, IS, precision, recall)")
-    run_dir = Path(args.results_dir) / args.exp_name if args.exp_name else None
     ckpt_subdir = checkpoint_dir(args.overfit)
-    if args.resume_step:
-        args.resume = str(run_dir / ckpt_subdir / f"{args.resume_step:07d}.pt")
-    elif run_dir is not None and not args.resume and ckpt_io.latest_checkpoint(run_dir, ckpt_subdir) is not None:
-        newest = ckpt_io.latest_checkpoint(run_dir, ckpt_subdir)
-        raise ValueError(f"{run_dir} already holds checkpoints (newest {newest.name}); continue it with "
-                         f"--resume-step {int(newest.stem)} or choose another --exp-name")
-    resume_path = ckpt_io.resolve_resume(args.resume, ckpt_subdir) if args.resume else None
-    resume = ckpt_io.load_checkpoint(resume_path) if resume_path else None
+    resume_path = resume_checkpoint_path(args, ckpt_subdir)
+    resume = ckpt_io.load_training_checkpoint(resume_path) if resume_path else None
     dataset = build_dataset(kind, args.data_path, args.image_size, args.num_classes)
     if kind == "latents" and args.vae != dataset.vae:
         raise ValueError(f"the latent cache was encoded with --vae {dataset.vae}, not {args.vae}; "
@@ -253,15 +246,18 @@ def main(args: argparse.Namespace) -> None:
     if aligned and kind == "latents":
         raise ValueError("REPA/REG align to encoder features of the images, which a latent cache does not hold: "
                          "use an image folder or REPA/REG's layout (preprocessing/dataset_tools.py)")
+    names = class_names(kind, args.num_classes, dataset)
     if args.overfit:
         dataset = overfit_subset(dataset, args.samples, args.num_classes)
         if args.global_batch_size > len(dataset):  # every image in every batch
             args.global_batch_size = len(dataset)
     if resume is not None:
         check_resume_args(resume, args)
+    check_writable_dir(args.results_dir, "--results-dir")
 
     accelerator = setup_accelerator(args.mixed_precision, args.report_to, allow_tf32=args.allow_tf32 or not sit)
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    is_main = accelerator.is_main_process
     accum = args.gradient_accumulation_steps
     if args.global_batch_size % (world * accum) != 0:
         raise ValueError(f"--global-batch-size {args.global_batch_size} is not divisible by {world} process(es) x "
@@ -269,22 +265,7 @@ def main(args: argparse.Namespace) -> None:
     local_batch = args.global_batch_size // (world * accum)  # per process and micro-batch
     seed_everything(args.global_seed * world + rank)  # DiT: a distinct stream per rank
 
-    # Run folder (rank 0 creates; resume continues in the checkpoint's folder).
-    is_main = accelerator.is_main_process
-    if resume_path is not None:
-        run_dir = resume_path.parent.parent
-    elif is_main:
-        run_dir = create_run_dir(args.results_dir, args.model, args.exp_name, ckpt_subdir)
-    run_dir = Path(gather_object([str(run_dir) if is_main else ""])[0])
-    logger = create_logger(run_dir, is_main)
-    if is_main:
-        save_args(run_dir, args)
-    logger.info(f"run folder {run_dir}; {world} process(es) on {device}; data: {kind} ({len(dataset):,} items)")
-    if args.report_to != "none":
-        accelerator.init_trackers(args.exp_name or run_dir.name,
-                                  config={k: str(v) for k, v in vars(args).items()})
-
-    # Codec, encoders, model, objective.
+    # Codec, encoders, model, objective, data order: everything that can fail comes before the run folder.
     codec = load_vae(args.vae, device)  # with cached latents: only to decode the sample grids
     channels, latent_size = codec.latent_channels, args.image_size // codec.downsample
     if kind == "latents":
@@ -312,16 +293,42 @@ def main(args: argparse.Namespace) -> None:
         objective = DDPMObjective(diffusion_for(model, "", sampling["noise_schedule"]))
     if encoders:
         check_token_counts(encoders, model.x_embedder.num_patches, args.image_size, args.model)
+    loader, sampler = make_loader(dataset, local_batch, world, rank, args.global_seed, args.num_workers)
+    steps_per_epoch = len(sampler) // local_batch // accum
+    if steps_per_epoch == 0:
+        raise ValueError(f"the dataset has {len(dataset)} items, fewer than one batch of {local_batch} per process; "
+                         "lower --global-batch-size")
+    total = min(args.max_steps or sys.maxsize, args.epochs * steps_per_epoch)
+    steps, data_state = (resume["steps"], resume["data"]) if resume else (0, {"epoch": 0, "position": 0})
+    if total <= steps:
+        raise ValueError(f"nothing to do: {resume_path} is at step {steps} and this run stops at step {total} "
+                         "(--max-steps, --epochs); raise --max-steps to train further")
+    run_folder = plan_run_folder(args.results_dir, args.model, args.exp_name, resume_path, steps, ckpt_subdir)
+    tracker_note = prepare_tracker(args.report_to)
+
+    # Only now is anything written: a new run folder, or the resumed run's own (its newest checkpoint).
+    run_dir, note = run_folder.open(ckpt_subdir) if is_main else (None, None)
+    run_dir = Path(gather_object([str(run_dir) if is_main else ""])[0])
+    logger = create_logger(run_dir, is_main)
+    if is_main:
+        save_args(run_dir, args)
+    logger.info(f"run folder {run_dir}; {world} process(es) on {device}; data: {kind} ({len(dataset):,} items)")
+    for line in (note, tracker_note):
+        if line:
+            logger.info(line)
+    if args.report_to != "none":
+        accelerator.project_configuration.project_dir = accelerator.project_configuration.logging_dir = str(run_dir)
+        accelerator.init_trackers(args.exp_name or run_dir.name, config={k: str(v) for k, v in vars(args).items()},
+                                  init_kwargs={"wandb": {"dir": str(run_dir)}})
+
     ema = deepcopy(model).to(device)
     requires_grad(ema, False)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(args.adam_beta1, args.adam_beta2),
                             weight_decay=args.adam_weight_decay, eps=args.adam_epsilon, fused=device.type == "cuda")
-    steps, data_state = 0, {"epoch": 0, "position": 0}
     if resume is not None:
         model.load_state_dict(resume["model"])
         ema.load_state_dict(resume["ema"])
         opt.load_state_dict(resume["opt"])
-        steps, data_state = resume["steps"], resume["data"]
     else:
         update_ema(ema, model, decay=0)
     flops = train_flops_per_sample(model.eval().to(device), *example_inputs(model, channels, latent_size, device))
@@ -336,14 +343,8 @@ def main(args: argparse.Namespace) -> None:
     ema.eval()
     model.train()
 
-    loader, sampler = make_loader(dataset, local_batch, world, rank, args.global_seed, args.num_workers)
-    steps_per_epoch = len(sampler) // local_batch // accum
-    total = min(args.max_steps or sys.maxsize, args.epochs * steps_per_epoch)
-    if steps_per_epoch == 0:
-        raise ValueError(f"the dataset has {len(dataset)} items, fewer than one batch of {local_batch} per process; "
-                         "lower --global-batch-size")
     peak = peak_flops(device, args.mixed_precision)
-    metrics = MetricsLog(run_dir, resume_step=steps) if is_main else None
+    metrics = MetricsLog(run_dir) if is_main else None
     grid_y, grid_nrow = grid_labels(args.num_classes)
     grid_noise = torch.randn(len(grid_y), channels, latent_size, latent_size,
                              generator=torch.Generator().manual_seed(args.global_seed)).to(device)
@@ -360,7 +361,7 @@ def main(args: argparse.Namespace) -> None:
                 state["scaler"] = accelerator.scaler.state_dict()
             ckpt_io.save_atomic(state, path)
             sample_grid(ema, codec, grid_noise, grid_y, args.num_classes,
-                        run_dir / "samples" / f"{steps:07d}.png", nrow=grid_nrow, **sampling)
+                        run_dir / "samples" / f"{steps:07d}.png", nrow=grid_nrow, names=names, **sampling)
             logger.info(f"saved checkpoint {path}")
         accelerator.wait_for_everyone()
         return path
@@ -385,7 +386,7 @@ def main(args: argparse.Namespace) -> None:
     logger.info(f"training for {total:,} steps ({steps_per_epoch:,} per epoch), global batch "
                 f"{args.global_batch_size}, from step {steps}")
     bar = progress_bar(total, steps, is_main)
-    running, log_steps, last_good, t0 = {}, 0, latest_or_none(run_dir, steps, ckpt_subdir), time.time()
+    running, log_steps, last_good, t0 = {}, 0, resume_path, time.time()
     micro, micro_sum = 0, {}  # micro-batches of this optimizer step (--gradient-accumulation-steps)
     try:
         for batch in epochs_of(loader, sampler, data_state):
@@ -448,9 +449,10 @@ def main(args: argparse.Namespace) -> None:
         bar.close()
     if args.overfit and is_main:
         report = overfit_report(ema, codec, dataset, args.num_classes, run_dir, steps, args.eval_cfg_scale,
-                                args.eval_sampling_steps, builtin=kind == "builtin", **sampling)
+                                args.eval_sampling_steps, builtin=kind == "builtin", names=names, **sampling)
         logger.info(f"overfit report (EMA samples vs their training images): {format_record(report)}")
-    logger.info(f"done after {steps:,} steps; checkpoints in {run_dir / ckpt_subdir}")
+    for line in summary(run_dir, steps, args.num_classes) if is_main else []:
+        logger.info(line)
     accelerator.end_training()
 
 
@@ -496,9 +498,21 @@ def epochs_of(loader, sampler, data_state: dict):
 
 class NonFiniteLoss(RuntimeError):
     def __init__(self, step: int, value: float, last_good: Path | None):
-        where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written yet"
+        if last_good:
+            advice = f"the last good checkpoint is {last_good} (resume it with --resume and a lower --lr, or use " \
+                     "--mixed-precision bf16)"
+        else:
+            advice = "no checkpoint was written yet: start again with a lower --lr or --mixed-precision bf16"
         super().__init__(f"loss became {value} at step {step}; training stopped and nothing was saved after it; "
-                         f"{where} (resume with --resume, lower --lr or use --mixed-precision bf16)")
+                         f"{advice}")
+
+
+def resume_checkpoint_path(args: argparse.Namespace, ckpt_subdir: str) -> Path | None:
+    """The checkpoint to resume: ``--resume`` (a file, or a run folder's newest) or REPA's ``--resume-step``
+    in ``{results-dir}/{exp-name}``; None for a fresh run."""
+    if args.resume_step:
+        args.resume = str(Path(args.results_dir) / args.exp_name / ckpt_subdir / f"{args.resume_step:07d}.pt")
+    return ckpt_io.resolve_resume(args.resume, ckpt_subdir) if args.resume else None
 
 
 def check_resume_args(resume: dict, args: argparse.Namespace) -> None:
@@ -518,10 +532,6 @@ def restore_rng(resume: dict, rank: int, world: int, logger) -> None:
     else:
         logger.info(f"checkpoint has RNG state for {len(rngs)} processes, not {world}: "
                     "continuing with fresh random streams (not bit-exact)")
-
-
-def latest_or_none(run_dir: Path, steps: int, subdir: str) -> Path | None:
-    return ckpt_io.latest_checkpoint(run_dir, subdir) if steps > 0 else None
 
 
 def progress_bar(total: int, initial: int, enabled: bool):

@@ -13,10 +13,12 @@ OUTPUT_DIR=${OUTPUT_DIR:-exps}
 ENC_TYPE=${ENC_TYPE:-dinov2-vit-b}
 REPORT_TO=${REPORT_TO:-wandb}
 PYTHON=${PYTHON:-python}
+[[ "$NUM_GPUS" =~ ^[1-9][0-9]*$ ]] || { echo "error: NUM_GPUS must be a positive integer, not '$NUM_GPUS'" >&2; exit 2; }
+MULTI_GPU=(); [ "$NUM_GPUS" -gt 1 ] && MULTI_GPU=(--multi_gpu)   # accelerate refuses --multi_gpu for one process
 
 case "$RECIPE" in
   reg)   # REG train.sh: SiT-XL/2, DINOv2-B aligned after block 8, class token weight 0.03, fp16 + TF32
-    exec "$PYTHON" -m accelerate.commands.launch --multi_gpu --num_processes "$NUM_GPUS" train.py \
+    exec "$PYTHON" -m accelerate.commands.launch "${MULTI_GPU[@]}" --num_processes "$NUM_GPUS" train.py \
       --report-to "$REPORT_TO" --allow-tf32 --mixed-precision fp16 --seed 0 \
       --path-type linear --prediction v --weighting uniform \
       --model SiT-XL/2 --enc-type "$ENC_TYPE" --proj-coeff 0.5 --encoder-depth 8 --cls 0.03 \
@@ -24,7 +26,7 @@ case "$RECIPE" in
       --batch-size 256 --max-train-steps "${MAX_STEPS:-4000000}" --checkpointing-steps 50000 \
       --data-dir "$DATA_DIR" "$@" ;;
   repa)  # REPA README: SiT-B/2 aligns after block 4 (L and XL after 8), no class token
-    exec "$PYTHON" -m accelerate.commands.launch --multi_gpu --num_processes "$NUM_GPUS" train.py \
+    exec "$PYTHON" -m accelerate.commands.launch "${MULTI_GPU[@]}" --num_processes "$NUM_GPUS" train.py \
       --report-to "$REPORT_TO" --allow-tf32 --mixed-precision fp16 --seed 0 \
       --path-type linear --prediction v --weighting uniform \
       --model SiT-B/2 --enc-type "$ENC_TYPE" --proj-coeff 0.5 --encoder-depth 4 --cls 0 \

@@ -38,7 +38,7 @@ from data.latents import sample_latents as draw_cached_latents  # noqa: E402
 from diffusion import create_diffusion  # noqa: E402
 from models import MODEL_NAMES, create_model  # noqa: E402
 from models.vae import HUB_NAMES, SD_VAE_SCALE, load_vae  # noqa: E402
-from training.cli import run_cli  # noqa: E402
+from training.cli import first_paragraph, run_cli  # noqa: E402
 from training.data import random_flip  # noqa: E402
 from training.ema import requires_grad, update_ema  # noqa: E402
 from training.setup import enable_tf32  # noqa: E402
@@ -51,7 +51,7 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=first_paragraph(__doc__))
     p.add_argument("--model", type=str, default="DiT-XL/2", help=f"one of {', '.join(MODEL_NAMES)}")
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--num-classes", type=int, default=1000)

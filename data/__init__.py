@@ -66,3 +66,16 @@ def build_dataset(kind: str, data_path: str | None, image_size: int, num_classes
 
     validate_image_folder(data_path)
     return ImageFolderDataset(data_path, image_size, flip=False)
+
+
+def class_names(kind: str | None, num_classes: int, dataset=None) -> list[str]:
+    """What to call each class in sample grids: the built-in dataset's and CIFAR-10's names, an image
+    folder's sub-folder names, else the class index."""
+    if kind == "builtin":
+        from .procedural import CLASS_NAMES as names
+    elif kind == "cifar10":
+        from .cifar10 import CLASSES as names
+    else:
+        names = getattr(dataset, "classes", None) or []
+    names = [name.replace("_", " ") for name in list(names)[:num_classes]]
+    return names + [str(i) for i in range(len(names), num_classes)]

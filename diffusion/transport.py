@@ -137,7 +137,7 @@ def score_from_velocity(
 def diffusion_coefficient(t: torch.Tensor) -> torch.Tensor:
     """``w_t = 2 t``, the squared diffusion of REPA's and REG's ``euler_maruyama_sampler`` (``compute_diffusion``).
 
-    REPA issue #52: the paper writes w_t = sigma_t = t and the authors call the code's 2t a typo.
+    github.com/sihyun-yu/REPA issue #52: the paper writes w_t = sigma_t = t and the authors call the code's 2t a typo.
     Read in the SDE above the two agree: the drift correction is 1/2 * 2t * score = sigma_t score on
     the linear path, which is SiT's ``diffusion_form="sigma"`` (drift v + w score, noise sqrt(2 w),
     w = sigma_t). Kept as 2t here so sampling reproduces the released numbers.

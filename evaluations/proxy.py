@@ -18,12 +18,15 @@ in ``$DIFFUSION_LAB_CACHE`` (default ``~/.cache/diffusion-lab``), written atomic
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
 import sys
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +117,14 @@ def accuracy(classifier: ProxyClassifier, x: torch.Tensor, y) -> float:
     return float(np.mean(classify(classifier, x)[1] == np.asarray(y)))
 
 
+@contextmanager
+def trainable(device) -> Iterator[None]:
+    """Gradients in fp32 whatever the caller runs under (``no_grad``, ``inference_mode``, autocast):
+    the classifier is trained on first use, which may be inside an evaluation."""
+    with torch.inference_mode(False), torch.enable_grad(), torch.autocast(torch.device(device).type, enabled=False):
+        yield
+
+
 def train_proxy_classifier(
     num_classes: int = 10,
     num_images: int = 12000,
@@ -136,7 +147,7 @@ def train_proxy_classifier(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the same sums whatever the core count; the net is too small to gain from more
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), trainable(device):
             torch.manual_seed(CLASSIFIER_SEED)
             classifier = ProxyClassifier(num_classes, width).to(device)
             x, y = _training_images(num_images, num_classes)
@@ -249,6 +260,9 @@ def proxy_metrics(images, labels, num_classes: int = 10, device="cpu", classifie
     """``{"class_accuracy", "proxy_fd"}`` of generated ``images`` conditioned on ``labels``."""
     x = _as_images(images)
     labels = np.asarray(labels).reshape(-1)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be integer class indices, got {labels.dtype}: save them as integers "
+                         "(sample_ddp.py writes int64)")
     if len(labels) != len(x):
         raise ValueError(f"got {len(x)} images but {len(labels)} labels")
     if len(x) < 2 or x.shape[-1] != x.shape[-2]:
@@ -265,6 +279,14 @@ def proxy_metrics(images, labels, num_classes: int = 10, device="cpu", classifie
         "class_accuracy": float(np.mean(preds == labels)),
         "proxy_fd": frechet_distance(*feature_statistics(feats), mu_ref, sigma_ref),
     }
+
+
+@functools.lru_cache(maxsize=8)
+def real_image_scores(num_samples: int, resolution: int, num_classes: int = 10) -> dict:
+    """``{"class_accuracy", "proxy_fd"}`` of ``num_samples`` real built-in images (the held-out seed) at
+    ``resolution``: the best a generator can score with that many samples (FD depends on the count)."""
+    x, y = _rendered(HELD_OUT_SEED, num_classes, num_samples, resolution)
+    return proxy_metrics(x, y, num_classes)
 
 
 def main(argv=None) -> None:

@@ -32,7 +32,7 @@ def projection_loss(targets: list[torch.Tensor], projections: list[torch.Tensor]
 
     ``targets[k]`` are the frozen encoder's tokens and ``projections[k]`` the projector outputs,
     both (N, T, D_k). Computed in float32: under fp16 autocast the normalisation of large
-    features overflows (REPA issue #46).
+    features overflows (github.com/sihyun-yu/REPA issue #46).
     """
     if len(targets) != len(projections):
         raise ValueError(f"{len(targets)} encoder feature sets for {len(projections)} projectors")

@@ -60,11 +60,19 @@ def resolve_sampling_config(args) -> tuple[dict, dict]:
         trained = vars(trained)
     if "image_size" not in trained and "resolution" in trained:  # REPA / REG name it --resolution
         trained["image_size"] = trained["resolution"]
-    defaults = {"model": getattr(args, "default_model", "DiT-XL/2"), "image_size": 256, "num_classes": 1000, "vae": args.default_vae}
+    recorded = trained.get("model")
+    if recorded and args.model and args.model != recorded:
+        raise ValueError(f"{path} holds a {recorded} (it was trained with --model {recorded}), not a {args.model}: "
+                         "leave out --model")
+    defaults = {"model": getattr(args, "default_model", "DiT-XL/2"), "image_size": 256, "num_classes": 1000,
+                "vae": args.default_vae}
     cfg = {k: (getattr(args, k, None) if getattr(args, k, None) is not None else trained.get(k, v))
            for k, v in defaults.items()}
+    if cfg["model"].startswith("SiT-") and path.name in OFFICIAL.values():
+        raise ValueError(f"{path.name} is the official DiT-XL/2 release, not a SiT: sample it with --model DiT-XL/2 "
+                         "and --sampler ddpm or ddim")
     state_dict = model_state_dict(ckpt, prefer="ema")
-    cfg["ckpt"] = str(path)
+    cfg["ckpt"], cfg["dataset"] = str(path), trained.get("dataset")
     if cfg["model"].startswith("SiT-"):
         state_dict = legacy_blocks(state_dict, trained, args)
         cfg["model_kwargs"] = sit_kwargs(state_dict, trained, args)

@@ -40,7 +40,7 @@ from data.folder import center_crop_arr, validate_image_folder  # noqa: E402
 from data.procedural import CLASS_NAMES, label_of, render_batch  # noqa: E402
 from data.repa import LABELS, Archive, is_image_name, read_labels, read_rgb  # noqa: E402
 from models.vae import load_vae  # noqa: E402
-from training.cli import run_cli  # noqa: E402
+from training.cli import first_paragraph, run_cli  # noqa: E402
 
 BUILTIN_CHUNK = 256  # built-in images rendered at once
 
@@ -219,7 +219,7 @@ def encode(args: argparse.Namespace) -> None:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=first_paragraph(__doc__))
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("convert", help="image folder, .zip or builtin -> square PNGs + dataset.json")
     c.add_argument("--source", required=True, metavar="PATH",

@@ -27,12 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from data import build_dataset, resolve_dataset_kind  # noqa: E402
 from data.latents import FORMAT, MANIFEST  # noqa: E402
 from models.vae import load_vae  # noqa: E402
-from training.cli import run_cli  # noqa: E402
+from training.cli import first_paragraph, run_cli  # noqa: E402
 from training.setup import setup_accelerator  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=first_paragraph(__doc__))
     p.add_argument("--data-path", type=str, default=None)
     p.add_argument("--dataset", choices=["folder", "builtin"], default=None)
     p.add_argument("--num-images", type=int, default=None, help="encode only the first N (default: all; "

@@ -1,6 +1,8 @@
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,23 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+# One empty cache per test session, for this process and every script the tests start: whatever a
+# machine cached before (the proxy classifier, weights) can never make the suite pass where a clean
+# machine would fail. Whatever is trained or downloaded on first use is then made once per session.
+CACHE = Path(tempfile.mkdtemp(prefix="diffusion-lab-test-cache-"))
+CACHE_ENV = {"DIFFUSION_LAB_CACHE": CACHE / "diffusion-lab", "TORCH_HOME": CACHE / "torch", "HF_HOME": CACHE / "hf",
+             "XDG_CACHE_HOME": CACHE / "xdg", "MPLCONFIGDIR": CACHE / "matplotlib"}
+os.environ.update({name: str(path) for name, path in CACHE_ENV.items()})
+
+
+def pytest_collection_modifyitems(items):
+    """Tests marked ``first_use`` run first, while the session's cache is still empty."""
+    items.sort(key=lambda item: item.get_closest_marker("first_use") is None)
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(CACHE, ignore_errors=True)
 
 
 def run_script(*args: str, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:

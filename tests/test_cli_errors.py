@@ -55,7 +55,7 @@ def test_train_names_a_corrupt_image(tmp_path):
 def test_sample_rejects_a_checkpoint_of_another_model(trained_run, tmp_path):
     ckpt = trained_run / "checkpoints" / "0000020.pt"
     proc = run_script("sample.py", "--ckpt", str(ckpt), "--model", "DiT-Ti/2", "--output", str(tmp_path / "s.png"))
-    assert_one_line_error(proc, "does not fit this model")
+    assert_one_line_error(proc, "holds a DiT-Ti/4", "not a DiT-Ti/2", "leave out --model")
     assert not (tmp_path / "s.png").exists()
 
 

@@ -132,6 +132,7 @@ def test_bad_inputs_are_clear_errors(quick):
         (images, labels[:10], "20 images but 10 labels"),
         (images, labels + 5, "labels must lie in 0..9"),
         (images.astype(np.int64), labels, "uint8 NHWC or float NCHW"),
+        (images, labels.astype(np.float32) + 0.5, "labels must be integer class indices, got float32"),
     ]:
         with pytest.raises(ValueError, match=message):
             proxy_metrics(bad_images, bad_labels, classifier=quick[0])
@@ -161,3 +162,14 @@ def test_full_classifier_reaches_98_percent_held_out(tmp_path):
     assert saved["held_out_accuracy"] >= 0.98
     images, labels = _real(500)
     assert proxy_metrics(images, labels, classifier=classifier, cache_dir=tmp_path)["class_accuracy"] >= 0.98
+
+
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode,
+                                     lambda: torch.autocast("cpu", dtype=torch.bfloat16)])
+def test_classifier_trains_the_same_from_any_calling_context(context):
+    """It is trained on first use, which may be inside an evaluation under no_grad or inference_mode."""
+    settings = dict(QUICK, num_images=200, steps=3, num_held_out=20)
+    expected = proxy.fingerprint(train_proxy_classifier(**settings)[0])
+    with context():
+        classifier, _ = train_proxy_classifier(**settings)
+    assert proxy.fingerprint(classifier) == expected

@@ -10,7 +10,7 @@ import generate
 import train
 
 
-def run_recipe(script, tmp_path, **env):
+def run_recipe(script, tmp_path, full_argv=False, **env):
     fake = tmp_path / "python"  # records its command line instead of launching anything
     fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$RECORD"\n')
     fake.chmod(0o755)
@@ -18,6 +18,8 @@ def run_recipe(script, tmp_path, **env):
                           env={**os.environ, "PYTHON": str(fake), "RECORD": str(tmp_path / "argv"), **env})
     assert proc.returncode == 0, proc.stderr
     argv = (tmp_path / "argv").read_text().splitlines()
+    if full_argv:
+        return argv
     script_name = "train.py" if script == "train.sh" else "generate.py"
     return argv[argv.index(script_name) + 1:]
 
@@ -37,14 +39,22 @@ def test_train_sh_recipes_parse_with_the_papers_values(recipe, expected, tmp_pat
 
 @pytest.mark.parametrize("recipe, expected", [
     ("reg", dict(sampler="sde", num_sampling_steps=250, cfg_scale=2.3, cls_cfg_scale=2.3, guidance_high=0.85)),
-    ("repa", dict(sampler="sde", num_sampling_steps=250, cfg_scale=1.8, guidance_high=0.7)),
-    ("dit", dict(sampler="ddpm", num_sampling_steps=250, cfg_scale=1.5)),
+    ("repa", dict(sampler="sde", num_sampling_steps=250, cfg_scale=1.8, guidance_high=0.7, cls_cfg_scale=None)),
+    ("dit", dict(sampler="ddpm", num_sampling_steps=250, cfg_scale=1.5, cls_cfg_scale=None, guidance_high=None)),
 ])
 def test_eval_sh_recipes_parse_with_the_papers_values(recipe, expected, tmp_path):
     args = generate.parse_args(run_recipe("eval.sh", tmp_path, RECIPE=recipe, CKPT="c.pt", REF_BATCH="ref.npz"))
     assert args.ckpt == "c.pt" and args.ref_batch == "ref.npz" and args.num_fid_samples == 50_000
     for key, value in expected.items():
         assert getattr(args, key) == value, key
+
+
+@pytest.mark.parametrize("recipe", ["reg", "repa"])
+def test_train_sh_launches_one_gpu_without_multi_gpu(recipe, tmp_path):
+    one = run_recipe("train.sh", tmp_path, full_argv=True, RECIPE=recipe, DATA_DIR="data", NUM_GPUS="1")
+    assert "--multi_gpu" not in one and one[one.index("--num_processes") + 1] == "1"
+    eight = run_recipe("train.sh", tmp_path, full_argv=True, RECIPE=recipe, DATA_DIR="data", NUM_GPUS="8")
+    assert "--multi_gpu" in eight and eight[eight.index("--num_processes") + 1] == "8"
 
 
 def test_recipes_name_the_missing_variable():

@@ -16,7 +16,10 @@ def test_sample_writes_a_grid_from_our_checkpoint(trained_run, tmp_path):
                       "--num-sampling-steps", "10", "--class-labels", "0", "1", "2", "3", "--output", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     grid = np.asarray(Image.open(out))
-    assert grid.shape == (2 + 16 + 2, 4 * 18 + 2, 3)  # one row of four 16x16 images with 2 px borders
+    # One row of four 16x16 images with 2 px borders, enlarged 8x, the least that makes it 512 px wide.
+    assert grid.shape == (2 + 128 + 2, 4 * 130 + 2, 3)
+    first = grid[2:130, 2:130].reshape(16, 8, 16, 8, 3)
+    assert (first == first[:, :1, :, :1]).all()  # nearest neighbour: every source pixel an 8x8 square
 
 
 def test_sample_ddim(trained_run, tmp_path):

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import ROOT, TINY_TRAIN, run_script
+from conftest import TINY_TRAIN, run_script
 
 import train
 
@@ -73,29 +73,6 @@ def test_eval_every_records_a_proxy_metric_curve(tmp_path, monkeypatch):
     assert [r["step"] for r in curve] == [2, 4]
     assert all(0.0 <= r["class_accuracy"] <= 1.0 and r["proxy_fd"] >= 0 for r in curve)
     assert (run_dir / "eval_samples.png").is_file()
-
-
-@pytest.mark.parametrize("target, run_name, sampler", [("demo", "000-DiT-Demo-4", "ddpm2"),
-                                                       ("demo-sit", "000-SiT-Demo-4", "sde2")])
-def test_makefile_demo_recipes_train_and_score(tmp_path, monkeypatch, target, run_name, sampler):
-    """`make demo` / `make demo-sit` flags, as the Makefile writes them, shortened to two steps and 20 samples."""
-    import shlex
-    import subprocess
-
-    import evaluations.proxy as proxy
-
-    line = subprocess.run(["make", "-n", "--no-print-directory", target, "NEEDS=", "PYTHON=python"], cwd=ROOT,
-                          capture_output=True, text=True, check=True).stdout.strip()
-    argv = shlex.split(line)
-    assert argv[:2] == ["python", "train.py"], line
-    untrained = proxy.ProxyClassifier(10).eval()
-    monkeypatch.setattr(proxy, "get_proxy_classifier", lambda *a, **k: untrained)
-    monkeypatch.setenv("DIFFUSION_LAB_CACHE", str(tmp_path / "cache"))
-    train.main(train.parse_args([*argv[2:], "--results-dir", str(tmp_path), "--max-steps", "2", "--ckpt-every", "2",
-                                 "--eval-every", "2", "--eval-samples", "20", "--eval-sampling-steps", "2"]))
-    result = json.loads((tmp_path / run_name / "proxy_metrics.json").read_text())
-    assert result["step"] == 2 and result["samples"] == 20 and result["cfg_scale"] == 4.0
-    assert result["sampler"] == sampler  # the README's demo table: DDPM for the DiT, Euler-Maruyama for the SiT
 
 
 def test_eval_every_needs_the_builtin_dataset(tmp_path):

@@ -146,14 +146,17 @@ def test_generate_through_two_gloo_processes_writes_exactly_n_images(reg_run, tm
     assert "Proxy class accuracy" in proc.stdout
 
 
-def test_generate_defaults_to_repas_ode_and_to_the_sde_for_reg():
+def test_scripts_default_to_the_papers_samplers():
+    """generate.py and sample.py: REPA's ODE, the SDE for REG, DDPM for DiT; sample_ddp.py: the SDE for SiT."""
     import generate
-    from models import create_model
-    from sample_ddp import sampling_settings
+    import sample
+    import sample_ddp
+    from sample_ddp import choose_sampler
 
-    args = generate.parse_args(["--ckpt", "c.pt"])
-    cfg = {"num_classes": 10, "path_type": "linear"}
-    repa = create_model("SiT-Ti/4", input_size=16, num_classes=10, in_channels=3, z_dims=[32])
-    reg = create_model("SiT-Ti/4", input_size=16, num_classes=10, in_channels=3, z_dims=[32], cls_token_dim=32)
-    assert sampling_settings(args, cfg, repa, None)["kwargs"]["sampler"] == "ode"
-    assert sampling_settings(args, cfg, reg, None)["kwargs"]["sampler"] == "sde"
+    dit = {"model": "DiT-Ti/4", "model_kwargs": {}}
+    repa = {"model": "SiT-Ti/4", "model_kwargs": {"z_dims": [32], "cls_token_dim": None}}
+    reg = {"model": "SiT-Ti/4", "model_kwargs": {"z_dims": [32], "cls_token_dim": 32}}
+    for args in (generate.parse_args(["--ckpt", "c.pt"]), sample.parse_args([])):
+        assert [choose_sampler(args, cfg) for cfg in (dit, repa, reg)] == ["ddpm", "ode", "sde"]
+    args = sample_ddp.parse_args([])
+    assert [choose_sampler(args, cfg) for cfg in (dit, repa, reg)] == ["ddpm", "sde", "sde"]

@@ -118,7 +118,7 @@ def test_score_is_singular_only_at_data_end():
 
 
 def test_sde_coefficients_of_the_samplers():
-    # w_t = 2t (REPA code, issue #52): 1/2 w_t = sigma_t on the linear path
+    # w_t = 2t (REPA code; github.com/sihyun-yu/REPA issue #52): 1/2 w_t = sigma_t on the linear path
     torch.testing.assert_close(0.5 * diffusion_coefficient(T), interpolant(T, "linear")[1])
     x, eps, t, x_t, v = batch([0.04, 0.5, 1.0], "linear")
     torch.testing.assert_close(sde_drift(v, x_t, t, "linear"), v + eps)  # v - t * (-eps / t)

@@ -26,11 +26,23 @@ def save_atomic(obj, path: str | os.PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # an interrupted write leaves nothing behind (a killed process: remove_partial_writes)
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def remove_partial_writes(folder: str | os.PathLike) -> list[Path]:
+    """Delete the ``*.tmp`` files a killed ``save_atomic`` left in ``folder``; returns what was removed."""
+    stale = sorted(Path(folder).glob("*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def rng_state() -> dict:
@@ -63,6 +75,21 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     except Exception as e:  # truncated or foreign files raise many types
         raise CheckpointError(f"checkpoint {path} could not be read ({type(e).__name__}: {e}); "
                               "it may be truncated: use an earlier checkpoint") from None
+
+
+TRAINING_KEYS = ("model", "ema", "opt", "args", "steps")
+
+
+def load_training_checkpoint(path: str | os.PathLike) -> dict:
+    """A checkpoint ``train.py`` can resume: ``load_checkpoint`` plus a one-line error for any other file."""
+    ckpt = load_checkpoint(path)
+    missing = [k for k in TRAINING_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        keys = [str(k) for k in ckpt] if isinstance(ckpt, dict) else []
+        held = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "") if keys else type(ckpt).__name__
+        raise CheckpointError(f"{path} is not a train.py checkpoint (no {', '.join(missing)}; it holds {held}): "
+                              "--resume takes a file from a run's checkpoints/ folder, or the run folder itself")
+    return ckpt
 
 
 def latest_checkpoint(run_dir: str | os.PathLike, subdir: str = "checkpoints") -> Path | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from training.checkpoint import CheckpointError
 
@@ -14,11 +15,36 @@ from training.checkpoint import CheckpointError
 def run_cli(main, args, extra: tuple[type[BaseException], ...] = ()) -> None:
     try:
         main(args)
-    except (ValueError, CheckpointError, FileNotFoundError, *extra) as e:
+    except (ValueError, CheckpointError, OSError, *extra) as e:
         if os.environ.get("DIFFUSION_LAB_DEBUG"):
             raise
-        # Errors raised in DataLoader workers carry the worker's traceback: keep the last line.
-        message = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        message = message.removeprefix(f"{type(e).__name__}: ")
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         sys.exit(1 if isinstance(e, extra) else 2)
+
+
+def one_line(e: BaseException) -> str:
+    """The message of ``e`` as one line. An OS error names the path and what to check; errors raised in
+    DataLoader workers carry the worker's traceback, of which the last line is kept."""
+    if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) and e.filename:
+        return f"{e.strerror or type(e).__name__}: {e.filename} (check that the path is a folder you can write to)"
+    message = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+    return message.removeprefix(f"{type(e).__name__}: ")
+
+
+def check_writable_dir(path: str | os.PathLike, flag: str) -> None:
+    """One line, before anything is written, when ``path`` cannot be (or become) a folder this process
+    writes in: a file on the way to it, or no permission where it would be made."""
+    target = Path(path).absolute()
+    for folder in (target, *target.parents):
+        if not folder.exists():
+            continue
+        if not folder.is_dir():
+            raise ValueError(f"{flag} {path}: {folder} is a file, not a folder; choose another {flag}")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ValueError(f"{flag} {path}: no permission to write in {folder}; choose another {flag}")
+        return
+
+
+def first_paragraph(doc: str) -> str:
+    """A script's ``--help`` description: the first paragraph of its docstring, as one line."""
+    return " ".join(doc.strip().split("\n\n")[0].split())

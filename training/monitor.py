@@ -18,43 +18,75 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).to("cpu", dtype=torch.uint8).numpy()
 
 
-def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8) -> None:
-    """Save [-1, 1] images as one PNG grid with a 2-pixel border."""
+GRID_MIN_WIDTH = 512  # pixels: a grid of small images is enlarged until it is at least this wide
+GRID_PAD = 2
+LABEL_FONT_SIZE = 14
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, row_labels: list[str] | None = None,
+              min_width: int = GRID_MIN_WIDTH) -> None:
+    """Save [-1, 1] images as one PNG grid with 2-pixel borders, written atomically.
+
+    Small images are enlarged by the smallest integer factor (nearest neighbour, so pixels stay
+    sharp squares) that makes the grid at least ``min_width`` pixels wide; ``row_labels`` (one per
+    row, e.g. the class each row shows) are written in a column to the left of the rows.
+    """
+    from PIL import ImageDraw, ImageFont
+
     arr = to_uint8(images)
     n, h, w, c = arr.shape
     ncol = min(nrow, n)
     nrows = (n + ncol - 1) // ncol
-    pad = 2
-    grid = np.zeros((nrows * (h + pad) + pad, ncol * (w + pad) + pad, c), dtype=np.uint8)
+    font = ImageFont.load_default(size=LABEL_FONT_SIZE) if row_labels else None
+    label_w = 0
+    if row_labels:
+        if len(row_labels) != nrows:
+            raise ValueError(f"{len(row_labels)} row labels for a grid of {nrows} rows")
+        label_w = max(int(font.getlength(text)) for text in row_labels) + 2 * GRID_PAD
+    scale = max(1, -(-(min_width - label_w - GRID_PAD * (ncol + 1)) // (ncol * w)))
+    arr = arr.repeat(scale, axis=1).repeat(scale, axis=2)
+    h, w = h * scale, w * scale
+    grid = np.zeros((nrows * (h + GRID_PAD) + GRID_PAD, label_w + ncol * (w + GRID_PAD) + GRID_PAD, c), np.uint8)
     for i in range(n):
         r, col = divmod(i, ncol)
-        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = arr[i]
-    if c == 1:
-        grid = grid[..., 0]
+        top, left = GRID_PAD + r * (h + GRID_PAD), label_w + GRID_PAD + col * (w + GRID_PAD)
+        grid[top:top + h, left:left + w] = arr[i]
+    image = Image.fromarray(grid[..., 0] if c == 1 else grid)
+    if row_labels:
+        draw = ImageDraw.Draw(image)
+        for r, text in enumerate(row_labels):
+            box = draw.textbbox((0, 0), text, font=font)
+            top = GRID_PAD + r * (h + GRID_PAD) + (h - (box[3] - box[1])) // 2 - box[1]
+            draw.text((GRID_PAD, top), text, fill=255 if c == 1 else (255, 255, 255), font=font)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(path).with_name(Path(path).name + ".tmp.png")
-    Image.fromarray(grid).save(tmp)
+    image.save(tmp)
     os.replace(tmp, path)
+
+
+def row_labels(labels, nrow: int, names) -> list[str] | None:
+    """The name of the class each row of a grid shows (``labels`` in grid order), or None when a row mixes
+    classes."""
+    labels = [int(y) for y in labels]
+    rows = [labels[i:i + nrow] for i in range(0, len(labels), nrow)]
+    if not all(len(set(row)) == 1 for row in rows):
+        return None
+    return [names[row[0]] for row in rows]
 
 
 class MetricsLog:
     """Appends one JSON line per logging step to ``metrics.jsonl`` and redraws ``loss.png``.
 
-    On resume the file is truncated to the steps before the checkpoint, so the
-    curve never shows a step twice.
+    A resumed run starts from the records already there (``training.run.keep_records_until``
+    has cut them at the checkpoint's step, so the curve never shows a step twice).
     """
 
-    def __init__(self, run_dir: str | Path, resume_step: int | None = None):
+    def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.plot_path = Path(run_dir) / "loss.png"
         self.records: list[dict] = []
         if self.path.exists():
-            for line in self.path.read_text().splitlines():
-                if line.strip():
-                    rec = json.loads(line)
-                    if resume_step is None or rec["step"] <= resume_step:
-                        self.records.append(rec)
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+            self.records = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
     def log(self, record: dict) -> None:
         self.records.append(record)

@@ -4,8 +4,8 @@ After ``train.py --overfit --samples N`` the EMA model draws one sample for ever
 image, conditioned on that image's class. A model that has memorised its data returns one of
 its class's training images, so the report measures, per sample, the mean absolute pixel error
 (0-255) to the nearest training image of the same class, and on the built-in dataset the proxy
-classifier's class accuracy. It writes ``overfit_report.json`` and ``overfit_samples.png``
-(samples in the first half, their nearest training images in the second).
+classifier's class accuracy. It writes ``overfit_report.json`` and ``overfit_samples.png``: one
+row per class, its samples followed by their nearest training images.
 """
 
 from __future__ import annotations
@@ -32,9 +32,23 @@ def nearest_pixel_error(samples: np.ndarray, sample_labels: np.ndarray, images: 
     return errors, nearest
 
 
+def comparison_rows(samples: torch.Tensor, nearest: torch.Tensor, labels: np.ndarray, names=None):
+    """``(images, row length, row names)`` for ``save_grid``: one row per class, its samples then their
+    nearest training images; with unequal class counts, all samples above all training images, unnamed."""
+    classes = sorted(set(labels.tolist()))
+    rows = [np.nonzero(labels == c)[0] for c in classes]
+    if len({len(r) for r in rows}) != 1:
+        return torch.cat([samples, nearest]), min(len(samples), 10), None
+    order = torch.as_tensor(np.concatenate(rows))
+    per_class = len(rows[0])
+    grid = torch.stack([samples[order].view(len(classes), per_class, *samples.shape[1:]),
+                        nearest[order].view(len(classes), per_class, *samples.shape[1:])], 1).flatten(0, 2)
+    return grid, 2 * per_class, [names[c] for c in classes] if names else None
+
+
 @torch.no_grad()
 def overfit_report(ema, codec, subset, num_classes: int, run_dir: Path, step: int, cfg_scale: float = 1.0,
-                   sampling_steps: int = 250, builtin: bool = False, **sampling) -> dict:
+                   sampling_steps: int = 250, builtin: bool = False, names=None, **sampling) -> dict:
     """Sample once per training image of ``subset`` (an ``overfit_subset``) and compare; see the module doc."""
     device = next(ema.parameters()).device
     images = torch.stack([subset[i][0] for i in range(len(subset))])
@@ -59,6 +73,6 @@ def overfit_report(ema, codec, subset, num_classes: int, run_dir: Path, step: in
         report["class_accuracy"] = accuracy(classifier, samples.clamp(-1, 1), labels.numpy())
     run_dir = Path(run_dir)
     (run_dir / "overfit_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    save_grid(torch.cat([samples.cpu().float(), images[torch.as_tensor(nearest)]]), run_dir / "overfit_samples.png",
-              nrow=min(len(subset), 10))
+    grid, nrow, rows = comparison_rows(samples.cpu().float(), images[torch.as_tensor(nearest)], labels.numpy(), names)
+    save_grid(grid, run_dir / "overfit_samples.png", nrow=nrow, row_labels=rows)
     return report

@@ -13,7 +13,10 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+
+from training.checkpoint import latest_checkpoint, remove_partial_writes
 
 
 def checkpoint_dir(overfit: bool = False) -> str:
@@ -42,6 +45,95 @@ def create_run_dir(results_dir: str | Path, model_name: str, exp_name: str | Non
     return run_dir
 
 
+@dataclass
+class RunFolder:
+    """Where a run will write, decided before anything is written (``plan_run_folder``)."""
+
+    results_dir: Path
+    model_name: str
+    name: str | None = None       # a named folder (REPA's --exp-name); None: the next numbered one
+    continues: Path | None = None  # an existing run folder that this run continues in
+    source: Path | None = None     # a run folder whose records up to ``step`` the new folder starts with
+    step: int = 0
+
+    def open(self, checkpoint_subdir: str) -> tuple[Path, str | None]:
+        """Create (or prepare) the folder; returns it and a line for the log when it is not a fresh start."""
+        if self.continues is not None:
+            keep_records_until(self.continues, self.continues, self.step)
+            removed = remove_partial_writes(self.continues / checkpoint_subdir)
+            note = f"continuing {self.continues} from step {self.step}"
+            return self.continues, note + (f"; removed {len(removed)} partial checkpoint write(s)" if removed else "")
+        run_dir = create_run_dir(self.results_dir, self.model_name, self.name, checkpoint_subdir)
+        if self.source is None:
+            return run_dir, None if self.step == 0 else f"continuing a checkpoint from outside any run folder at step {self.step}"
+        keep_records_until(self.source, run_dir, self.step)
+        return run_dir, (f"continuing {self.source} from step {self.step} in a new run folder: that run has later "
+                         "checkpoints, which stay as they are")
+
+
+def plan_run_folder(results_dir: str | Path, model_name: str, exp_name: str | None, resume: Path | None,
+                    step: int, checkpoint_subdir: str) -> RunFolder:
+    """Decide where a run writes, refusing in one line a named folder that already holds another run.
+
+    Without ``resume``: a new folder. Resuming the newest checkpoint of a run folder: that folder.
+    Any other checkpoint (an older one, or a file outside any run folder): a new folder, which starts
+    with the records of the checkpoint's run up to its step; the old folder is never modified.
+    """
+    plan = RunFolder(Path(results_dir), model_name, exp_name, step=step)
+    source = run_folder_of(resume) if resume is not None else None
+    if source is not None:
+        newest = latest_checkpoint(source, checkpoint_subdir)
+        if newest is not None and newest.resolve() == Path(resume).resolve():
+            plan.continues = source
+            return plan
+        plan.source = source
+        if exp_name and source.resolve() == (Path(results_dir) / exp_name).resolve():
+            plan.name = f"{exp_name}-from-{step:07d}"
+    if plan.name is not None:
+        existing = latest_checkpoint(Path(results_dir) / plan.name, checkpoint_subdir)
+        if existing is not None:
+            hint = f"--resume-step {int(existing.stem)}" if resume is None else "--resume with its newest checkpoint"
+            raise ValueError(f"{Path(results_dir) / plan.name} already holds checkpoints (newest {existing.name}); "
+                             f"continue it with {hint}, or choose another --exp-name")
+    return plan
+
+
+RECORD_FILES = ("metrics.jsonl", "proxy_metrics.jsonl", "inception_metrics.jsonl")  # one JSON line per step
+
+
+def run_folder_of(checkpoint: str | Path) -> Path | None:
+    """The run folder holding ``checkpoint`` (``RUN/checkpoints*/NNNNNNN.pt`` beside ``RUN/args.json``), or None
+    for a checkpoint that lies anywhere else."""
+    checkpoint = Path(checkpoint)
+    run_dir = checkpoint.parent.parent
+    if checkpoint.parent.name in CHECKPOINT_DIRS and (run_dir / "args.json").is_file():
+        return run_dir
+    return None
+
+
+def keep_records_until(source: Path, target: Path, step: int) -> None:
+    """Write into ``target`` the records of ``source`` up to ``step`` (the same folder: the later ones are
+    dropped, as training redoes those steps), and ``proxy_metrics.json`` as the last proxy record kept."""
+    for name in RECORD_FILES:
+        if not (Path(source) / name).is_file():
+            continue
+        lines = Path(source, name).read_text().splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+        write_text_atomic(Path(target) / name, "".join(line + "\n" for line in kept))
+        if name == "proxy_metrics.jsonl":
+            latest = Path(target) / "proxy_metrics.json"
+            if kept:
+                write_text_atomic(latest, json.dumps(json.loads(kept[-1]), indent=2) + "\n")
+            else:
+                latest.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def create_logger(run_dir: Path | None, is_main: bool = True) -> logging.Logger:
     """Log to stdout and ``run_dir/log.txt`` on the main process; silent elsewhere."""
     logger = logging.getLogger("diffusion-lab")
@@ -59,6 +151,32 @@ def create_logger(run_dir: Path | None, is_main: bool = True) -> logging.Logger:
         logger.addHandler(h)
     logger.setLevel(logging.INFO)
     return logger
+
+
+RUN_FILES = {  # what a person opens in a run folder, and what it shows
+    "loss.png": "the training loss and learning rate against steps",
+    "samples": "EMA sample grids, one per checkpoint, one row per class",
+    "eval_samples.png": "the EMA samples the proxy metrics scored, one row per class",
+    "overfit_samples.png": "each class's samples beside their nearest training images",
+    "overfit_report.json": "pixel error of the samples to their training images",
+    "inception_metrics.jsonl": "FID, sFID, IS, precision and recall over training",
+}
+
+
+def summary(run_dir: Path, steps: int, num_classes: int) -> list[str]:
+    """The lines a run ends with: where its outputs are and what they show; the last line reads out the
+    proxy metrics against chance and against real images, when the run scored any."""
+    lines = [f"done after {steps:,} steps; run folder {run_dir}:"]
+    lines += [f"  {name + ('/' if name == 'samples' else ''):<24}{what}" for name, what in RUN_FILES.items()
+              if (Path(run_dir) / name).exists()]
+    lines.append(f"  {'checkpoints*/':<24}" + ", ".join(f"{c.parent.name}/{c.name}" for c in checkpoints(run_dir)))
+    proxy = Path(run_dir) / "proxy_metrics.json"
+    if proxy.is_file():
+        r = json.loads(proxy.read_text())
+        lines.append(f"{proxy}: class accuracy {r['class_accuracy']:.3f} (chance {1 / num_classes:.2f}, real "
+                     f"images {r['real_class_accuracy']:.2f}), proxy FD {r['proxy_fd']:.1f} (real images "
+                     f"{r['real_proxy_fd']:.1f}; lower is better) of {r['samples']} EMA samples at step {r['step']}")
+    return lines
 
 
 def save_args(run_dir: Path, args) -> None:

@@ -3,7 +3,11 @@ python call; NCCL on GPUs, gloo on CPUs), TF32, and per-process seeding."""
 
 from __future__ import annotations
 
+import netrc
+import os
 import random
+from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -37,6 +41,28 @@ def setup_accelerator(mixed_precision: str = "no", report_to: str = "none", allo
     # Without CUDA, cpu=True is what makes accelerate join a torchrun process group (gloo).
     return Accelerator(mixed_precision=mixed_precision, log_with=log_with, cpu=not torch.cuda.is_available(),
                        **kwargs)
+
+
+def prepare_tracker(report_to: str) -> str | None:
+    """Let ``--report-to wandb`` run without a login: wandb then logs offline (into the run folder) and
+    the returned line says so and how to upload later. None when nothing had to change."""
+    if report_to != "wandb" or os.environ.get("WANDB_API_KEY") or wandb_login_saved():
+        return None
+    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun", "disabled"):
+        return None
+    os.environ["WANDB_MODE"] = "offline"
+    return ("wandb: no login found (run `wandb login` or set WANDB_API_KEY), so it logs offline into the run "
+            "folder's wandb/; upload it later with `wandb sync <run folder>/wandb/offline-run-*`")
+
+
+def wandb_login_saved() -> bool:
+    """Whether ``wandb login`` saved a key for the wandb host in the netrc file (``$NETRC`` or ``~/.netrc``)."""
+    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname
+    path = Path(os.environ.get("NETRC") or Path.home() / ".netrc")
+    try:
+        return netrc.netrc(path).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
 
 
 def seed_everything(seed: int) -> None:

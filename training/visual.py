@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from diffusion.pipeline import generate, has_null_class, is_flow_model
-from training.monitor import save_grid, to_uint8
+from training.monitor import row_labels, save_grid, to_uint8
 
 GRID_STEPS = 50        # a quick, comparable view across checkpoints
 GRID_CFG_SCALE = 4.0   # official DiT sample.py default; REPA samples with 4.0 during training too
@@ -30,19 +30,21 @@ def eval_sampler(model) -> str:
 
 def grid_labels(num_classes: int, size: int = 16) -> tuple[torch.Tensor, int]:
     """Labels of the periodic sample grid and its row length: with up to ``size`` classes, one row
-    per class (``size // num_classes`` samples each, or one row of one sample per class); with more,
-    ``size`` classes spread over the label range."""
+    per class (``size // num_classes`` samples each, at least 4); with more, ``size`` classes spread
+    over the label range, 8 to a row."""
     if num_classes > size:
         return torch.arange(size) * (num_classes // size) % num_classes, 8
-    per_class = max(1, size // num_classes)
-    return torch.arange(num_classes).repeat_interleave(per_class), per_class if per_class > 1 else num_classes
+    per_class = max(4, size // num_classes)
+    return torch.arange(num_classes).repeat_interleave(per_class), per_class
 
 
 @torch.no_grad()
-def sample_grid(ema, codec, noise, labels, num_classes: int, path: Path, nrow: int = 8, **sampling) -> None:
-    """Decode EMA samples for fixed noise and labels into a PNG grid. Runs inside a forked
-    RNG so that the training stream (and so exact resume) is untouched. ``sampling``: extra
-    ``diffusion.pipeline.generate`` arguments (noise schedule, path type)."""
+def sample_grid(ema, codec, noise, labels, num_classes: int, path: Path, nrow: int = 8, names=None,
+                **sampling) -> None:
+    """Decode EMA samples for fixed noise and labels into a PNG grid (rows named after their class
+    from ``names`` when each row shows one). Runs inside a forked RNG so that the training stream
+    (and so exact resume) is untouched. ``sampling``: extra ``diffusion.pipeline.generate``
+    arguments (noise schedule, path type)."""
     devices = [noise.device] if noise.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(0)
@@ -50,7 +52,8 @@ def sample_grid(ema, codec, noise, labels, num_classes: int, path: Path, nrow: i
         z = generate(ema, noise, labels, sampler=grid_sampler(ema), num_steps=GRID_STEPS,
                      cfg_scale=scale, cls_cfg_scale=scale, num_classes=num_classes,
                      clip_denoised=codec.bounded, **sampling)
-        save_grid(codec.decode(z), path, nrow=nrow)
+        rows = row_labels(labels.tolist(), nrow, names) if names else None
+        save_grid(codec.decode(z), path, nrow=nrow, row_labels=rows)
 
 
 @torch.no_grad()
@@ -60,11 +63,14 @@ def evaluate_builtin(ema, codec, channels: int, latent_size: int, num_classes: i
     """Class accuracy and Fréchet distance (proxy classifier features) of EMA samples.
 
     Appends a record to ``proxy_metrics.jsonl`` (a curve over training), writes the latest to
-    ``proxy_metrics.json`` and a grid of up to 8 samples per class to ``eval_samples.png``.
+    ``proxy_metrics.json`` and a grid of up to 8 samples per class to ``eval_samples.png``, one row
+    per class with its name. The record also holds what real images score at the same sample count
+    and resolution (``real_class_accuracy``, ``real_proxy_fd``): the best a model can do.
     Sampling runs in a forked RNG so the training stream (and exact resume) is untouched.
     REG's class token is guided with the same scale as the image (``cls_cfg_scale = cfg_scale``).
     """
-    from evaluations.proxy import proxy_metrics
+    from data import class_names
+    from evaluations.proxy import proxy_metrics, real_image_scores
 
     sampler = eval_sampler(ema)
     devices = [device] if torch.device(device).type == "cuda" else []
@@ -80,20 +86,24 @@ def evaluate_builtin(ema, codec, channels: int, latent_size: int, num_classes: i
             images.append(codec.decode(z))
         images = torch.cat(images)
     result = proxy_metrics(to_uint8(images), labels.cpu().numpy(), num_classes=num_classes, device=str(device))
+    real = real_image_scores(num_samples, images.shape[-1], num_classes)
     result = {"step": step, **{k: float(v) for k, v in result.items()}, "samples": num_samples,
-              "cfg_scale": cfg_scale, "sampler": f"{sampler}{sampling_steps}"}
+              "cfg_scale": cfg_scale, "sampler": f"{sampler}{sampling_steps}",
+              **{f"real_{k}": v for k, v in real.items()}}
     run_dir = Path(run_dir)
     with open(run_dir / "proxy_metrics.jsonl", "a") as f:
         f.write(json.dumps(result) + "\n")
     (run_dir / "proxy_metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-    order = torch.cat([torch.nonzero(labels == c)[:8, 0] for c in range(num_classes)])
-    save_grid(images[order], run_dir / "eval_samples.png", nrow=8)
+    per_class = max(1, min(8, num_samples // num_classes))
+    order = torch.cat([torch.nonzero(labels == c)[:per_class, 0] for c in range(num_classes)])
+    rows = row_labels(labels[order].tolist(), per_class, class_names("builtin", num_classes))
+    save_grid(images[order], run_dir / "eval_samples.png", nrow=per_class, row_labels=rows)
     return result
 
 
 class InceptionCurve:
-    """ADM's metrics of ``num_samples`` EMA samples every N steps, against ``ref`` (issue: a curve
-    over training). The reference features and the network are loaded once. Every process samples
+    """ADM's metrics of ``num_samples`` EMA samples every N steps, against ``ref``: a curve over
+    training. The reference features and the network are loaded once. Every process samples
     its share of the same fixed noise; the images are gathered so every process holds them all,
     and the evaluator shards the Inception features across the processes again.
     """

@@ -1,0 +1,116 @@
+"""Bad input to sample.py / sample_ddp.py / generate.py: one line, before anything is loaded or written."""
+
+import json
+from argparse import Namespace
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_script
+
+import generate
+import sample
+import sample_ddp
+from models import create_model
+from models.pretrained import resolve_sampling_config
+
+
+def save_checkpoint(path, model_name="DiT-Ti/4", args=True, **kwargs):
+    weights = create_model(model_name, input_size=16, num_classes=10, in_channels=3, **kwargs).state_dict()
+    recorded = {"model": model_name, "image_size": 16, "num_classes": 10, "vae": "none"}
+    torch.save({"ema": weights, "args": recorded} if args else weights, path)
+    return path
+
+
+def resolve(ckpt, **flags):
+    args = Namespace(ckpt=str(ckpt), model=None, image_size=None, num_classes=None, vae=None, default_vae="none",
+                     path_type=None, encoder_depth=None, projector_embed_dims=None, cls=None, legacy=False)
+    vars(args).update(flags)
+    return resolve_sampling_config(args)
+
+
+def test_a_dit_checkpoint_is_not_loaded_as_a_sit(tmp_path):
+    ckpt = save_checkpoint(tmp_path / "dit.pt")
+    with pytest.raises(ValueError, match="holds a DiT-Ti/4 .* not a SiT-Ti/4: leave out --model"):
+        resolve(ckpt, model="SiT-Ti/4")
+    official = save_checkpoint(tmp_path / "DiT-XL-2-256x256.pt", args=False)  # raw weights, as released
+    with pytest.raises(ValueError, match="official DiT-XL/2 release, not a SiT"):
+        resolve(official, model="SiT-XL/2")
+    with pytest.raises(ValueError, match="official DiT-XL/2 release, not a SiT"):
+        resolve(official, default_model="SiT-XL/2")  # generate.py's default for weights without args
+
+
+def test_raw_weights_of_another_shape_do_not_fit(tmp_path):
+    ckpt = save_checkpoint(tmp_path / "raw.pt", args=False)
+    proc = run_script("sample.py", "--ckpt", str(ckpt), "--model", "DiT-Ti/2", "--image-size", "16",
+                      "--num-classes", "10", "--vae", "none", "--output", str(tmp_path / "s.png"))
+    assert proc.returncode == 2 and "does not fit this model" in proc.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "s.png").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--sampler", "ode"], "DiT-Ti/4 samples with ddpm or ddim, not --sampler ode"),
+    (["--heun"], "--heun applies to SiT / REPA / REG samplers"),
+    (["--guidance-high", "0.7"], "--guidance-high applies to SiT"),
+    (["--cls-cfg-scale", "2"], "--cls-cfg-scale applies to SiT"),
+    (["--path-type", "linear"], "--path-type applies to SiT"),
+    (["--eta", "1"], "--eta is DDIM's noise level: it applies with --sampler ddim, not ddpm"),
+    (["--num-sampling-steps", "0"], "--num-sampling-steps must be positive"),
+    (["--per-proc-batch-size", "-1"], "--per-proc-batch-size must be positive"),
+])
+def test_sampling_flags_a_dit_cannot_honour_are_refused(flags, message, tmp_path):
+    ckpt = save_checkpoint(tmp_path / "dit.pt")
+    args = sample_ddp.parse_args(["--ckpt", str(ckpt), "--sample-dir", str(tmp_path / "samples"), *flags])
+    with pytest.raises(ValueError, match=message):
+        sample_ddp.main(args)
+    assert not (tmp_path / "samples").exists()
+
+
+def test_class_token_guidance_is_refused_without_a_class_token(tmp_path):
+    ckpt = save_checkpoint(tmp_path / "repa.pt", "SiT-Ti/4", z_dims=[32])
+    args = generate.parse_args(["--ckpt", str(ckpt), "--cls-cfg-scale", "2", "--sample-dir", str(tmp_path / "s")])
+    with pytest.raises(ValueError, match="--cls-cfg-scale guides REG's class token"):
+        sample_ddp.main(args)
+
+
+def test_sample_py_samples_a_dit_with_ddpm_by_default(tmp_path):
+    ckpt = save_checkpoint(tmp_path / "dit.pt")
+    args = sample.parse_args(["--ckpt", str(ckpt)])
+    assert sample_ddp.choose_sampler(args, resolve(ckpt)[1]) == "ddpm"
+
+
+def test_a_sample_folder_is_never_merged_with_another_runs_images(tmp_path):
+    ckpt = save_checkpoint(tmp_path / "0000040.pt")
+    common = ["--ckpt", str(ckpt), "--num-fid-samples", "4", "--num-sampling-steps", "2", "--sample-dir",
+              str(tmp_path / "s")]
+    first = sample_ddp.main(sample_ddp.parse_args([*common, "--per-proc-batch-size", "2"]))
+    folder = first.with_suffix("")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["per_proc_batch_size"] == 2 and manifest["world_size"] == 1
+    assert len(manifest["checkpoint_sha256"]) == 64 and manifest["checkpoint_sha256"][:8] in folder.name
+    images = np.load(first)["arr_0"].copy()
+    with pytest.raises(ValueError, match="per_proc_batch_size 2, not 4: .* not merged"):
+        sample_ddp.main(sample_ddp.parse_args([*common, "--per-proc-batch-size", "4"]))
+    # Another run's checkpoint of the same name gets its own folder.
+    other = tmp_path / "other" / "0000040.pt"
+    other.parent.mkdir()
+    torch.manual_seed(1)
+    save_checkpoint(other)
+    second = sample_ddp.main(sample_ddp.parse_args([*common, "--per-proc-batch-size", "2", "--ckpt", str(other)]))
+    assert second != first and np.array_equal(np.load(first)["arr_0"], images)
+    # PNGs with no manifest: nothing says what drew them.
+    (folder / "manifest.json").unlink()
+    with pytest.raises(ValueError, match="without a manifest.json"):
+        sample_ddp.main(sample_ddp.parse_args([*common, "--per-proc-batch-size", "2"]))
+
+
+@pytest.mark.parametrize("script", ["train", "sample", "sample_ddp", "generate"])
+def test_help_shows_the_whole_first_paragraph(script, capsys):
+    import importlib
+
+    module = importlib.import_module(script)
+    with pytest.raises(SystemExit):
+        module.parse_args(["--help"])
+    words = " ".join(capsys.readouterr().out.split())
+    paragraph = " ".join(module.__doc__.strip().split("\n\n")[0].split())
+    assert paragraph in words and paragraph.endswith(".")
