@@ -37,6 +37,7 @@ from models.pretrained import build_for_sampling, resolve_sampling_config
 from models.vae import load_vae
 from training.cli import check_writable_dir, first_paragraph, run_cli
 from training.monitor import to_uint8
+from training.run import write_text_atomic
 from training.setup import setup_accelerator
 
 
@@ -132,9 +133,9 @@ def choose_sampler(args, cfg: dict) -> str:
     sampler = args.sampler or (("sde" if reg else args.flow_default) if flow else "ddpm")
     valid = FLOW_SAMPLERS if flow else DDPM_SAMPLERS
     if sampler not in valid:
-        raise ValueError(f"{cfg['model']} samples with {' or '.join(valid)}, not --sampler {sampler} "
-                         f"({'ode / sde are' if not flow else 'ddpm / ddim are'} for "
-                         f"{'SiT / REPA / REG' if not flow else 'DiT and U-Net'} checkpoints)")
+        owner = "DiT and U-Net" if flow else "SiT / REPA / REG"
+        raise ValueError(f"{cfg['model']} samples with {' or '.join(valid)}, not --sampler {sampler} (which is for "
+                         f"{owner} checkpoints)")
     if reg and sampler == "ode":
         raise ValueError("a REG model samples with the SDE (--mode sde): its class token has no ODE in REG")
     given = [name for name in (*FLOW_FLAGS, "path_type") if getattr(args, name, None) is not None]
@@ -201,12 +202,6 @@ def check_manifest(folder: Path, manifest: dict) -> None:
                          "the same images, so they are not merged; delete the folder or pass another --sample-dir")
 
 
-def write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
-
-
 def batch_seed(global_seed: int, batch: int, world: int, rank: int) -> int:
     return global_seed * 1_000_003 + batch * world + rank
 
@@ -255,7 +250,7 @@ def main(args: argparse.Namespace) -> None:
     if accelerator.is_main_process:
         folder.mkdir(parents=True, exist_ok=True)
         if not (folder / MANIFEST).is_file():
-            write_json_atomic(folder / MANIFEST, manifest)
+            write_text_atomic(folder / MANIFEST, json.dumps(manifest, indent=2) + "\n")
         print(f"saving .png samples at {folder}")
     accelerator.wait_for_everyone()
 

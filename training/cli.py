@@ -26,7 +26,7 @@ def one_line(e: BaseException) -> str:
     """The message of ``e`` as one line. An OS error names the path and what to check; errors raised in
     DataLoader workers carry the worker's traceback, of which the last line is kept."""
     if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) and e.filename:
-        return f"{e.strerror or type(e).__name__}: {e.filename} (check that the path is a folder you can write to)"
+        return f"{e.strerror or type(e).__name__}: {e.filename} (check the path and its permissions)"
     message = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
     return message.removeprefix(f"{type(e).__name__}: ")
 

@@ -65,7 +65,8 @@ class RunFolder:
             return self.continues, note + (f"; removed {len(removed)} partial checkpoint write(s)" if removed else "")
         run_dir = create_run_dir(self.results_dir, self.model_name, self.name, checkpoint_subdir)
         if self.source is None:
-            return run_dir, None if self.step == 0 else f"continuing a checkpoint from outside any run folder at step {self.step}"
+            note = f"continuing a checkpoint from outside any run folder at step {self.step}"
+            return run_dir, note if self.step else None
         keep_records_until(self.source, run_dir, self.step)
         return run_dir, (f"continuing {self.source} from step {self.step} in a new run folder: that run has later "
                          "checkpoints, which stay as they are")
