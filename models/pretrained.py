@@ -18,7 +18,7 @@ import torch
 
 from diffusion import NOISE_SCHEDULES
 from models import create_model, hub
-from training.checkpoint import load_checkpoint, load_weights, model_state_dict
+from models.weights import load_checkpoint, load_weights, model_state_dict
 
 OFFICIAL = {256: "DiT-XL-2-256x256.pt", 512: "DiT-XL-2-512x512.pt"}
 OFFICIAL_URL = "https://dl.fbaipublicfiles.com/DiT/models/{}"

@@ -169,3 +169,14 @@ def test_patch_embed_rejects_bad_sizes():
         PatchEmbed(img_size=10, patch_size=4, in_chans=4, embed_dim=8)
     with pytest.raises(ValueError, match="expected 8x8 inputs"):
         PatchEmbed(img_size=8, patch_size=2, in_chans=4, embed_dim=8)(torch.zeros(1, 4, 16, 16))
+
+
+def test_models_import_nothing_from_training():
+    import subprocess
+    import sys
+
+    code = ("import sys, models, models.pretrained, models.weights, models.encoders, models.vae; "
+            "print(sorted(m for m in sys.modules if m == 'training' or m.startswith('training.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent).stdout.strip()
+    assert out == "[]"

@@ -132,8 +132,11 @@ def test_gradient_accumulation_takes_the_same_step_as_one_big_batch(tmp_path, mo
             t = torch.full((x.shape[0],), 500, device=x.device)
             return {"loss": ((model(x, t, y)[:, :3] - x) ** 2).mean()}
 
-    monkeypatch.setattr(train, "DDPMObjective", Deterministic)
-    monkeypatch.setattr(train, "random_flip", lambda x: (x, None))
+    import training.methods
+    import training.recipes
+
+    monkeypatch.setattr(training.recipes, "DDPMObjective", Deterministic)
+    monkeypatch.setattr(training.methods, "random_flip", lambda x: (x, None))
     common = [*TINY_TRAIN, "--global-batch-size", "8", "--max-steps", "2", "--log-every", "1", "--ckpt-every", "2",
               "--cfg-prob", "0"]
     train.main(train.parse_args([*common, "--results-dir", str(tmp_path / "a")]))

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from training.checkpoint import CheckpointError
+from models.weights import CheckpointError
 
 
 def run_cli(main, args, extra: tuple[type[BaseException], ...] = ()) -> None:

@@ -1,0 +1,57 @@
+"""Reading weights for a model: any checkpoint file (ours, official DiT, REPA, REG), the weights to
+sample with, and a strict load whose error names the mismatch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message says what to do."""
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a checkpoint file, with a one-line error for a missing or unreadable file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass the path of a .pt file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated or foreign files raise many types
+        raise CheckpointError(f"checkpoint {path} could not be read ({type(e).__name__}: {e}); "
+                              "it may be truncated: use an earlier checkpoint") from None
+
+
+def model_state_dict(ckpt, prefer: str = "ema") -> dict:
+    """The weights to sample with: an official raw state dict, or ours (EMA by default)."""
+    if isinstance(ckpt, dict) and prefer in ckpt and isinstance(ckpt[prefer], dict):
+        return ckpt[prefer]
+    if isinstance(ckpt, dict) and "model" in ckpt and isinstance(ckpt["model"], dict):
+        return ckpt["model"]
+    if isinstance(ckpt, dict) and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        return ckpt
+    raise CheckpointError("checkpoint holds neither a state dict nor 'ema'/'model' weights")
+
+
+def load_weights(model: torch.nn.Module, state_dict: dict, source: str, assign: bool = False) -> None:
+    """``load_state_dict(strict=True)`` with a one-line error naming the mismatch."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    wrong = [k for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} shape mismatches (e.g. {k}: checkpoint "
+                         f"{tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)})")
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+        raise CheckpointError(f"{source} does not fit this model: {'; '.join(parts)}. "
+                              "Check --model, --image-size, --num-classes and --vae against the checkpoint")
+    model.load_state_dict(state_dict, strict=True, assign=assign)

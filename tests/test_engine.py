@@ -1,0 +1,129 @@
+"""The training engine on a toy two-optimizer method: a tiny GAN on 2-D points.
+
+It proves what REPA-E and DMD2 rely on: several networks and optimizers updated in the method's
+own order and ratio, named EMAs, exact resume between any two steps, and the non-finite stop.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from training.data import make_loader
+from training.engine import Engine, Method, NonFiniteLoss
+from training.setup import setup_accelerator
+
+STEPS, BATCH = 6, 8
+
+
+class ToyGAN(Method):
+    """Discriminator every step, generator every ``ratio``-th step (DMD2's two time-scale update)."""
+
+    def __init__(self, ratio: int = 2, nan_at: int | None = None):
+        torch.manual_seed(0)
+        self.modules = {"generator": nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 2)),
+                        "discriminator": nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 1))}
+        self.optimizers = {name: torch.optim.AdamW(self.modules[module].parameters(), lr=1e-2, fused=True)
+                           for name, module in (("opt_gen", "generator"), ("opt_disc", "discriminator"))}
+        self.emas = {"ema_gen": ("generator", 0.5)}
+        self.ratio, self.nan_at, self.gen_updates = ratio, nan_at, 0
+
+    def train_step(self, engine, batch):
+        (real,) = batch
+        gen, disc = self.modules["generator"], self.modules["discriminator"]
+        z = torch.randn(real.shape[0], 2)
+        d_loss = F.softplus(disc(gen(z).detach())).mean() + F.softplus(-disc(real)).mean()
+        if engine.steps + 1 == self.nan_at:
+            d_loss = d_loss * float("nan")
+        engine.backward(d_loss)
+        engine.step("opt_disc")
+        losses = {"loss": d_loss}
+        if engine.steps % self.ratio == 0:
+            engine.module("discriminator").requires_grad_(False)
+            losses["gen"] = F.softplus(-disc(gen(z))).mean()
+            engine.backward(losses["gen"])
+            engine.step("opt_gen")
+            engine.module("discriminator").requires_grad_(True)
+            self.gen_updates += engine.syncing
+        return losses
+
+    def extra_state(self):
+        return {"gen_updates": self.gen_updates}
+
+    def load_extra_state(self, state):
+        self.gen_updates = state["gen_updates"]
+
+
+def points(n: int = 64) -> TensorDataset:
+    return TensorDataset(torch.randn(n, 2, generator=torch.Generator().manual_seed(1)) * 0.3 + 2.0)
+
+
+def run(until: int, state: dict | None = None, method: ToyGAN | None = None, after_step=None, **kw):
+    """Train a fresh ToyGAN to step ``until`` (from ``state`` when given); returns the engine."""
+    torch.manual_seed(123)
+    accelerator = setup_accelerator()
+    engine = Engine(accelerator, method or ToyGAN(**kw))
+    if state is None:
+        engine.init_emas()
+    else:
+        engine.load_state_dict(state)
+    loader, sampler = make_loader(points(), BATCH, 1, 0, seed=0, num_workers=0)
+    every = {1: [after_step]} if after_step else {}
+    engine.train(engine.batches(loader, sampler, BATCH), until, log_every=100, log=lambda rec: None, every=every,
+                 global_batch=BATCH)
+    return engine
+
+
+def weights(engine) -> dict:
+    return {k: v.clone() for k, v in engine.state_dict({})["generator"].items()}
+
+
+@pytest.mark.parametrize("stop", range(1, STEPS))
+def test_resume_after_any_step_continues_identically(stop):
+    straight = run(STEPS)
+    first = run(stop)
+    resumed = run(STEPS, state=first.state_dict({}))
+    a, b = straight.state_dict({}), resumed.state_dict({})
+    for key in ("generator", "discriminator", "ema_gen"):
+        for name, value in a[key].items():
+            assert torch.equal(value, b[key][name]), (stop, key, name)
+    for key in ("opt_gen", "opt_disc"):
+        assert all(torch.equal(a[key]["state"][i]["exp_avg"], b[key]["state"][i]["exp_avg"]) for i in a[key]["state"])
+    assert a["gen_updates"] == b["gen_updates"] == 3 and a["data"] == b["data"]
+
+
+def test_the_update_ratio_is_honoured_and_the_named_ema_follows():
+    snapshots = []
+    method = ToyGAN(ratio=3)
+
+    def snapshot(step):
+        snapshots.append({k: v.detach().clone() for k, v in method.modules["generator"].state_dict().items()})
+
+    engine = run(STEPS, method=method, after_step=snapshot)
+    moved = [not torch.equal(a["0.weight"], b["0.weight"]) for a, b in zip(snapshots, snapshots[1:])]
+    assert moved == [False, False, True, False, False]  # updates at steps 1, 4 (engine.steps 0 and 3)
+    assert method.gen_updates == 2
+    ema, gen = engine.emas["ema_gen"].state_dict(), method.modules["generator"].state_dict()
+    assert set(engine.state_dict({})) >= {"generator", "discriminator", "ema_gen", "opt_gen", "opt_disc", "rng"}
+    assert not torch.equal(ema["0.weight"], gen["0.weight"])  # an average, not a copy
+
+
+def test_no_update_after_a_non_finite_loss_and_the_stop_names_the_last_good_checkpoint(tmp_path):
+    method = ToyGAN(nan_at=3)
+    saved = {}
+
+    def checkpoint(step):
+        engine.save(tmp_path / f"{step:07d}.pt", {})
+        saved[step] = {k: v.detach().clone() for k, v in method.modules["discriminator"].state_dict().items()}
+
+    torch.manual_seed(123)
+    engine = Engine(setup_accelerator(), method)
+    engine.init_emas()
+    loader, sampler = make_loader(points(), BATCH, 1, 0, seed=0, num_workers=0)
+    with pytest.raises(NonFiniteLoss, match=r"non-finite at step 3; .* last good checkpoint is .*0000002.pt"):
+        engine.train(engine.batches(loader, sampler, BATCH), STEPS, log_every=5, log=lambda rec: None,
+                     every={1: [checkpoint]}, global_batch=BATCH)
+    assert sorted(saved) == [1, 2]  # the step-3 checkpoint was refused
+    for name, value in method.modules["discriminator"].state_dict().items():
+        assert torch.equal(value, saved[2][name])  # step 3 applied nothing

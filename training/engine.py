@@ -1,0 +1,261 @@
+"""The training engine: one loop for every method, knowing no model family.
+
+A *method* (``training/methods.py``) owns its networks and optimizers and says what one training
+step does with them: which losses, which updates in which order, which ``requires_grad`` switches.
+The engine owns everything around that:
+
+- the loop over data, epoch by epoch, with the position in the epoch saved for exact resume;
+- gradient accumulation (``backward`` divides by the number of micro-batches, the DDP all-reduce
+  happens once, on the last one; ``step`` applies an update only there);
+- mixed precision and DDP / FSDP through ``accelerate`` (``prepare`` of every module and optimizer);
+- learning-rate schedules, gradient clipping, EMAs of any named modules (parameters and float buffers);
+- the non-finite stop: every loss given to ``backward`` is checked on the device, without a host
+  sync; from the first non-finite one on no update is applied (fused optimizers skip it on the
+  device, as under ``GradScaler``; others are checked on the host); the run stops at the next log or
+  checkpoint, naming that step and the last checkpoint written before it;
+- log records every ``log_every`` steps (losses averaged on the device, one host sync per log),
+  ``tqdm`` progress, ``loss.png``, trackers;
+- checkpoints of named collections: every module, EMA and optimizer under its own key (a method's
+  keys: ``model``, ``ema``, ``opt`` for one network, as DiT and REPA save them), plus RNG states of
+  every process, data position, loss scaler and the method's own state, written atomically;
+- hooks: callables run after every checkpoint and every ``eval_every`` steps.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack
+from copy import deepcopy
+from pathlib import Path
+
+import torch
+from accelerate.utils import gather_object
+
+from training import checkpoint as ckpt_io
+from training.ema import update_ema
+from training.throughput import mfu, peak_flops
+
+
+class NonFiniteLoss(RuntimeError):
+    def __init__(self, step: int, last_good: Path | None):
+        if last_good:
+            advice = f"the last good checkpoint is {last_good} (resume it with --resume and a lower --lr, or use " \
+                     "--mixed-precision bf16)"
+        else:
+            advice = "no checkpoint was written yet: start again with a lower --lr or --mixed-precision bf16"
+        super().__init__(f"loss became non-finite at step {step}; training stopped and no update was applied from "
+                         f"that step on; {advice}")
+
+
+class Method:
+    """What a training method provides to the engine (subclass and fill in).
+
+    ``modules``: the trained networks by checkpoint key; ``optimizers``: by checkpoint key;
+    ``emas``: EMA checkpoint key -> (module key, decay). ``train_step`` runs on one micro-batch, calls
+    ``engine.backward`` and ``engine.step`` for its updates and returns its losses as scalars
+    (``"loss"`` among them) for the log.
+    """
+
+    modules: dict[str, torch.nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+    emas: dict[str, tuple[str, float]]
+
+    def train_step(self, engine: Engine, batch) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def extra_state(self) -> dict:
+        """Anything else a checkpoint must hold (e.g. the model's constructor arguments)."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+
+class Engine:
+    """Runs a ``Method``; see the module docstring. ``lr_at(step, base_lr)`` gives each optimizer's
+    learning rate for a step from the rate it was built with."""
+
+    def __init__(self, accelerator, method: Method, *, grad_accum: int = 1,
+                 lr_at: Callable[[int, float], float] | None = None):
+        self.accelerator, self.method, self.grad_accum = accelerator, method, grad_accum
+        self.lr_at = lr_at or (lambda step, base: base)
+        self.emas = {key: deepcopy(method.modules[src]).to(accelerator.device).requires_grad_(False).eval()
+                     for key, (src, _) in method.emas.items()}
+        keys = list(method.modules) + list(method.optimizers)
+        prepared = accelerator.prepare(*method.modules.values(), *method.optimizers.values())
+        prepared = prepared if isinstance(prepared, tuple) else (prepared,)
+        method.modules.update(zip(keys[:len(method.modules)], prepared[:len(method.modules)]))
+        method.optimizers.update(zip(keys[len(method.modules):], prepared[len(method.modules):]))
+        self.base_lr = {key: [g["lr"] for g in opt.param_groups] for key, opt in method.optimizers.items()}
+        self.steps, self.data = 0, {"epoch": 0, "position": 0}
+        self.syncing = True  # the last micro-batch of a step: gradients are all-reduced, updates applied
+        self.ok = torch.ones((), dtype=torch.bool, device=accelerator.device)  # no non-finite loss so far
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=accelerator.device)
+        self.saved: list[tuple[int, Path]] = []
+
+    # ----- what a method calls inside train_step -----
+    def module(self, key: str) -> torch.nn.Module:
+        """The unwrapped network (no DDP / compile wrapper), e.g. to switch ``requires_grad``."""
+        return self.accelerator.unwrap_model(self.method.modules[key])
+
+    def autocast(self):
+        return self.accelerator.autocast()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Back-propagate ``loss`` as its share of the accumulated step, noting on the device whether it is finite."""
+        self.ok &= torch.isfinite(loss.detach()).all()
+        self.accelerator.backward(loss / self.grad_accum)
+
+    def step(self, key: str, max_grad_norm: float | None = None) -> torch.Tensor | None:
+        """Update with optimizer ``key`` at the end of an accumulated step (else nothing): learning rate,
+        clipping (returns the norm), no update after a non-finite loss, then ``zero_grad``."""
+        if not self.syncing:
+            return None
+        opt = self.method.optimizers[key]
+        params = [p for group in opt.param_groups for p in group["params"]]
+        norm = self.accelerator.clip_grad_norm_(params, max_grad_norm) if max_grad_norm is not None else None
+        for group, base in zip(opt.param_groups, self.base_lr[key]):
+            group["lr"] = self.lr_at(self.steps, base)
+        inner = getattr(opt, "optimizer", opt)  # accelerate wraps optimizers
+        if self.accelerator.scaler is not None:  # fp16: GradScaler skips steps with non-finite gradients
+            opt.step()
+        elif all(group.get("fused") for group in inner.param_groups):
+            inner.found_inf = (~self.ok).float()  # the fused kernel skips the update on the device
+            opt.step()
+            inner.__dict__.pop("found_inf", None)
+        elif bool(self.ok):  # a host sync, for optimizers without a fused kernel only
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+        return norm
+
+    # ----- checkpoints -----
+    def state_dict(self, args: dict) -> dict:
+        """Every module, EMA and optimizer under its key, with RNG (gathered from all processes), data
+        position, loss scaler and the method's own state. Call on every process."""
+        rngs = gather_object([ckpt_io.rng_state()])
+        state = {key: self.module(key).state_dict() for key in self.method.modules}
+        state.update({key: ema.state_dict() for key, ema in self.emas.items()})
+        state.update({key: opt.state_dict() for key, opt in self.method.optimizers.items()})
+        state.update(args=args, steps=self.steps, rng=rngs, data=dict(self.data), **self.method.extra_state())
+        if self.accelerator.scaler is not None:
+            state["scaler"] = self.accelerator.scaler.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict, logger=None) -> None:
+        """Resume exactly from ``state_dict``'s output (RNG only when the process count is the same)."""
+        for key in self.method.modules:
+            self.module(key).load_state_dict(state[key])
+        for key, ema in self.emas.items():
+            ema.load_state_dict(state[key])
+        for key, opt in self.method.optimizers.items():
+            fused = [group.get("fused") for group in opt.param_groups]
+            opt.load_state_dict(state[key])
+            for group, flag in zip(opt.param_groups, fused):  # the kernel is this run's choice, not the saved one
+                group["fused"] = flag
+        if self.accelerator.scaler is not None and "scaler" in state:
+            self.accelerator.scaler.load_state_dict(state["scaler"])
+        self.method.load_extra_state(state)
+        self.steps, self.data = state["steps"], dict(state["data"])
+        rngs, world = state.get("rng") or [], self.accelerator.num_processes
+        if len(rngs) == world:
+            ckpt_io.set_rng_state(rngs[self.accelerator.process_index])
+        elif logger is not None:
+            logger.info(f"checkpoint has RNG state for {len(rngs)} processes, not {world}: "
+                        "continuing with fresh random streams (not bit-exact)")
+
+    def init_emas(self) -> None:
+        """A fresh run: every EMA starts as a copy of its module."""
+        for key, (src, _) in self.method.emas.items():
+            update_ema(self.emas[key], self.module(src), decay=0)
+
+    def save(self, path: Path, args: dict) -> Path:
+        """Write a checkpoint atomically (main process) after checking that no loss went non-finite."""
+        self.check_finite()
+        state = self.state_dict(args)
+        if self.accelerator.is_main_process:
+            ckpt_io.save_atomic(state, path)
+        self.accelerator.wait_for_everyone()
+        self.saved.append((self.steps, path))
+        return path
+
+    def check_finite(self) -> None:
+        """One host sync: stop with ``NonFiniteLoss`` if any loss so far was not finite."""
+        first = int(self.accelerator.reduce(self.first_bad, reduction="max"))
+        if first >= 0:
+            before = [path for step, path in self.saved if step < first]
+            raise NonFiniteLoss(first, before[-1] if before else None)
+
+    # ----- the loop -----
+    def batches(self, loader, sampler, local_batch: int) -> Iterator:
+        """Micro-batches across epochs from the saved epoch and position on; the position advances as
+        they are taken, so a checkpoint after an epoch's last step resumes at the next epoch."""
+        while True:
+            sampler.set_epoch(self.data["epoch"])
+            sampler.start = self.data["position"]
+            for batch in loader:
+                self.data["position"] += local_batch
+                yield batch
+            self.data.update(epoch=self.data["epoch"] + 1, position=0)
+
+    def train(self, batches: Iterable, total: int, *, log_every: int, log: Callable[[dict], None],
+              every: dict[int, list[Callable[[int], None]]], global_batch: int, flops_per_sample: float | None = None,
+              mixed_precision: str = "no") -> None:
+        """Train until step ``total``. ``log(record)`` receives a record every ``log_every`` steps;
+        ``every[n]`` lists callables run with the step every ``n`` steps and at the last one (in
+        insertion order: checkpoints before evaluations)."""
+        from tqdm.auto import tqdm
+
+        accel, batches = self.accelerator, iter(batches)
+        peak = peak_flops(accel.device, mixed_precision)
+        bar = tqdm(total=total, initial=self.steps, disable=not accel.is_main_process, desc="train", unit="step",
+                   dynamic_ncols=True, file=sys.stderr, mininterval=0.1 if sys.stderr.isatty() else 30)
+        running, log_steps, t0 = {}, 0, time.time()
+        try:
+            while self.steps < total:
+                for k, v in self.one_step(batches).items():
+                    running[k] = running.get(k, 0.0) + v
+                self.steps += 1
+                log_steps += 1
+                bar.update(1)
+                if self.steps % log_every == 0 or self.steps == total:
+                    self.check_finite()
+                    dt = time.time() - t0
+                    rec = {"step": self.steps, **{k: accel.reduce(v / log_steps, reduction="mean").item()
+                                                  for k, v in running.items()},
+                           "steps_per_sec": log_steps / dt, "images_per_sec": log_steps * global_batch / dt,
+                           "epoch": self.data["epoch"], "lr": self.current_lr()}
+                    rec["mfu"] = mfu(rec["images_per_sec"], flops_per_sample, peak, accel.num_processes)
+                    bar.set_postfix(loss=f"{rec['loss']:.4f}")
+                    log(rec)
+                    running, log_steps, t0 = {}, 0, time.time()
+                for period, hooks in every.items():
+                    if period and (self.steps % period == 0 or self.steps == total):
+                        for hook in hooks:
+                            hook(self.steps)
+        finally:
+            bar.close()
+
+    def one_step(self, batches: Iterator) -> dict[str, torch.Tensor]:
+        """One optimizer step over ``grad_accum`` micro-batches; returns the step's losses (device tensors,
+        each the mean over the micro-batches that reported it) and updates the EMAs."""
+        sums, counts = {}, {}
+        for micro in range(self.grad_accum):
+            self.syncing = micro == self.grad_accum - 1
+            with ExitStack() as stack:
+                if not self.syncing:  # all-reduce once per step, on the last micro-batch
+                    for module in self.method.modules.values():
+                        stack.enter_context(self.accelerator.no_sync(module))
+                losses = self.method.train_step(self, next(batches))
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + v.detach().float()
+                counts[k] = counts.get(k, 0) + 1
+        for key, (src, decay) in self.method.emas.items():
+            update_ema(self.emas[key], self.module(src), decay)
+        self.first_bad = torch.where((self.first_bad < 0) & ~self.ok, self.steps + 1, self.first_bad)
+        return {k: v / counts[k] for k, v in sums.items()}
+
+    def current_lr(self) -> float:
+        opt = next(iter(self.method.optimizers.values()))
+        return opt.param_groups[0]["lr"]

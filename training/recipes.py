@@ -1,0 +1,279 @@
+"""The recipes of ``train.py``: its flags, each model family's defaults (one table of data), their
+checks, and the training method a recipe builds.
+
+The families keep their original's flags and defaults: DiT's (DDPM), REPA / REG's for SiT models
+(``--proj-coeff 0 --cls 0`` is plain SiT, ``--cls 0`` is REPA), the CIFAR-10 U-Net's (cosine
+schedule, gradient clipping, its shape flags); a flag of another family is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from diffusion import NOISE_SCHEDULES
+from diffusion.pipeline import diffusion_for
+from loss.denoising import DDPMObjective, InterpolantObjective
+from models import MODEL_NAMES, create_model
+from models.encoders import load_encoders
+from training import checkpoint as ckpt_io
+from training.alignment import check_token_counts
+from training.methods import Batches, DenoisingMethod, InterpolantMethod
+from training.schedule import LR_SCHEDULES
+
+
+def parse_args(argv=None, description: str | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--data-path", "--data-dir", dest="data_path", type=str, default=None,
+                   help="ImageNet-style folder, a latent cache, or REPA/REG's layout (imagenet_256_vae/ + vae-sd/)")
+    p.add_argument("--dataset", choices=["folder", "latents", "repa", "builtin", "cifar10"], default=None,
+                   help="default: from what --data-path holds; cifar10 reads (or downloads into) --data-path, "
+                   "default datasets/cifar10")
+    p.add_argument("--results-dir", "--output-dir", dest="results_dir", type=str, default="results")
+    p.add_argument("--exp-name", type=str, default=None,
+                   help="run folder {results-dir}/{exp-name} (REPA) instead of a numbered one (DiT)")
+    p.add_argument("--model", type=str, default="DiT-XL/2", help=f"one of {', '.join(MODEL_NAMES)}")
+    p.add_argument("--image-size", "--resolution", dest="image_size", type=int, default=None,
+                   help="default 256 (DiT, SiT), 128 (U-Net)")
+    p.add_argument("--num-classes", type=int, default=None, help="default 1000 (ImageNet), 10 (U-Net: CIFAR-10)")
+    p.add_argument("--epochs", type=int, default=1400)
+    p.add_argument("--max-steps", "--max-train-steps", dest="max_steps", type=int, default=None,
+                   help="stop after this many optimizer steps")
+    p.add_argument("--global-batch-size", "--batch-size", dest="global_batch_size", type=int, default=256)
+    p.add_argument("--gradient-accumulation-steps", type=int, default=1,
+                   help="micro-batches per optimizer step; the global batch is split over processes and these")
+    p.add_argument("--global-seed", "--seed", dest="global_seed", type=int, default=0)
+    p.add_argument("--vae", type=str, default=None, help="ema | mse | none (pixel space) | folder | hub id "
+                   "(default ema; none for the U-Net)")
+    p.add_argument("--num-workers", type=int, default=4)
+    p.add_argument("--log-every", type=int, default=100)
+    p.add_argument("--ckpt-every", "--checkpointing-steps", dest="ckpt_every", type=int, default=50_000)
+    p.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=1e-4)
+    p.add_argument("--ema-decay", type=float, default=0.9999)
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
+                   help="after the warm-up: constant (DiT, REPA), or linear / cosine decay to --min-lr at the last step")
+    p.add_argument("--lr-warmup-steps", type=int, default=0, help="linear warm-up of the learning rate")
+    p.add_argument("--min-lr", type=float, default=0.0, help="final learning rate of the linear / cosine decay")
+    p.add_argument("--overfit", action="store_true", help="train on --samples images per class only; "
+                   "checkpoints go to checkpoints_overfit/ and the run ends with an overfit report")
+    p.add_argument("--samples", type=int, default=1, help="images per class with --overfit")
+    p.add_argument("--adam-beta1", type=float, default=0.9)
+    p.add_argument("--adam-beta2", type=float, default=0.999)
+    p.add_argument("--adam-weight-decay", type=float, default=0.0, help="AdamW weight decay (0 in DiT and REPA)")
+    p.add_argument("--adam-epsilon", type=float, default=1e-8)
+    p.add_argument("--max-grad-norm", type=float, default=None,
+                   help="gradient clipping (default: none for DiT, 1.0 for SiT, as the originals)")
+    p.add_argument("--cfg-prob", type=float, default=0.1, help="label dropout for classifier-free guidance")
+    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
+    p.add_argument("--allow-tf32", action="store_true", help="TF32 matmuls for SiT (DiT's train.py always has them)")
+    p.add_argument("--resume", type=str, default=None, help="a checkpoint file or a run folder (its newest)")
+    p.add_argument("--resume-step", type=int, default=0, help="resume {results-dir}/{exp-name}/checkpoints/"
+                   "{step:07d}.pt (REPA)")
+    p.add_argument("--report-to", choices=["none", "wandb", "tensorboard"], default="none")
+    p.add_argument("--eval-every", type=int, default=0, help="score EMA samples every N steps and at the end "
+                   "(0 = off): proxy metrics with --dataset builtin, ADM's metrics against --eval-ref")
+    p.add_argument("--eval-ref", type=str, default=None, help="reference batch or statistics for FID, sFID, IS, "
+                   "precision, recall during training (evaluations/evaluator.py)")
+    p.add_argument("--inception-weights", type=str, default=None, help="the ported Inception weights file")
+    p.add_argument("--eval-samples", type=int, default=500, help="samples per evaluation, spread over the classes")
+    p.add_argument("--eval-sampling-steps", type=int, default=250,
+                   help="sampler steps for evaluation samples (DDPM for DiT, Euler-Maruyama for SiT)")
+    p.add_argument("--eval-cfg-scale", type=float, default=1.0)
+    dit = p.add_argument_group("DDPM models (DiT, U-Net) only")
+    dit.add_argument("--noise-schedule", choices=list(NOISE_SCHEDULES), default=None,
+                     help="beta schedule: linear (DiT's default) or cosine (IDDPM; the U-Net's default)")
+    unet = p.add_argument_group("U-Net only (defaults: the model's, base 64, mult 1,2,2,2, embeddings 128)")
+    unet.add_argument("--base-channels", type=int, default=None, help="channels at full resolution")
+    unet.add_argument("--channel-mult", type=str, default=None, help="per-resolution multipliers, e.g. 1,2,2,2")
+    unet.add_argument("--num-res-blocks", type=int, default=None, help="residual blocks per resolution")
+    unet.add_argument("--time-emb-dim", type=int, default=None, help="time embedding size")
+    unet.add_argument("--class-emb-dim", type=int, default=None, help="class embedding size")
+    unet.add_argument("--dropout", type=float, default=None, help="dropout in the residual blocks (0.1)")
+    sit = p.add_argument_group("SiT / REPA / REG only (defaults are REG's)")
+    sit.add_argument("--enc-type", type=str, default=None, help="frozen encoder(s), e.g. dinov2-vit-b (default)")
+    sit.add_argument("--encoder-depth", type=int, default=None, help="block whose tokens are aligned (REPA: 8)")
+    sit.add_argument("--proj-coeff", type=float, default=None, help="projection loss weight (0.5)")
+    sit.add_argument("--cls", type=float, default=None, help="REG class-token loss weight (0.03; 0 = REPA)")
+    sit.add_argument("--path-type", choices=["linear", "cosine"], default=None, help="interpolant (linear)")
+    sit.add_argument("--prediction", choices=["v"], default=None, help="model target (v)")
+    sit.add_argument("--weighting", choices=["uniform", "lognormal"], default=None, help="time sampling (uniform)")
+    sit.add_argument("--qk-norm", action="store_true", default=None, help="LayerNorm on queries and keys")
+    sit.add_argument("--legacy", action="store_true", default=None,
+                     help="drop labels a second time with --cfg-prob, as REPA's first runs did")
+    return p.parse_args(argv)
+
+
+IMAGENET = {"image_size": 256, "num_classes": 1000, "vae": "ema"}  # DiT's and REPA's data defaults
+SIT_DEFAULTS = {"enc_type": "dinov2-vit-b", "proj_coeff": 0.5, "cls": 0.03, "path_type": "linear",
+                "prediction": "v", "weighting": "uniform", "qk_norm": False, "legacy": False,
+                "max_grad_norm": 1.0, "encoder_depth": None, **IMAGENET}
+DIT_DEFAULTS = {"noise_schedule": "linear", "max_grad_norm": None, **IMAGENET}
+UNET_SHAPE_FLAGS = ("base_channels", "channel_mult", "num_res_blocks", "time_emb_dim", "class_emb_dim", "dropout")
+# DDPM's CIFAR-10 recipe: cosine schedule (IDDPM), gradients clipped at norm 1 (Ho et al., App. B).
+# CIFAR-10 upscaled to 128 x 128 in pixel space.
+UNET_DEFAULTS = {"noise_schedule": "cosine", "max_grad_norm": 1.0, **dict.fromkeys(UNET_SHAPE_FLAGS),
+                 "image_size": 128, "num_classes": 10, "vae": "none"}
+FAMILY_DEFAULTS = {"dit": DIT_DEFAULTS, "sit": SIT_DEFAULTS, "unet": UNET_DEFAULTS}
+FAMILY_NAMES = {"dit": "DiT (DDPM)", "sit": "SiT (REPA / REG)", "unet": "U-Net (DDPM)"}
+
+
+def family_of(model_name: str) -> str:
+    """``sit`` for SiT-* (interpolants), ``unet`` for UNet*, ``dit`` for DiT-* (both DDPM)."""
+    if model_name.startswith("SiT-"):
+        return "sit"
+    return "unet" if model_name.startswith("UNet") else "dit"
+
+
+def is_sit(model_name: str) -> bool:
+    return family_of(model_name) == "sit"
+
+
+def resolve_family_flags(args: argparse.Namespace) -> None:
+    """Refuse the other families' flags, then fill this family's defaults (so args.json records them)."""
+    family = family_of(args.model)
+    mine = FAMILY_DEFAULTS[family]
+    for other, flags in FAMILY_DEFAULTS.items():
+        for key in flags:
+            if other != family and key not in mine and getattr(args, key) is not None:
+                raise ValueError(f"--{key.replace('_', '-')} does not apply to {args.model}: {FAMILY_NAMES[family]} "
+                                 f"models do not use it (it is a {FAMILY_NAMES[other]} flag)")
+    for key, value in mine.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+
+
+def unet_kwargs(args: argparse.Namespace) -> dict:
+    """The U-Net shape flags that were given (the model's defaults fill the rest)."""
+    kw = {k: getattr(args, k) for k in UNET_SHAPE_FLAGS if getattr(args, k) is not None}
+    if "channel_mult" in kw:
+        try:
+            kw["channel_mult"] = tuple(int(m) for m in kw["channel_mult"].split(","))
+        except ValueError:
+            raise ValueError(f"--channel-mult {kw['channel_mult']!r} is not a comma-separated list of integers, "
+                             "e.g. 1,2,2,2") from None
+    return kw
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Fail fast, before any process group or model exists, with one line each."""
+    if args.model not in MODEL_NAMES:
+        raise ValueError(f"unknown --model {args.model!r}; choose one of {', '.join(MODEL_NAMES)}")
+    resolve_family_flags(args)
+    if args.image_size % 8 != 0:
+        raise ValueError(f"--image-size {args.image_size} is not divisible by 8 (the VAE downsamples by 8)")
+    for name in ("global_batch_size", "log_every", "ckpt_every", "epochs", "num_classes", "gradient_accumulation_steps"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive")
+    if args.max_steps is not None and args.max_steps <= 0:
+        raise ValueError("--max-steps must be positive")
+    if args.eval_every < 0 or args.eval_samples <= 0 or args.eval_sampling_steps <= 0:
+        raise ValueError("--eval-every must be >= 0, --eval-samples and --eval-sampling-steps positive")
+    if not 0 <= args.cfg_prob < 1:
+        raise ValueError("--cfg-prob must be in [0, 1)")
+    if args.resume_step and not args.exp_name:
+        raise ValueError("--resume-step needs --exp-name (the run folder {results-dir}/{exp-name}); "
+                         "or pass --resume with a checkpoint file or run folder")
+    if args.resume_step and args.resume:
+        raise ValueError("pass either --resume or --resume-step, not both")
+    if args.samples < 1 or args.lr_warmup_steps < 0 or args.min_lr < 0:
+        raise ValueError("--samples must be positive, --lr-warmup-steps and --min-lr >= 0")
+    if family_of(args.model) == "unet":
+        unet_kwargs(args)
+    if is_sit(args.model) and args.proj_coeff < 0 or is_sit(args.model) and args.cls < 0:
+        raise ValueError("--proj-coeff and --cls must be >= 0")
+    if args.eval_ref and not Path(args.eval_ref).exists():
+        raise ValueError(f"--eval-ref {args.eval_ref} does not exist; pass an ADM reference batch or a file written "
+                         "by evaluations/evaluator.py --ref-stats")
+
+
+def resume_checkpoint_path(args: argparse.Namespace, ckpt_subdir: str) -> Path | None:
+    """The checkpoint to resume: ``--resume`` (a file, or a run folder's newest) or REPA's ``--resume-step``
+    in ``{results-dir}/{exp-name}``; None for a fresh run."""
+    if args.resume_step:
+        args.resume = str(Path(args.results_dir) / args.exp_name / ckpt_subdir / f"{args.resume_step:07d}.pt")
+    return ckpt_io.resolve_resume(args.resume, ckpt_subdir) if args.resume else None
+
+
+def check_resume_args(resume: dict, args: argparse.Namespace) -> None:
+    """Resuming is re-running the same command: the settings that shape the run must match."""
+    old = resume.get("args", {})
+    for key in ("model", "image_size", "num_classes", "vae", "global_batch_size", "global_seed", "enc_type",
+                "encoder_depth", "proj_coeff", "cls", "path_type", "weighting", "noise_schedule", "cfg_prob"):
+        if key in old and old[key] != getattr(args, key):
+            raise ValueError(f"--resume: the checkpoint was trained with --{key.replace('_', '-')} {old[key]}, "
+                             f"not {getattr(args, key)}; pass the same flags as the original run")
+
+
+def build_method(args: argparse.Namespace, kind: str, dataset, codec, device) -> DenoisingMethod:
+    """The network (sized by the data and codec), its objective and its method, as the flags say.
+    SiT models with alignment load their frozen encoders here."""
+    channels, latent_size = codec.latent_channels, args.image_size // codec.downsample
+    if kind == "latents":
+        channels, latent_size = dataset.latent_shape[0], dataset.latent_shape[-1]
+    if kind == "repa":
+        channels, latent_size = dataset.moments_shape[0] // 2, dataset.moments_shape[-1]
+    model_kwargs = dict(input_size=latent_size, num_classes=args.num_classes, in_channels=channels,
+                        class_dropout_prob=args.cfg_prob)
+    if family_of(args.model) == "unet":
+        model_kwargs.update(unet_kwargs(args))
+    encoders = []
+    if is_sit(args.model):
+        if args.proj_coeff > 0 or args.cls > 0:
+            encoders = load_encoders(args.enc_type, device, args.image_size)
+        z_dims = [e.embed_dim for e in encoders]
+        model_kwargs.update(z_dims=z_dims, qk_norm=args.qk_norm, cls_token_dim=z_dims[0] if args.cls > 0 else None)
+        if args.encoder_depth is not None:
+            model_kwargs["encoder_depth"] = args.encoder_depth
+    model = create_model(args.model, **model_kwargs)
+    if encoders:
+        check_token_counts(encoders, model.x_embedder.num_patches, args.image_size, args.model)
+    common = dict(lr=args.lr, betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay,
+                  eps=args.adam_epsilon, ema_decay=args.ema_decay, max_grad_norm=args.max_grad_norm,
+                  model_kwargs=model_kwargs)
+    batches = Batches(kind, codec, dataset, device, with_raw=bool(encoders))
+    if not is_sit(args.model):
+        schedule = NOISE_SCHEDULES[args.noise_schedule]
+        objective = DDPMObjective(diffusion_for(model, "", schedule))
+        return DenoisingMethod(model, objective, batches, sampling={"noise_schedule": schedule}, **common)
+    objective = InterpolantObjective(args.path_type, args.weighting, args.prediction, args.proj_coeff, args.cls)
+    return InterpolantMethod(model, objective, batches, encoders=encoders, cls=args.cls > 0,
+                             legacy_drop=args.cfg_prob if args.legacy else 0.0, num_classes=args.num_classes,
+                             sampling={"path_type": args.path_type}, **common)
+
+
+def open_dataset(args: argparse.Namespace):
+    """``(kind, dataset, class names)`` for the flags, checked against them; a U-Net run without data flags
+    takes CIFAR-10 when it can be had, else the built-in images (and says so). ``--overfit`` keeps the first
+    ``--samples`` images of each class and caps the batch at their number."""
+    from data import CIFAR10_ROOT, build_dataset, class_names, resolve_dataset_kind
+    from training.data import overfit_subset
+
+    if family_of(args.model) == "unet" and args.dataset is None and args.data_path is None:
+        from data.cifar10 import default_dataset
+
+        args.dataset = default_dataset(CIFAR10_ROOT)
+        if args.dataset == "builtin":
+            print(f"CIFAR-10 is not in {CIFAR10_ROOT} and cannot be downloaded: training on the built-in images "
+                  "(--dataset cifar10 --data-path DIR to use a copy elsewhere)", file=sys.stderr)
+    kind = args.dataset = resolve_dataset_kind(args.dataset, args.data_path)  # args.json records what was used
+    if args.eval_every and kind != "builtin" and not args.eval_ref:
+        raise ValueError("--eval-every needs something to score against: --dataset builtin (proxy metrics) or "
+                         "--eval-ref REF.npz (FID, sFID, IS, precision, recall)")
+    dataset = build_dataset(kind, args.data_path, args.image_size, args.num_classes)
+    if kind == "latents" and args.vae != dataset.vae:
+        raise ValueError(f"the latent cache was encoded with --vae {dataset.vae}, not {args.vae}; "
+                         f"pass --vae {dataset.vae} (its decoder draws the sample grids)")
+    if kind == "repa" and args.vae == "none":
+        raise ValueError("REPA/REG's layout holds SD-VAE latents: pass --vae ema or mse (it decodes the grids)")
+    max_label = getattr(dataset, "num_classes", None) or len(getattr(dataset, "classes", [])) or 0
+    if max_label > args.num_classes:
+        raise ValueError(f"the data has {max_label} classes but --num-classes is {args.num_classes}")
+    if is_sit(args.model) and (args.proj_coeff > 0 or args.cls > 0) and kind == "latents":
+        raise ValueError("REPA/REG align to encoder features of the images, which a latent cache does not hold: "
+                         "use an image folder or REPA/REG's layout (preprocessing/dataset_tools.py)")
+    names = class_names(kind, args.num_classes, dataset)
+    if args.overfit:
+        dataset = overfit_subset(dataset, args.samples, args.num_classes)
+        args.global_batch_size = min(args.global_batch_size, len(dataset))  # every image in every batch
+    return kind, dataset, names
