@@ -127,3 +127,15 @@ def test_no_update_after_a_non_finite_loss_and_the_stop_names_the_last_good_chec
     assert sorted(saved) == [1, 2]  # the step-3 checkpoint was refused
     for name, value in method.modules["discriminator"].state_dict().items():
         assert torch.equal(value, saved[2][name])  # step 3 applied nothing
+
+
+@pytest.mark.multiprocess
+def test_a_non_finite_loss_on_one_process_stops_every_process():
+    from conftest import run_script
+
+    proc = run_script("-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541",
+                      "tests/engine_two_processes.py")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):
+        assert f"rank {rank}: stopped (loss became non-finite at step 3;" in proc.stdout, proc.stdout
+    assert proc.stdout.count("updates after step 2: none") == 2, proc.stdout

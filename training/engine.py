@@ -119,13 +119,15 @@ class Engine:
         for group, base in zip(opt.param_groups, self.base_lr[key]):
             group["lr"] = self.lr_at(self.steps, base)
         inner = getattr(opt, "optimizer", opt)  # accelerate wraps optimizers
+        # Any process's non-finite loss stops every process's updates (gradients are all-reduced).
+        found_inf = self.accelerator.reduce((~self.ok).float(), reduction="max")
         if self.accelerator.scaler is not None:  # fp16: GradScaler skips steps with non-finite gradients
             opt.step()
         elif all(group.get("fused") for group in inner.param_groups):
-            inner.found_inf = (~self.ok).float()  # the fused kernel skips the update on the device
+            inner.found_inf = found_inf  # the fused kernel skips the update on the device
             opt.step()
             inner.__dict__.pop("found_inf", None)
-        elif bool(self.ok):  # a host sync, for optimizers without a fused kernel only
+        elif not found_inf.item():  # a host sync, for optimizers without a fused kernel only
             opt.step()
         opt.zero_grad(set_to_none=True)
         return norm
