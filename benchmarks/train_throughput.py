@@ -5,21 +5,21 @@
   python benchmarks/train_throughput.py --model DiT-S/2 --batch-size 8 --warmup 1 --steps 3 --mixed-precision bf16
   python benchmarks/train_throughput.py --model DiT-Ti/4 --image-size 32 --vae none --output bench.jsonl
 
-Every timed step is train.py's step on synthetic data (no VAE, no data loading): draw the
-latents from cached posterior moments as ``data/latents.py`` does (pixel space: a random
-flip), sample t, the DDPM loss of ``create_diffusion("")``, backward, fused AdamW (lr 1e-4,
-no weight decay) and the EMA update. ``--micro-batch-size`` splits the batch into
-micro-batches whose gradients accumulate before the one optimizer step. Model FLOPs per
-image come from ``training.throughput`` (one forward counted by ``FlopCounterMode``, times
-three for the backward); MFU divides the achieved FLOP/s by the peak of the device in use
-and is "n/a" where no peak is known (CPUs). Step times are taken between device
-synchronisations, after ``--warmup`` untimed steps.
+Every timed step is train.py's own step on synthetic data (no VAE, no data loading): the DDPM
+method's ``train_step`` (``training/methods.py``) on the training engine (``training/engine.py``),
+which draws the latents from cached posterior moments as ``data/latents.py`` does (pixel space: a
+random flip), samples t, takes the DDPM loss of ``create_diffusion("")``, back-propagates, steps
+the fused AdamW (lr 1e-4, no weight decay) and updates the EMA. ``--micro-batch-size`` splits the
+batch into micro-batches whose gradients accumulate before the one optimizer step. Model FLOPs per
+image come from ``training.throughput`` (one forward counted by ``FlopCounterMode``, times three
+for the backward); MFU divides the achieved FLOP/s by the peak of the device in use and is "n/a"
+where no peak is known (CPUs). Step times are taken between device synchronisations, after
+``--warmup`` untimed steps.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import math
@@ -27,27 +27,26 @@ import resource
 import statistics
 import sys
 import time
-from copy import deepcopy
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data.latents import sample_latents as draw_cached_latents  # noqa: E402
 from diffusion import create_diffusion  # noqa: E402
+from loss.denoising import DDPMObjective  # noqa: E402
 from models import MODEL_NAMES, create_model  # noqa: E402
-from models.vae import HUB_NAMES, SD_VAE_SCALE, load_vae  # noqa: E402
+from models.vae import HUB_NAMES, SD_VAE_SCALE, PixelCodec, load_vae  # noqa: E402
 from training.cli import first_paragraph, run_cli  # noqa: E402
-from training.data import random_flip  # noqa: E402
-from training.ema import requires_grad, update_ema  # noqa: E402
+from training.engine import Engine  # noqa: E402
+from training.methods import Batches, DenoisingMethod  # noqa: E402
 from training.setup import enable_tf32  # noqa: E402
 from training.throughput import mfu, peak_flops, train_flops_per_sample  # noqa: E402
 
 LR = 1e-4  # train.py's default
 EMA_DECAY = 0.9999
 SD_VAE_GEOMETRY = (4, 8)  # latent channels, downsampling factor of sd-vae-ft-ema / -mse
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -131,84 +130,64 @@ def precision_label(precision: str, device: torch.device) -> str:
     return "fp32 (tf32)" if device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32 else "fp32"
 
 
-def autocast(device: torch.device, precision: str):
-    """What accelerate's ``autocast()`` is on one process: ``torch.autocast`` for bf16/fp16, else nothing.
+def accelerator_for(precision: str, compile_model: bool):
+    """A fresh ``Accelerator`` for ``precision``: its state is reset first, so one process can measure
+    several precisions in turn."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
-    Used directly (not through ``Accelerator``) so one process can measure several precisions.
-    """
-    if precision == "no":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
+    AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(mixed_precision=precision, dynamo_backend="inductor" if compile_model else "no",
+                       cpu=not torch.cuda.is_available())
 
 
-def train_step(model, forward, ema, opt, scaler, diffusion, x, y, micro: int, precision: str) -> torch.Tensor:
-    """train.py's optimizer step, with the batch split into micro-batches of ``micro`` images whose
-    gradients accumulate (each micro-batch loss weighted by its share, so the gradient is the batch mean).
-
-    ``forward`` is ``model`` or its compiled wrapper; the EMA reads ``model``. Returns the batch loss.
-    """
-    t = torch.randint(0, diffusion.num_timesteps, (x.shape[0],), device=x.device)
-    total = torch.zeros((), device=x.device)
-    for xs, ts, ys in zip(x.split(micro), t.split(micro), y.split(micro)):
-        with autocast(x.device, precision):
-            loss = diffusion.training_losses(forward, xs, ts, dict(y=ys))["loss"].mean() * (len(xs) / len(x))
-        (scaler.scale(loss) if scaler is not None else loss).backward()  # fp16: a GradScaler, as accelerate
-        total += loss.detach()
-    if scaler is not None:
-        scaler.step(opt)
-        scaler.update()
+def synthetic_batches(args: argparse.Namespace, channels: int, size: int, device: torch.device):
+    """Micro-batches forever, as the loader would give them: posterior moments (mean, std) of each image
+    and of its flip, as in a latent cache, or images in [-1, 1] with ``--vae none``; random labels."""
+    batch, micro = args.batch_size, args.micro_batch_size or args.batch_size
+    y = torch.randint(0, args.num_classes, (batch,), device=device)
+    if args.vae == "none":
+        x = torch.rand(batch, channels, size, size, device=device) * 2 - 1
     else:
-        opt.step()
-    opt.zero_grad(set_to_none=True)
-    update_ema(ema, model, EMA_DECAY)
-    return total
+        mean = torch.randn(batch, 2, channels, size, size, device=device) * 5
+        x = torch.cat([mean, torch.full_like(mean, 0.01)], dim=2)
+    while True:
+        yield from zip(x.split(micro), y.split(micro))
 
 
 def measure(args: argparse.Namespace, precision: str, device: torch.device) -> dict:
-    """Build model, EMA and optimizer as train.py does, run warm-up and timed steps, return the record."""
+    """Build the DDPM method and the engine as train.py does, run warm-up and timed steps, return the record."""
     channels, down = latent_geometry(args.vae)
     size = args.image_size // down
     batch, micro = args.batch_size, args.micro_batch_size or args.batch_size
     reset_peak_memory(device)
     torch.manual_seed(args.seed)
 
-    model = create_model(args.model, input_size=size, num_classes=args.num_classes, in_channels=channels).to(device)
-    ema = deepcopy(model)
-    requires_grad(ema, False)
-    ema.eval()
-    model.train()
+    accelerator = accelerator_for(precision, args.compile)
+    model = create_model(args.model, input_size=size, num_classes=args.num_classes, in_channels=channels)
     n_params = sum(p.numel() for p in model.parameters())
-    diffusion = create_diffusion(timestep_respacing="")
-    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0, fused=device.type == "cuda")
-    forward = torch.compile(model) if args.compile else model
-    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    kind, data = ("builtin", None) if args.vae == "none" else ("latents", SimpleNamespace(scale=SD_VAE_SCALE))
+    method = DenoisingMethod(model, DDPMObjective(create_diffusion(timestep_respacing="")),
+                             Batches(kind, PixelCodec(), data, device), lr=LR, ema_decay=EMA_DECAY)
+    engine = Engine(accelerator, method, grad_accum=batch // micro)
+    engine.init_emas()
+    model.train()
+    batches = synthetic_batches(args, channels, size, device)
 
-    # Synthetic data. Latents: posterior moments (mean, std) of each image and of its flip, as in a
-    # latent cache, drawn from each step as train.py does; pixels: images in [-1, 1], randomly flipped.
-    y = torch.randint(0, args.num_classes, (batch,), device=device)
-    if args.vae == "none":
-        images = torch.rand(batch, channels, size, size, device=device) * 2 - 1
-    else:
-        mean = torch.randn(batch, 2, channels, size, size, device=device) * 5
-        moments = torch.cat([mean, torch.full_like(mean, 0.01)], dim=2)
-
-    times, loss = [], float("nan")
+    times = []
     for i in range(args.warmup + args.steps):
         synchronize(device)
         start = time.perf_counter()
-        with torch.no_grad():
-            if args.vae == "none":
-                x = random_flip(images)[0]
-            else:
-                x = draw_cached_latents(moments, torch.rand(batch) < 0.5, SD_VAE_SCALE)
-        loss = train_step(model, forward, ema, opt, scaler, diffusion, x, y, micro, precision).item()
-        synchronize(device)  # .item() waits for the step too; train.py reads the loss every step
+        losses = engine.one_step(batches)
+        engine.steps += 1
+        synchronize(device)
         if i >= args.warmup:
             times.append(time.perf_counter() - start)
-        if not math.isfinite(loss):
-            raise ValueError(f"loss became {loss} at step {i + 1}; try --mixed-precision bf16")
+    loss = losses["loss"].item()
+    if not math.isfinite(loss):
+        raise ValueError(f"loss became {loss} within {args.warmup + args.steps} steps; try --mixed-precision bf16")
     peak_mem = peak_memory_bytes(device)
-    del model, ema, opt, forward, scaler
+    del model, method, engine
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -98,7 +98,7 @@ class Engine:
     # ----- what a method calls inside train_step -----
     def module(self, key: str) -> torch.nn.Module:
         """The unwrapped network (no DDP / compile wrapper), e.g. to switch ``requires_grad``."""
-        return self.accelerator.unwrap_model(self.method.modules[key])
+        return self.accelerator.unwrap_model(self.method.modules[key], keep_torch_compile=False)
 
     def autocast(self):
         return self.accelerator.autocast()
