@@ -107,7 +107,7 @@ def main(args: argparse.Namespace) -> None:
 
     schedule = partial(lr_at, schedule=args.lr_schedule, warmup_steps=args.lr_warmup_steps, total_steps=total,
                        min_lr=args.min_lr)
-    engine = Engine(accelerator, method, grad_accum=accum, lr_at=schedule)
+    engine = Engine(accelerator, method, grad_accum=accum, lr_at=schedule, shard=args.fsdp)
     if resume is not None:
         engine.load_state_dict(resume, logger)
         engine.saved.append((steps, resume_path))

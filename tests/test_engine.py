@@ -134,8 +134,19 @@ def test_a_non_finite_loss_on_one_process_stops_every_process():
     from conftest import run_script
 
     proc = run_script("-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541",
-                      "tests/engine_two_processes.py")
+                      "tests/engine_two_processes.py", "nan")
     assert proc.returncode == 0, proc.stderr[-3000:]
     for rank in (0, 1):
         assert f"rank {rank}: stopped (loss became non-finite at step 3;" in proc.stdout, proc.stdout
     assert proc.stdout.count("updates after step 2: none") == 2, proc.stdout
+
+
+@pytest.mark.multiprocess
+def test_sharded_training_matches_ddp_and_resumes_exactly(tmp_path):
+    """FSDP2 over two gloo processes: the same weights as DDP, and a resume halfway equals the straight run."""
+    from conftest import run_script
+
+    proc = run_script("-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29542",
+                      "tests/engine_two_processes.py", "shard", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "shard: as DDP, resumed exactly" in proc.stdout

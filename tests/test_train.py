@@ -81,9 +81,11 @@ def test_eval_every_needs_the_builtin_dataset(tmp_path):
 
 
 @pytest.mark.multiprocess
-def test_torchrun_two_gloo_processes_train_and_resume(tmp_path):
+@pytest.mark.parametrize("sharding", [[], ["--fsdp", "--eval-every", "4", "--eval-samples", "10",
+                                           "--eval-sampling-steps", "2"]], ids=["ddp", "fsdp"])
+def test_torchrun_two_gloo_processes_train_and_resume(tmp_path, sharding):
     launch = ["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", "train.py", *TINY_TRAIN,
-              "--results-dir", str(tmp_path), "--log-every", "2", "--ckpt-every", "2"]
+              "--results-dir", str(tmp_path), "--log-every", "2", "--ckpt-every", "2", *sharding]
     proc = run_script(*launch, "--max-steps", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = tmp_path / "000-DiT-Ti-4"
@@ -94,6 +96,10 @@ def test_torchrun_two_gloo_processes_train_and_resume(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert torch.load(run_dir / "checkpoints" / "0000004.pt", weights_only=False)["steps"] == 4
     assert "2 process(es)" in (run_dir / "log.txt").read_text()
+    assert (run_dir / "samples" / "0000004.png").is_file()  # sampled from the EMA, gathered when sharded
+    if sharding:
+        assert json.loads((run_dir / "proxy_metrics.json").read_text())["step"] == 4
+        assert ckpt["model"]["blocks.0.attn.qkv.weight"].shape == (192, 64)  # full weights, not a shard
 
 
 def test_eval_ref_records_an_inception_metric_curve(tmp_path, monkeypatch):

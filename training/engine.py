@@ -7,7 +7,11 @@ The engine owns everything around that:
 - the loop over data, epoch by epoch, with the position in the epoch saved for exact resume;
 - gradient accumulation (``backward`` divides by the number of micro-batches, the DDP all-reduce
   happens once, on the last one; ``step`` applies an update only there);
-- mixed precision and DDP / FSDP through ``accelerate`` (``prepare`` of every module and optimizer);
+- mixed precision and DDP through ``accelerate`` (``prepare`` of every module and optimizer); with
+  ``shard=True``, FSDP2 instead: every module and EMA is sharded over the processes with
+  ``torch.distributed.fsdp.fully_shard`` (``training/sharding.py``), on GPUs and on CPUs (gloo) alike,
+  where accelerate's FSDP plugin needs an accelerator; checkpoints hold the full weights, so a sharded
+  run's checkpoint samples like any other;
 - learning-rate schedules, gradient clipping, EMAs of any named modules (parameters and float buffers);
 - the non-finite stop: every loss given to ``backward`` is checked on the device, without a host
   sync; from the first non-finite one on no update is applied (fused optimizers skip it on the
@@ -78,16 +82,28 @@ class Engine:
     learning rate for a step from the rate it was built with."""
 
     def __init__(self, accelerator, method: Method, *, grad_accum: int = 1,
-                 lr_at: Callable[[int, float], float] | None = None):
+                 lr_at: Callable[[int, float], float] | None = None, shard: bool = False):
         self.accelerator, self.method, self.grad_accum = accelerator, method, grad_accum
         self.lr_at = lr_at or (lambda step, base: base)
         self.emas = {key: deepcopy(method.modules[src]).to(accelerator.device).requires_grad_(False).eval()
                      for key, (src, _) in method.emas.items()}
-        keys = list(method.modules) + list(method.optimizers)
-        prepared = accelerator.prepare(*method.modules.values(), *method.optimizers.values())
+        self.shard = shard and accelerator.num_processes > 1
+        self.full = {}  # unsharded copies that sharded EMAs are gathered into for sampling
+        if self.shard:
+            from training.sharding import owner, shard_module
+
+            self.full = {key: deepcopy(ema).cpu() for key, ema in self.emas.items()}
+            for module in method.modules.values():
+                shard_module(module, method.optimizers.values())
+            for ema in self.emas.values():
+                shard_module(ema)
+            self.owners = {key: owner(method.modules, opt) for key, opt in method.optimizers.items()}
+        items = [(method.modules, k, m) for k, m in method.modules.items() if not self.shard]
+        items += [(method.optimizers, k, o) for k, o in method.optimizers.items()]
+        prepared = accelerator.prepare(*(obj for _, _, obj in items))
         prepared = prepared if isinstance(prepared, tuple) else (prepared,)
-        method.modules.update(zip(keys[:len(method.modules)], prepared[:len(method.modules)]))
-        method.optimizers.update(zip(keys[len(method.modules):], prepared[len(method.modules):]))
+        for (table, key, _), value in zip(items, prepared):
+            table[key] = value
         self.base_lr = {key: [g["lr"] for g in opt.param_groups] for key, opt in method.optimizers.items()}
         self.steps, self.data = 0, {"epoch": 0, "position": 0}
         self.syncing = True  # the last micro-batch of a step: gradients are all-reduced, updates applied
@@ -137,9 +153,17 @@ class Engine:
         """Every module, EMA and optimizer under its key, with RNG (gathered from all processes), data
         position, loss scaler and the method's own state. Call on every process."""
         rngs = gather_object([ckpt_io.rng_state()])
-        state = {key: self.module(key).state_dict() for key in self.method.modules}
-        state.update({key: ema.state_dict() for key, ema in self.emas.items()})
-        state.update({key: opt.state_dict() for key, opt in self.method.optimizers.items()})
+        if self.shard:
+            from training.sharding import full_optimizer_state_dict, full_state_dict
+
+            state = {key: full_state_dict(self.module(key)) for key in self.method.modules}
+            state.update({key: full_state_dict(ema) for key, ema in self.emas.items()})
+            state.update({key: full_optimizer_state_dict(self.owners[key], getattr(opt, "optimizer", opt))
+                          for key, opt in self.method.optimizers.items()})
+        else:
+            state = {key: self.module(key).state_dict() for key in self.method.modules}
+            state.update({key: ema.state_dict() for key, ema in self.emas.items()})
+            state.update({key: opt.state_dict() for key, opt in self.method.optimizers.items()})
         state.update(args=args, steps=self.steps, rng=rngs, data=dict(self.data), **self.method.extra_state())
         if self.accelerator.scaler is not None:
             state["scaler"] = self.accelerator.scaler.state_dict()
@@ -147,13 +171,24 @@ class Engine:
 
     def load_state_dict(self, state: dict, logger=None) -> None:
         """Resume exactly from ``state_dict``'s output (RNG only when the process count is the same)."""
+        if self.shard:
+            from training.sharding import load_full_optimizer_state_dict, load_full_state_dict
         for key in self.method.modules:
-            self.module(key).load_state_dict(state[key])
+            if self.shard:
+                load_full_state_dict(self.module(key), state[key])
+            else:
+                self.module(key).load_state_dict(state[key])
         for key, ema in self.emas.items():
-            ema.load_state_dict(state[key])
+            if self.shard:
+                load_full_state_dict(ema, state[key])
+            else:
+                ema.load_state_dict(state[key])
         for key, opt in self.method.optimizers.items():
             fused = [group.get("fused") for group in opt.param_groups]
-            opt.load_state_dict(state[key])
+            if self.shard:
+                load_full_optimizer_state_dict(self.owners[key], getattr(opt, "optimizer", opt), state[key])
+            else:
+                opt.load_state_dict(state[key])
             for group, flag in zip(opt.param_groups, fused):  # the kernel is this run's choice, not the saved one
                 group["fused"] = flag
         if self.accelerator.scaler is not None and "scaler" in state:
@@ -166,6 +201,16 @@ class Engine:
         elif logger is not None:
             logger.info(f"checkpoint has RNG state for {len(rngs)} processes, not {world}: "
                         "continuing with fresh random streams (not bit-exact)")
+
+    def gathered(self, key: str) -> torch.nn.Module:
+        """EMA ``key`` as a whole network on every process, to sample from. With sharding its weights
+        are all-gathered into an unsharded copy, so every process must call it."""
+        if not self.shard:
+            return self.emas[key]
+        from training.sharding import gathered_state_dict
+
+        self.full[key].load_state_dict(gathered_state_dict(self.emas[key]))
+        return self.full[key].to(self.accelerator.device)
 
     def init_emas(self) -> None:
         """A fresh run: every EMA starts as a copy of its module."""
@@ -246,13 +291,18 @@ class Engine:
         for micro in range(self.grad_accum):
             self.syncing = micro == self.grad_accum - 1
             with ExitStack() as stack:
-                if not self.syncing:  # all-reduce once per step, on the last micro-batch
-                    for module in self.method.modules.values():
+                for module in self.method.modules.values():  # reduce gradients once per step, on the last
+                    if self.shard:
+                        module.set_requires_gradient_sync(self.syncing)
+                    elif not self.syncing:
                         stack.enter_context(self.accelerator.no_sync(module))
                 losses = self.method.train_step(self, next(batches))
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v.detach().float()
                 counts[k] = counts.get(k, 0) + 1
+        if self.shard:  # a forward without backward leaves FSDP's root unsharded
+            for module in self.method.modules.values():
+                module.reshard()
         for key, (src, decay) in self.method.emas.items():
             update_ema(self.emas[key], self.module(src), decay)
         self.first_bad = torch.where((self.first_bad < 0) & ~self.ok, self.steps + 1, self.first_bad)

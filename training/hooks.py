@@ -37,9 +37,9 @@ class RunHooks:
         self.inception = InceptionCurve(args.eval_ref, self.accelerator.device, args.inception_weights) \
             if args.eval_ref else None
 
-    @property
     def ema(self) -> torch.nn.Module:
-        return self.engine.emas["ema"]
+        """The EMA network to sample from (gathered from its shards with ``--fsdp``: every process calls this)."""
+        return self.engine.gathered("ema")
 
     def log(self, rec: dict) -> None:
         self.logger.info(format_record(rec))
@@ -50,9 +50,10 @@ class RunHooks:
 
     def checkpoint(self, step: int) -> None:
         path = self.engine.save(self.run_dir / self.ckpt_subdir / f"{step:07d}.pt", vars(self.args))
+        ema = self.ema()
         if self.is_main:
             device = self.accelerator.device
-            sample_grid(self.ema, self.codec, self.grid_noise.to(device), self.grid_y.to(device),
+            sample_grid(ema, self.codec, self.grid_noise.to(device), self.grid_y.to(device),
                         self.args.num_classes, self.run_dir / "samples" / f"{step:07d}.png", nrow=self.grid_nrow,
                         names=self.names, **self.sampling)
             self.logger.info(f"saved checkpoint {path}")
@@ -62,12 +63,13 @@ class RunHooks:
         args, accel = self.args, self.accelerator
         scored = dict(num_samples=args.eval_samples, cfg_scale=args.eval_cfg_scale,
                       sampling_steps=args.eval_sampling_steps, **self.sampling)
+        ema = self.ema()
         if self.inception is not None:
-            result = self.inception(self.ema, self.codec, self.channels, self.size, args.num_classes, self.run_dir,
+            result = self.inception(ema, self.codec, self.channels, self.size, args.num_classes, self.run_dir,
                                     step, rank=accel.process_index, world=accel.num_processes, **scored)
             self.report("ADM metrics", step, result)
         if self.is_main and self.kind == "builtin":
-            result = evaluate_builtin(self.ema, self.codec, self.channels, self.size, args.num_classes,
+            result = evaluate_builtin(ema, self.codec, self.channels, self.size, args.num_classes,
                                       accel.device, self.run_dir, step, **scored)
             self.report("proxy metrics", step, result)
         accel.wait_for_everyone()
@@ -79,8 +81,9 @@ class RunHooks:
     def finish(self) -> None:
         """The overfit report (``--overfit``) and the lines the run ends with."""
         args, steps = self.args, self.engine.steps
+        ema = self.ema() if args.overfit else None
         if args.overfit and self.is_main:
-            report = overfit_report(self.ema, self.codec, self.data, args.num_classes, self.run_dir, steps,
+            report = overfit_report(ema, self.codec, self.data, args.num_classes, self.run_dir, steps,
                                     args.eval_cfg_scale, args.eval_sampling_steps, builtin=self.kind == "builtin",
                                     names=self.names, **self.sampling)
             self.logger.info(f"overfit report (EMA samples vs their training images): {format_record(report)}")

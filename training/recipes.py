@@ -66,6 +66,8 @@ def parse_args(argv=None, description: str | None = None) -> argparse.Namespace:
                    help="gradient clipping (default: none for DiT, 1.0 for SiT, as the originals)")
     p.add_argument("--cfg-prob", type=float, default=0.1, help="label dropout for classifier-free guidance")
     p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
+    p.add_argument("--fsdp", action="store_true", help="shard the network, its EMA and optimizer state over the "
+                   "processes (FSDP2, torch's fully_shard; each transformer block a unit); checkpoints hold full weights")
     p.add_argument("--allow-tf32", action="store_true", help="TF32 matmuls for SiT (DiT's train.py always has them)")
     p.add_argument("--resume", type=str, default=None, help="a checkpoint file or a run folder (its newest)")
     p.add_argument("--resume-step", type=int, default=0, help="resume {results-dir}/{exp-name}/checkpoints/"
@@ -199,7 +201,7 @@ def check_resume_args(resume: dict, args: argparse.Namespace) -> None:
     """Resuming is re-running the same command: the settings that shape the run must match."""
     old = resume.get("args", {})
     for key in ("model", "image_size", "num_classes", "vae", "global_batch_size", "global_seed", "enc_type",
-                "encoder_depth", "proj_coeff", "cls", "path_type", "weighting", "noise_schedule", "cfg_prob"):
+                "encoder_depth", "proj_coeff", "cls", "path_type", "weighting", "noise_schedule", "cfg_prob", "fsdp"):
         if key in old and old[key] != getattr(args, key):
             raise ValueError(f"--resume: the checkpoint was trained with --{key.replace('_', '-')} {old[key]}, "
                              f"not {getattr(args, key)}; pass the same flags as the original run")
