@@ -133,7 +133,7 @@ def test_no_update_after_a_non_finite_loss_and_the_stop_names_the_last_good_chec
 def test_a_non_finite_loss_on_one_process_stops_every_process():
     from conftest import run_script
 
-    proc = run_script("-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541",
+    proc = run_script("-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
                       "tests/engine_two_processes.py", "nan")
     assert proc.returncode == 0, proc.stderr[-3000:]
     for rank in (0, 1):
@@ -146,7 +146,27 @@ def test_sharded_training_matches_ddp_and_resumes_exactly(tmp_path):
     """FSDP2 over two gloo processes: the same weights as DDP, and a resume halfway equals the straight run."""
     from conftest import run_script
 
-    proc = run_script("-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29542",
+    proc = run_script("-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
                       "tests/engine_two_processes.py", "shard", str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "shard: as DDP, resumed exactly" in proc.stdout
+
+
+def test_a_loss_of_some_steps_is_logged_as_its_mean_over_those_steps():
+    method, gen_losses, records = ToyGAN(ratio=3), [], []
+    step = method.train_step
+
+    def recording(engine, batch):
+        losses = step(engine, batch)
+        if "gen" in losses:
+            gen_losses.append(losses["gen"].item())
+        return losses
+
+    method.train_step = recording
+    torch.manual_seed(123)
+    engine = Engine(setup_accelerator(), method)
+    engine.init_emas()
+    loader, sampler = make_loader(points(), BATCH, 1, 0, seed=0, num_workers=0)
+    engine.train(engine.batches(loader, sampler, BATCH), STEPS, log_every=STEPS, log=records.append, every={},
+                 global_batch=BATCH)
+    assert len(gen_losses) == 2 and records[0]["gen"] == pytest.approx(sum(gen_losses) / 2)

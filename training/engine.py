@@ -258,25 +258,26 @@ class Engine:
         peak = peak_flops(accel.device, mixed_precision)
         bar = tqdm(total=total, initial=self.steps, disable=not accel.is_main_process, desc="train", unit="step",
                    dynamic_ncols=True, file=sys.stderr, mininterval=0.1 if sys.stderr.isatty() else 30)
-        running, log_steps, t0 = {}, 0, time.time()
+        running, counts, log_steps, t0 = {}, {}, 0, time.time()
         try:
             while self.steps < total:
-                for k, v in self.one_step(batches).items():
+                for k, v in self.one_step(batches).items():  # a loss of some steps only averages over those
                     running[k] = running.get(k, 0.0) + v
+                    counts[k] = counts.get(k, 0) + 1
                 self.steps += 1
                 log_steps += 1
                 bar.update(1)
                 if self.steps % log_every == 0 or self.steps == total:
                     self.check_finite()
                     dt = time.time() - t0
-                    rec = {"step": self.steps, **{k: accel.reduce(v / log_steps, reduction="mean").item()
+                    rec = {"step": self.steps, **{k: accel.reduce(v / counts[k], reduction="mean").item()
                                                   for k, v in running.items()},
                            "steps_per_sec": log_steps / dt, "images_per_sec": log_steps * global_batch / dt,
                            "epoch": self.data["epoch"], "lr": self.current_lr()}
                     rec["mfu"] = mfu(rec["images_per_sec"], flops_per_sample, peak, accel.num_processes)
                     bar.set_postfix(loss=f"{rec['loss']:.4f}")
                     log(rec)
-                    running, log_steps, t0 = {}, 0, time.time()
+                    running, counts, log_steps, t0 = {}, {}, 0, time.time()
                 for period, hooks in every.items():
                     if period and (self.steps % period == 0 or self.steps == total):
                         for hook in hooks:
