@@ -15,13 +15,12 @@ import argparse
 import torch
 
 from data import class_names
-from diffusion.pipeline import DDPM_SAMPLERS, FLOW_SAMPLERS, generate
-from models import MODEL_NAMES
+from diffusion.pipeline import generate
 from models.pretrained import build_for_sampling, resolve_sampling_config
 from models.vae import load_vae
-from sample_ddp import add_flow_args, check_sampling_args, choose_sampler, sampling_settings
 from training.cli import first_paragraph, run_cli
 from training.monitor import row_labels, save_grid
+from training.sampling import add_sampling_args, check_sampling_args, choose_sampler, sampling_settings
 from training.setup import enable_tf32
 
 IMAGENET_DEMO_CLASSES = [207, 360, 387, 974, 88, 979, 417, 279]  # official sample.py
@@ -29,25 +28,15 @@ IMAGENET_DEMO_CLASSES = [207, 360, 387, 974, 88, 979, 417, 279]  # official samp
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=first_paragraph(__doc__))
-    p.add_argument("--model", type=str, default=None, help=f"default: from the checkpoint, else DiT-XL/2; "
-                   f"one of {', '.join(MODEL_NAMES)}")
-    p.add_argument("--vae", type=str, default=None, help="ema | mse | none | folder | hub id (default: mse, "
-                   "or the checkpoint's)")
-    p.add_argument("--image-size", type=int, default=None, help="default: the checkpoint's, else 256")
-    p.add_argument("--num-classes", type=int, default=None, help="default: the checkpoint's, else 1000")
-    p.add_argument("--cfg-scale", type=float, default=4.0)
-    p.add_argument("--num-sampling-steps", "--num-steps", dest="num_sampling_steps", type=int, default=250)
-    p.add_argument("--sampler", "--mode", dest="sampler", choices=[*DDPM_SAMPLERS, *FLOW_SAMPLERS], default=None,
-                   help="default: ddpm for DiT, ode for SiT / REPA, sde for REG")
-    p.add_argument("--eta", type=float, default=None, help="DDIM noise (default 0: deterministic); --sampler ddim only")
+    add_sampling_args(p, repa_names=False, cfg_scale=4.0, num_steps=250, model_default="DiT-XL/2 (official weights, downloaded without --ckpt)",
+                      vae_default="mse",
+                      sampler_default="ddpm for DiT and the U-Net, ode for SiT / REPA, sde for REG")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--class-labels", type=int, nargs="+", default=None,
                    help="default: the official eight ImageNet classes, or the first classes of the checkpoint")
     p.add_argument("--samples", type=int, default=1,
                    help="samples of each class in --class-labels; the grid then has one row per class")
-    p.add_argument("--ckpt", type=str, default=None, help="default: download the official DiT-XL/2 weights")
     p.add_argument("--output", type=str, default="sample.png")
-    add_flow_args(p)
     args = p.parse_args(argv)
     args.default_vae, args.flow_default = "mse", "ode"
     return args

@@ -1,8 +1,8 @@
 """Many samples for FID, in parallel: PNGs plus one ``.npz`` for the ADM evaluator, from any model.
 
 The ``.npz`` holds ``arr_0`` (uint8 NHWC, exactly N images) and ``arr_1`` (their class labels).
-Any model: DiT (DDPM / DDIM) or SiT / REPA / REG (Euler ODE / Euler-Maruyama SDE with a guidance
-interval; REG's class-token guidance).
+Any model (DiT, the U-Net, SiT / REPA / REG) with any sampler: DDPM, DDIM, Euler (Heun) ODE,
+Euler-Maruyama SDE, guided inside an interval; REG's class-token guidance.
 
   torchrun --nnodes=1 --nproc_per_node=N sample_ddp.py --model DiT-XL/2 --num-fid-samples 50000
   torchrun --nproc_per_node=N sample_ddp.py --ckpt exps/reg/checkpoints/4000000.pt --sampler sde \\
@@ -31,143 +31,37 @@ from accelerate.utils import gather_object
 from PIL import Image
 from tqdm.auto import tqdm
 
-from diffusion.pipeline import DDPM_SAMPLERS, FLOW_SAMPLERS, generate
-from models import MODEL_NAMES
+from diffusion.pipeline import generate
 from models.pretrained import build_for_sampling, resolve_sampling_config
 from models.vae import load_vae
 from training.cli import check_writable_dir, first_paragraph, run_cli
 from training.monitor import to_uint8
 from training.run import write_text_atomic
+from training.sampling import (
+    add_eval_args,
+    add_sampling_args,
+    check_sampling_args,
+    choose_sampler,
+    sampling_settings,
+    score,
+)
 from training.setup import setup_accelerator
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=first_paragraph(__doc__))
-    p.add_argument("--model", type=str, default=None, help=f"one of {', '.join(MODEL_NAMES)}")
-    p.add_argument("--vae", type=str, default=None, help="ema | mse | none | folder | hub id (default: ema)")
+    add_sampling_args(p, repa_names=False, cfg_scale=1.5, num_steps=250, model_default="DiT-XL/2 (official weights, downloaded without --ckpt)",
+                      vae_default="ema",
+                      sampler_default="ddpm for DiT and the U-Net, sde for SiT (the papers' FID samplers)")
     p.add_argument("--sample-dir", type=str, default="samples")
     p.add_argument("--per-proc-batch-size", type=int, default=32)
     p.add_argument("--num-fid-samples", type=int, default=50_000)
-    p.add_argument("--image-size", "--resolution", dest="image_size", type=int, default=None)
-    p.add_argument("--num-classes", type=int, default=None)
-    p.add_argument("--cfg-scale", type=float, default=1.5)
-    p.add_argument("--num-sampling-steps", "--num-steps", dest="num_sampling_steps", type=int, default=250)
-    p.add_argument("--sampler", "--mode", dest="sampler", choices=[*DDPM_SAMPLERS, *FLOW_SAMPLERS], default=None,
-                   help="default: ddpm for DiT, sde for SiT (the papers' FID samplers)")
-    p.add_argument("--eta", type=float, default=None, help="DDIM noise (default 0: deterministic); --sampler ddim only")
     p.add_argument("--global-seed", type=int, default=0)
     p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--ckpt", type=str, default=None)
-    add_flow_args(p)
     add_eval_args(p)
     args = p.parse_args(argv)
     args.default_vae, args.flow_default = "ema", "sde"
     return args
-
-
-def check_sampling_args(args) -> None:
-    """Counts that must be positive, refused before anything is loaded or written."""
-    for name in ("num_sampling_steps", "per_proc_batch_size", "num_fid_samples", "samples"):
-        if getattr(args, name, 1) <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive, not {getattr(args, name)}")
-
-
-def add_eval_args(p: argparse.ArgumentParser) -> None:
-    """Score the ``.npz`` at the end of the run (``generate.py`` shares them)."""
-    ev = p.add_argument_group("evaluation at the end")
-    ev.add_argument("--ref-batch", type=str, default=None, help="ADM reference batch or saved statistics "
-                    "(e.g. VIRTUAL_imagenet256_labeled.npz): FID, sFID, IS, precision, recall")
-    ev.add_argument("--proxy", action="store_true", help="built-in dataset: class accuracy and proxy FD")
-    ev.add_argument("--inception-weights", type=str, default=None, help="the ported Inception weights file")
-
-
-def score(args, npz: Path, num_classes: int, is_main: bool) -> None:
-    """The evaluator on the samples just written (every process takes part in Inception features);
-    the metrics are printed and saved next to the ``.npz`` as ``.json``."""
-    from evaluations.evaluator import METRIC_NAMES, evaluate, proxy_scores
-
-    metrics = {}
-    if args.ref_batch:
-        metrics.update(evaluate(args.ref_batch, str(npz), inception_weights=args.inception_weights,
-                                progress=is_main))
-    if args.proxy and is_main:
-        metrics.update(proxy_scores(str(npz), num_classes))
-    if is_main:
-        for key, value in metrics.items():
-            print(f"{METRIC_NAMES.get(key, key)}: {value}")
-        out = npz.with_suffix(".json")
-        out.write_text(json.dumps({"samples": str(npz), "reference": args.ref_batch, **metrics}, indent=2) + "\n")
-        print(f"saved metrics to {out}")
-
-
-def add_flow_args(p: argparse.ArgumentParser) -> None:
-    """REPA / REG sampling flags (SiT models; ``generate.py`` shares them)."""
-    sit = p.add_argument_group("SiT / REPA / REG (refused for DiT and U-Net checkpoints)")
-    sit.add_argument("--heun", action="store_true", default=None, help="Heun steps for the ODE sampler")
-    sit.add_argument("--guidance-low", type=float, default=None, help="guide only for t >= this (default 0; "
-                     "t=1 is noise)")
-    sit.add_argument("--guidance-high", type=float, default=None, help="guide only for t <= this (default 1)")
-    sit.add_argument("--cls-cfg-scale", type=float, default=None, help="REG: guidance of the class token "
-                     "(default 1.5)")
-    sit.add_argument("--path-type", choices=["linear", "cosine"], default=None, help="default: the checkpoint's")
-    sit.add_argument("--encoder-depth", type=int, default=None, help="default: the checkpoint's args, else 8")
-    sit.add_argument("--projector-embed-dims", type=str, default=None,
-                     help="checked against the checkpoint's projectors (e.g. 768)")
-    sit.add_argument("--cls", type=int, default=None, help="REG: class token size, checked against the checkpoint")
-    sit.add_argument("--legacy", action="store_true", help="REPA's first checkpoints: their decoder_blocks.N become "
-                     "blocks.(N + --encoder-depth)")
-
-
-FLOW_FLAGS = {"heun": False, "guidance_low": 0.0, "guidance_high": 1.0, "cls_cfg_scale": 1.5}  # and defaults
-
-
-def choose_sampler(args, cfg: dict) -> str:
-    """``--sampler`` (``--mode``), or the script's default for the checkpoint's family: DDPM for DiT and
-    the U-Net, ``args.flow_default`` for SiT / REPA, the SDE for REG (its class token has no ODE).
-
-    A sampler or sampling flag the family cannot honour is refused in one line, before anything is
-    loaded or written: flags are never silently ignored.
-    """
-    flow = cfg["model"].startswith("SiT-")
-    reg = bool(cfg["model_kwargs"].get("cls_token_dim")) if flow else False
-    sampler = args.sampler or (("sde" if reg else args.flow_default) if flow else "ddpm")
-    valid = FLOW_SAMPLERS if flow else DDPM_SAMPLERS
-    if sampler not in valid:
-        owner = "DiT and U-Net" if flow else "SiT / REPA / REG"
-        raise ValueError(f"{cfg['model']} samples with {' or '.join(valid)}, not --sampler {sampler} (which is for "
-                         f"{owner} checkpoints)")
-    if reg and sampler == "ode":
-        raise ValueError("a REG model samples with the SDE (--mode sde): its class token has no ODE in REG")
-    given = [name for name in (*FLOW_FLAGS, "path_type") if getattr(args, name, None) is not None]
-    if not flow and given:
-        raise ValueError(f"--{given[0].replace('_', '-')} applies to SiT / REPA / REG samplers; {cfg['model']} "
-                         "samples with ddpm or ddim: leave it out")
-    if flow and not reg and args.cls_cfg_scale is not None:
-        raise ValueError("--cls-cfg-scale guides REG's class token, which this checkpoint has not: leave it out")
-    if args.eta is not None and sampler != "ddim":
-        raise ValueError(f"--eta is DDIM's noise level: it applies with --sampler ddim, not {sampler}")
-    return sampler
-
-
-def sampling_settings(args, cfg: dict, codec) -> dict:
-    """``diffusion.pipeline.generate`` arguments for ``args.sampler`` (see ``choose_sampler``), and a name
-    for them."""
-    sampler = args.sampler
-    kw = dict(sampler=sampler, num_steps=args.num_sampling_steps, cfg_scale=args.cfg_scale,
-              num_classes=cfg["num_classes"])
-    name = f"cfg-{args.cfg_scale}-{sampler}{args.num_sampling_steps}"
-    if sampler in DDPM_SAMPLERS:
-        eta = args.eta or 0.0
-        kw.update(noise_schedule=cfg.get("noise_schedule", "linear"), eta=eta, clip_denoised=codec.bounded)
-        name += f"-eta{eta}" if sampler == "ddim" else ""
-    else:
-        flags = {k: default if getattr(args, k) is None else getattr(args, k) for k, default in FLOW_FLAGS.items()}
-        reg = bool(cfg["model_kwargs"].get("cls_token_dim"))
-        kw.update(heun=flags["heun"], guidance_low=flags["guidance_low"], guidance_high=flags["guidance_high"],
-                  path_type=cfg["path_type"], cls_cfg_scale=flags["cls_cfg_scale"] if reg else 0.0)
-        name += f"{'-heun' if flags['heun'] else ''}-{flags['guidance_low']}-{flags['guidance_high']}"
-        name += f"-cls{flags['cls_cfg_scale']}" if reg else ""
-    return {"kwargs": kw, "name": name}
 
 
 MANIFEST = "manifest.json"

@@ -2,19 +2,22 @@
 
 The guided prediction is ``uncond + cfg_scale * (cond - uncond)``. Callers put the
 conditional and unconditional inputs in one batch (conditional half first, the null
-class ``num_classes`` in the second half); this module only decides when to guide and
-combines the two halves.
+class ``num_classes`` in the second half); this module decides when to guide and
+combines the two halves. The combination is linear, so guiding eps, x0, v or the SDE
+drift of the same input is the same thing; each sampler guides what it steps with.
 
-Official DiT (``forward_with_cfg``) guides only the first three channels of the
-eps prediction and passes the fourth eps channel and the learned-variance channels
-through unguided. The release keeps this for exact reproducibility of its numbers
-(a scale of 1.5 on three channels is close to 1.375 on four). ``DIT_GUIDED_CHANNELS``
-reproduces it; ``guided_channels=None`` guides every channel (REPA / REG samplers).
-
-REPA and REG guide only inside a guidance interval of time (Kynkaanniemi et al., 2024,
-"Applying guidance in a limited interval"): ``guidance_active``. Their time runs from
-t=1 (noise) to t=0 (data), so ``guidance_high=0.7`` guides the last 70% of the path,
-the part near the data.
+- Channels: official DiT (``forward_with_cfg``) guides only the first three channels of
+  the eps prediction and passes the fourth eps channel and the learned-variance channels
+  through unguided; the release keeps this for exact reproducibility of its numbers (a
+  scale of 1.5 on three channels is close to 1.375 on four). A DiT declares
+  ``guided_channels = DIT_GUIDED_CHANNELS`` and every sampler honours it; other models
+  guide every channel. Learned-variance channels are never guided.
+- Interval: REPA and REG guide only inside an interval of time (Kynkaanniemi et al.,
+  2024, "Applying guidance in a limited interval"): ``guidance_active``. The time is
+  REPA's: t=1 noise, t=0 data, ``guidance_high=0.7`` guides the part near the data. The
+  DDPM samplers use the same time, ``t = sigma / (1 + sigma)`` of their step (the linear
+  path's time at that noise level).
+- REG's class token has its own scale (``diffusion.samplers``).
 """
 
 from __future__ import annotations
@@ -35,11 +38,15 @@ def guidance_active(
     return cfg_scale > 1.0 and guidance_low <= float(t_cur) <= guidance_high
 
 
-def guide(out: torch.Tensor, cfg_scale: float) -> torch.Tensor:
-    """Guided half of a batch ``[cond; uncond]`` (dim 0): ``uncond + cfg_scale * (cond - uncond)``,
-    on every channel. The result has half the batch."""
+def guide(out: torch.Tensor, cfg_scale: float, guided_channels: int | None = None) -> torch.Tensor:
+    """Guided half of a batch ``[cond; uncond]`` (dim 0): ``uncond + cfg_scale * (cond - uncond)`` on
+    channels ``[:guided_channels]`` (dim 1; None: every channel), the conditional output on the rest.
+    The result has half the batch."""
     cond, uncond = out.chunk(2, dim=0)
-    return uncond + cfg_scale * (cond - uncond)
+    if guided_channels is None or guided_channels >= out.shape[1]:
+        return uncond + cfg_scale * (cond - uncond)
+    k = guided_channels
+    return torch.cat([uncond[:, :k] + cfg_scale * (cond[:, :k] - uncond[:, :k]), cond[:, k:]], dim=1)
 
 
 def combine_cfg(out: torch.Tensor, cfg_scale: float, guided_channels: int | None = None) -> torch.Tensor:
@@ -55,3 +62,26 @@ def combine_cfg(out: torch.Tensor, cfg_scale: float, guided_channels: int | None
         guided, rest = out[:, :guided_channels], out[:, guided_channels:]
     half = guide(guided, cfg_scale)
     return torch.cat([torch.cat([half, half], dim=0), rest], dim=1)
+
+
+def guided_ddpm_model(model, sigmas: torch.Tensor, cfg_scale: float, guidance_low: float = 0.0,
+                      guidance_high: float = 1.0, guided_channels: int | None = None):
+    """``model`` for a ``GaussianDiffusion`` loop over a doubled batch ``[x; x']`` with labels
+    ``[y; null]``, guided as official DiT's ``forward_with_cfg``: the model sees ``[x; x]`` and the
+    first ``guided_channels`` eps channels (default: all of x's, never the learned-variance ones) are
+    guided. Outside the interval, in REPA's time ``t = sigma_t / (1 + sigma_t)`` of the base step's
+    ``sigmas[t]``, the conditional model runs alone on ``x`` and its output fills both halves.
+    The second half of the state only keeps the batch (and so the noise draws) the official
+    scripts have; it is discarded at the end.
+    """
+
+    def guided(x, t, y, **kwargs):
+        half, n = x[: len(x) // 2], len(x) // 2
+        sigma = float(sigmas[int(t[0])])
+        if guidance_active(sigma / (1 + sigma), cfg_scale, guidance_low, guidance_high):
+            channels = x.shape[1] if guided_channels is None else min(guided_channels, x.shape[1])
+            return combine_cfg(model(torch.cat([half, half]), t, y=y, **kwargs), cfg_scale, channels)
+        out = model(half, t[:n], y=y[:n], **kwargs)
+        return torch.cat([out, out])
+
+    return guided

@@ -69,6 +69,21 @@ def _check_steps(num_steps: int) -> None:
         raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
 
 
+def _guide_cls(d_cls: torch.Tensor, guided: bool, cls_cfg_scale: float) -> torch.Tensor:
+    """REG's rule for the class token's drift: guided with ``cls_cfg_scale`` inside the guidance
+    interval when it is > 0, else the conditional half."""
+    if not guided:
+        return d_cls
+    return guide(d_cls, cls_cfg_scale) if cls_cfg_scale > 0 else d_cls.chunk(2)[0]
+
+
+def _check_cls(cls_latents, cls_cfg_scale) -> None:
+    if cls_latents is None and cls_cfg_scale != 0:
+        raise ValueError(
+            "cls_cfg_scale guides REG's class token; pass cls_latents, random class tokens (N, cls_dim)"
+        )
+
+
 @torch.no_grad()
 def euler_sampler(
     model,
@@ -81,6 +96,9 @@ def euler_sampler(
     guidance_high: float = 1.0,
     path_type: str = "linear",
     null_class: int | None = None,
+    cls_latents: torch.Tensor | None = None,
+    cls_cfg_scale: float = 0.0,
+    guided_channels: int | None = None,
 ) -> torch.Tensor:
     """Probability-flow ODE dx = v dt from t=1 (``latents``, noise) to t=0, Euler or Heun (REPA ``euler_sampler``).
 
@@ -89,25 +107,35 @@ def euler_sampler(
     point. Whether the Heun evaluation is guided is decided at t_i, as in REPA. The update does not
     depend on the path (the model predicts v whichever it is); ``path_type`` is checked and otherwise
     unused, so one set of keyword arguments serves both samplers, as in REPA's generate.py.
+
+    Beyond REPA: ``guided_channels=k`` guides the first k channels only (``guide``); REG's class token
+    ``cls_latents`` is integrated along with the latents by the same steps (its velocity is the model's
+    third output), guided by ``cls_cfg_scale`` under REG's rule (see ``euler_maruyama_sampler``).
     """
     _check_steps(num_steps)
     check_path_type(path_type)
+    _check_cls(cls_latents, cls_cfg_scale)
     dtype, y_null = latents.dtype, _null_labels(model, y, null_class)
     t_steps = torch.linspace(1, 0, num_steps + 1, dtype=torch.float64)
 
-    def velocity(x, t, guided):
-        v = _predict(model, x, t, y, y_null, guided, dtype)[2]
-        return guide(v, cfg_scale) if guided else v
+    def velocity(x, cls, t, guided):
+        _, _, v, _, v_cls = _predict(model, x, t, y, y_null, guided, dtype, cls)
+        v = guide(v, cfg_scale, guided_channels) if guided else v
+        return v, None if cls is None else _guide_cls(v_cls, guided, cls_cfg_scale)
 
     x_next = latents.to(torch.float64)
+    cls_next = None if cls_latents is None else cls_latents.to(torch.float64)
     for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
-        x_cur = x_next
+        x_cur, cls_cur = x_next, cls_next
         guided = guidance_active(t_cur, cfg_scale, guidance_low, guidance_high)
-        d_cur = velocity(x_cur, t_cur, guided)
+        d_cur, dc_cur = velocity(x_cur, cls_cur, t_cur, guided)
         x_next = x_cur + (t_next - t_cur) * d_cur
+        cls_next = None if cls_cur is None else cls_cur + (t_next - t_cur) * dc_cur
         if heun and i < num_steps - 1:
-            d_prime = velocity(x_next, t_next, guided)
+            d_prime, dc_prime = velocity(x_next, cls_next, t_next, guided)
             x_next = x_cur + (t_next - t_cur) * (0.5 * d_cur + 0.5 * d_prime)
+            if cls_cur is not None:
+                cls_next = cls_cur + (t_next - t_cur) * (0.5 * dc_cur + 0.5 * dc_prime)
     return x_next
 
 
@@ -126,6 +154,7 @@ def euler_maruyama_sampler(
     cls_cfg_scale: float = 0.0,
     generator: torch.Generator | None = None,
     null_class: int | None = None,
+    guided_channels: int | None = None,
 ) -> torch.Tensor:
     """Reverse SDE dx = [v - 1/2 w_t score] dt + sqrt(w_t) dW, w_t = 2t (see ``transport.diffusion_coefficient``),
     by Euler-Maruyama from t=1 (``latents``) to t=0 (REPA / REG ``euler_maruyama_sampler``).
@@ -141,6 +170,8 @@ def euler_maruyama_sampler(
     it, or with ``cfg_scale <= 1``, it is conditional. Only the latents are returned: REG discards the
     final class token.
 
+    ``guided_channels=k`` guides the first k channels of the drift only (``guide``).
+
     ``heun`` exists so the ODE and SDE samplers take the same arguments; REPA ignores it here, and
     ``heun=True`` raises instead of silently running plain Euler-Maruyama.
     """
@@ -151,10 +182,7 @@ def euler_maruyama_sampler(
         )
     _check_steps(num_steps)
     check_path_type(path_type)
-    if cls_latents is None and cls_cfg_scale != 0:
-        raise ValueError(
-            "cls_cfg_scale guides REG's class token; pass cls_latents, random class tokens (N, cls_dim)"
-        )
+    _check_cls(cls_latents, cls_cfg_scale)
     dtype, y_null = latents.dtype, _null_labels(model, y, null_class)
     t_steps = torch.linspace(1.0, 0.04, num_steps, dtype=torch.float64)
     t_steps = torch.cat([t_steps, torch.tensor([0.0], dtype=torch.float64)])
@@ -176,12 +204,10 @@ def euler_maruyama_sampler(
         x_in, t_in, v, cls_in, v_cls = _predict(model, x_cur, t_cur, y, y_null, guided, dtype, cls_cur)
         d_cur = sde_drift(v, x_in, t_in, path_type)
         if guided:
-            d_cur = guide(d_cur, cfg_scale)
+            d_cur = guide(d_cur, cfg_scale, guided_channels)
         x_next = x_cur + d_cur * dt
         if cls_cur is not None:
-            d_cls = sde_drift(v_cls, cls_in, t_in, path_type)
-            if guided:
-                d_cls = guide(d_cls, cls_cfg_scale) if cls_cfg_scale > 0 else d_cls.chunk(2)[0]
+            d_cls = _guide_cls(sde_drift(v_cls, cls_in, t_in, path_type), guided, cls_cfg_scale)
             cls_next = cls_cur + d_cls * dt
 
         if not last:

@@ -59,6 +59,9 @@ class DiT(nn.Module):
     followed by the variance interpolation values (``2 * in_channels`` channels).
     """
 
+    prediction = "eps"  # what the samplers read it as (diffusion.denoiser)
+    guided_channels = DIT_GUIDED_CHANNELS  # classifier-free guidance acts on these (official DiT)
+
     def __init__(
         self,
         input_size: int = 32,

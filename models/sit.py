@@ -51,6 +51,8 @@ class SiT(nn.Module):
     ``path_type`` and ``use_cfg`` are dropped too; ``fused_attn`` is moot (attention is always SDPA).
     """
 
+    prediction = "velocity"  # what the samplers read it as (diffusion.denoiser)
+
     def __init__(
         self,
         input_size: int = 32,

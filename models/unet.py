@@ -98,6 +98,8 @@ class UNet(nn.Module):
     where the resolution is in ``attention_resolutions`` (the ADM convention) and in the middle.
     """
 
+    prediction = "eps"  # what the samplers read it as (diffusion.denoiser)
+
     def __init__(
         self,
         input_size: int = 128,

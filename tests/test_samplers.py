@@ -169,6 +169,21 @@ def test_reg_dual_guidance(cfg_scale, cls_cfg_scale):
     assert len(second["y"]) == (4 if cfg_scale > 1 else 2)
 
 
+@pytest.mark.parametrize("cfg_scale, cls_cfg_scale", [(2.0, 3.0), (2.0, 0.0), (1.0, 3.0)])
+def test_reg_class_token_rides_the_ode_with_dual_guidance(cfg_scale, cls_cfg_scale):
+    """Beyond REG: its class token is integrated by the Euler ODE too (velocity = the model's third output),
+    guided by REG's rule; the latents' trajectory is the one without a class token."""
+    model, (x, y) = Recorder(), start(torch.float64)
+    cls = torch.randn(2, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    out = euler_sampler(model, x, y, num_steps=4, cfg_scale=cfg_scale, cls_latents=cls, cls_cfg_scale=cls_cfg_scale)
+    plain = euler_sampler(Recorder(), x, y, num_steps=4, cfg_scale=cfg_scale)
+    torch.testing.assert_close(out, plain)
+    uncond, cond = 0.01 * 11, 0.01 * (y.double() + 1)
+    v_cls = 2 * cond if cfg_scale <= 1 or cls_cfg_scale <= 0 else 2 * (uncond + cls_cfg_scale * (cond - uncond))
+    for i, call in enumerate(model.calls):  # t = 1, .75, .5, .25: the token moved by -0.25 v_cls per step
+        torch.testing.assert_close(call["cls"][:2], cls - 0.25 * i * v_cls[:, None])
+
+
 def test_null_class_from_argument_model_or_repa_default():
     x, y = start()
     for model, null_class, expected in [

@@ -49,21 +49,42 @@ def test_raw_weights_of_another_shape_do_not_fit(tmp_path):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--sampler", "ode"], "DiT-Ti/4 samples with ddpm or ddim, not --sampler ode"),
-    (["--heun"], "--heun applies to SiT / REPA / REG samplers"),
-    (["--guidance-high", "0.7"], "--guidance-high applies to SiT"),
-    (["--cls-cfg-scale", "2"], "--cls-cfg-scale applies to SiT"),
-    (["--path-type", "linear"], "--path-type applies to SiT"),
+    (["--heun"], "--heun is a step of the ODE sampler: it applies with --sampler ode, not ddpm"),
+    (["--sampler", "sde", "--heun"], "--heun is a step of the ODE sampler: it applies with --sampler ode, not sde"),
+    (["--cls-cfg-scale", "2"], "--cls-cfg-scale guides REG's class token"),
+    (["--path-type", "linear"], "--path-type chooses the ODE / SDE sampler's path; ddpm follows"),
     (["--eta", "1"], "--eta is DDIM's noise level: it applies with --sampler ddim, not ddpm"),
     (["--num-sampling-steps", "0"], "--num-sampling-steps must be positive"),
     (["--per-proc-batch-size", "-1"], "--per-proc-batch-size must be positive"),
+    (["--cfg-channels", "0"], "--cfg-channels must be positive"),
 ])
-def test_sampling_flags_a_dit_cannot_honour_are_refused(flags, message, tmp_path):
+def test_sampling_flags_the_sampler_cannot_honour_are_refused(flags, message, tmp_path):
     ckpt = save_checkpoint(tmp_path / "dit.pt")
     args = sample_ddp.parse_args(["--ckpt", str(ckpt), "--sample-dir", str(tmp_path / "samples"), *flags])
     with pytest.raises(ValueError, match=message):
         sample_ddp.main(args)
     assert not (tmp_path / "samples").exists()
+
+
+def test_reg_is_refused_by_the_ddpm_samplers(tmp_path):
+    ckpt = save_checkpoint(tmp_path / "reg.pt", "SiT-Ti/4", z_dims=[32], cls_token_dim=32, encoder_depth=1)
+    args = generate.parse_args(["--ckpt", str(ckpt), "--mode", "ddim", "--sample-dir", str(tmp_path / "s")])
+    with pytest.raises(ValueError, match="REG checkpoint samples with ode or sde, which carry its class token"):
+        sample_ddp.main(args)
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("model_name, flags", [
+    ("DiT-Ti/4", ["--sampler", "ode", "--heun", "--path-type", "cosine", "--guidance-high", "0.7"]),
+    ("DiT-Ti/4", ["--sampler", "ddpm", "--guidance-low", "0.2", "--cfg-channels", "2"]),
+    ("SiT-Ti/4", ["--sampler", "ddim", "--eta", "1", "--guidance-high", "0.8"]),
+])
+def test_any_checkpoint_samples_with_any_sampler_and_the_flags_it_honours(model_name, flags, tmp_path):
+    ckpt = save_checkpoint(tmp_path / "m.pt", model_name)
+    out = tmp_path / "grid.png"
+    sample.main(sample.parse_args(["--ckpt", str(ckpt), "--num-sampling-steps", "3", "--output", str(out),
+                                   "--class-labels", "0", "1", *flags]))
+    assert out.is_file()
 
 
 def test_class_token_guidance_is_refused_without_a_class_token(tmp_path):

@@ -13,100 +13,20 @@ not against the distribution being sampled.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from torch import nn
+from exact_denoisers import (
+    IMAGES,
+    LABELS,
+    NUM_CLASSES,
+    SIZE,
+    ExactDiT,
+    ExactEpsOnly,
+    ExactSiT,
+    nearest_training_image,
+)
 
-from data.procedural import render_batch, to_tensor
-from diffusion import create_diffusion
-from diffusion.guidance import combine_cfg
 from diffusion.pipeline import generate
-from diffusion.transport import interpolant
-
-NUM_CLASSES, PER_CLASS, SIZE = 10, 3, 8
-IMAGES = to_tensor(render_batch(np.arange(NUM_CLASSES * PER_CLASS), 0, SIZE, NUM_CLASSES)).double()
-LABELS = torch.arange(len(IMAGES)) % NUM_CLASSES
-
-
-def posterior_mean(x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """E[x_0 | x_t = alpha x_0 + sigma eps, y] over ``IMAGES``; ``y == NUM_CLASSES`` is unconditional."""
-    flat, data = x.double().flatten(1), IMAGES.flatten(1)
-    alpha, sigma = alpha.double().reshape(-1, 1), sigma.double().reshape(-1, 1)
-    sq_dist = ((flat[:, None, :] - alpha[:, :, None] * data[None]) ** 2).sum(-1)
-    allowed = (LABELS[None] == y[:, None]) | (y[:, None] == NUM_CLASSES)
-    weights = torch.softmax((-sq_dist / (2 * sigma**2)).masked_fill(~allowed, -torch.inf), dim=1)
-    return (weights @ data).view(x.shape)
-
-
-def label_table_with_null_class() -> nn.Module:
-    """What ``has_null_class`` reads: a label table with the null row, so guidance is allowed."""
-    table = nn.Module()
-    table.num_classes = NUM_CLASSES
-    table.embedding_table = nn.Embedding(NUM_CLASSES + 1, 1)
-    return table
-
-
-class ExactDiT(nn.Module):
-    """DiT's interface (eps and a learned-range variance value) around the exact denoiser."""
-
-    learn_sigma = True
-
-    def __init__(self, variance_value: float):
-        super().__init__()
-        self.y_embedder = label_table_with_null_class()
-        self.alphas_cumprod = torch.tensor(create_diffusion("").alphas_cumprod)
-        self.variance_value = variance_value
-
-    def forward(self, x, t, y):
-        alpha_bar = self.alphas_cumprod[t.long()]
-        alpha, sigma = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
-        x0 = posterior_mean(x, alpha, sigma, y)
-        eps = (x.double() - alpha.view(-1, 1, 1, 1) * x0) / sigma.view(-1, 1, 1, 1)
-        return torch.cat([eps.to(x.dtype), torch.full_like(x, self.variance_value)], dim=1)
-
-    def forward_with_cfg(self, x, t, y, cfg_scale):
-        half = x[: len(x) // 2]
-        return combine_cfg(self.forward(torch.cat([half, half]), t, y), cfg_scale, 3)
-
-
-class ExactEpsOnly(ExactDiT):
-    """The U-Net's interface: eps only, so sampling uses DDPM's fixed posterior variance."""
-
-    learn_sigma = False
-
-    def forward(self, x, t, y):
-        return super().forward(x, t, y)[:, :3]
-
-
-class ExactSiT(nn.Module):
-    """SiT's interface (velocity, no projections) around the exact denoiser on REPA's paths."""
-
-    z_dims: list = []
-    cls_token_dim = None
-    num_classes = NUM_CLASSES
-
-    def __init__(self, path_type: str):
-        super().__init__()
-        self.path_type = path_type
-        self.y_embedder = label_table_with_null_class()
-
-    def forward(self, x, t, y):
-        alpha, sigma, d_alpha, d_sigma = interpolant(t.double(), self.path_type)
-        x0 = posterior_mean(x, alpha, sigma, y)
-        shape = (-1, 1, 1, 1)
-        eps = (x.double() - alpha.view(shape) * x0) / sigma.view(shape)
-        d_alpha = torch.as_tensor(d_alpha, dtype=torch.float64).reshape(-1, 1, 1, 1)
-        d_sigma = torch.as_tensor(d_sigma, dtype=torch.float64).reshape(-1, 1, 1, 1)
-        return (d_alpha * x0 + d_sigma * eps).to(x.dtype), []
-
-
-def nearest_training_image(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean absolute distance to the nearest training image, that image's index) per sample."""
-    dist = (samples.double().flatten(1)[:, None] - IMAGES.flatten(1)[None]).abs().mean(-1)
-    best = dist.min(dim=1)
-    return best.values, best.indices
-
 
 # REPA's Euler-Maruyama sampler ends with a step 0.04 -> 0 along the SDE drift, whose score term
 # leaves 0.04 eps of noise in the sample (mean absolute value 0.04 sqrt(2 / pi) = 0.032), as the
@@ -127,6 +47,19 @@ CASES = {  # name: (model factory, generate() keyword arguments)
         lambda: ExactSiT("linear"),
         dict(sampler="sde", num_steps=50, cfg_scale=2.0, guidance_low=0.0, guidance_high=0.7),
     ),
+    # every family by every sampler, through diffusion.denoiser
+    "dit_ode50_linear": (lambda: ExactDiT(0.0), dict(sampler="ode", num_steps=50)),
+    "dit_ode25_heun_cosine": (lambda: ExactDiT(0.0), dict(sampler="ode", num_steps=25, heun=True, path_type="cosine")),
+    "dit_sde50_cfg2_interval": (
+        lambda: ExactDiT(0.0), dict(sampler="sde", num_steps=50, cfg_scale=2.0, guidance_high=0.7),
+    ),
+    "unet_sde50_linear": (lambda: ExactEpsOnly(0.0), dict(sampler="sde", num_steps=50)),
+    "sit_ddpm50": (lambda: ExactSiT("linear"), dict(sampler="ddpm", num_steps=50, clip_denoised=True)),
+    "sit_ddpm50_cfg4_interval": (
+        lambda: ExactSiT("linear"),
+        dict(sampler="ddpm", num_steps=50, cfg_scale=4.0, guidance_low=0.1, clip_denoised=True),
+    ),
+    "sit_ddim25_cosine": (lambda: ExactSiT("cosine"), dict(sampler="ddim", num_steps=25, path_type="cosine")),
 }
 
 

@@ -62,6 +62,8 @@ def test_sample_ddp_two_gloo_processes_write_exactly_n_and_resume(trained_run, t
 class HugeEps(torch.nn.Module):
     """A DiT stand-in whose eps prediction is far off: unclipped x0 estimates explode."""
 
+    prediction = "eps"
+
     def forward(self, x, t, y):
         return torch.cat([torch.full_like(x, 50.0), torch.zeros_like(x)], dim=1)
 

@@ -17,7 +17,7 @@ GRID_CFG_SCALE = 4.0   # official DiT sample.py default; REPA samples with 4.0 d
 
 def grid_sampler(model) -> str:
     """Deterministic where the family allows: DDIM for DiT, the Euler ODE for SiT / REPA (as REPA's
-    in-training samples), the SDE for REG (its class token has no ODE)."""
+    in-training samples), the SDE for REG (REG's own sampler)."""
     if not is_flow_model(model):
         return "ddim"
     return "sde" if getattr(model, "cls_token_dim", None) else "ode"

@@ -1,0 +1,163 @@
+"""What ``sample.py``, ``sample_ddp.py`` and ``generate.py`` share: their flags, the choice of sampler,
+the settings handed to ``diffusion.pipeline.generate`` and the scoring of a finished ``.npz``.
+
+Each script keeps its original's spelling and defaults (``add_sampling_args``): official DiT's
+``--num-sampling-steps`` / ``--sampler`` / ``--image-size``, REPA's ``--num-steps`` / ``--mode`` /
+``--resolution``; the other spelling is an alias. Any model can be sampled by any sampler; a flag
+the chosen sampler cannot honour is refused in one line before anything is loaded or written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from diffusion.pipeline import DDPM_SAMPLERS, FLOW_SAMPLERS, SAMPLERS
+from models import MODEL_NAMES
+
+# flow-sampler flags and their values when not given
+FLOW_FLAGS = {"heun": False, "guidance_low": 0.0, "guidance_high": 1.0, "cls_cfg_scale": 1.5}
+
+
+def add_sampling_args(p: argparse.ArgumentParser, *, repa_names: bool, cfg_scale: float, num_steps: int,
+                      vae_default: str, sampler_default: str, model_default: str) -> None:
+    """The flags of every sampling script. ``repa_names``: REPA / REG spellings first (generate.py)."""
+    def names(dit: str, repa: str) -> list[str]:
+        return [repa, dit] if repa_names else [dit, repa]
+
+    p.add_argument("--ckpt", type=str, default=None, help="a checkpoint of train.py, or an official / REPA / REG "
+                   "release (EMA weights used)")
+    p.add_argument("--model", type=str, default=None, help=f"default: the checkpoint's, else {model_default}; one of "
+                   f"{', '.join(MODEL_NAMES)}")
+    p.add_argument("--vae", type=str, default=None, help=f"ema | mse | none | folder | hub id (default: the "
+                   f"checkpoint's, else {vae_default})")
+    p.add_argument(*names("--image-size", "--resolution"), dest="image_size", type=int, default=None,
+                   help="default: the checkpoint's")
+    p.add_argument("--num-classes", type=int, default=None, help="default: the checkpoint's")
+    p.add_argument("--cfg-scale", type=float, default=cfg_scale, help="classifier-free guidance scale (1: none)")
+    p.add_argument("--cfg-channels", type=int, default=None, help="guide the first N channels only (default: "
+                   "3 for DiT checkpoints, as official DiT; every channel otherwise)")
+    p.add_argument(*names("--num-sampling-steps", "--num-steps"), dest="num_sampling_steps", type=int,
+                   default=num_steps)
+    p.add_argument(*names("--sampler", "--mode"), dest="sampler", choices=SAMPLERS, default=None,
+                   help=f"any model with any sampler; default: {sampler_default}")
+    p.add_argument("--eta", type=float, default=None, help="DDIM noise (default 0: deterministic); --sampler ddim only")
+    p.add_argument("--guidance-low", type=float, default=None, help="guide only for t >= this (REPA's time "
+                   "t = sigma / (1 + sigma), t=1 is noise; default 0)")
+    p.add_argument("--guidance-high", type=float, default=None, help="guide only for t <= this (default 1)")
+    sit = p.add_argument_group("ODE / SDE samplers and SiT / REPA / REG checkpoints")
+    sit.add_argument("--heun", action="store_true", default=None, help="Heun steps for the ODE sampler")
+    sit.add_argument("--cls-cfg-scale", type=float, default=None, help="REG: guidance of the class token "
+                     "(default 1.5)")
+    sit.add_argument("--path-type", choices=["linear", "cosine"], default=None, help="the ODE / SDE sampler's "
+                     "path (default: a SiT checkpoint's own, else linear)")
+    sit.add_argument("--encoder-depth", type=int, default=None, help="default: the checkpoint's args, else 8")
+    sit.add_argument("--projector-embed-dims", type=str, default=None,
+                     help="checked against the checkpoint's projectors (e.g. 768)")
+    sit.add_argument("--cls", type=int, default=None, help="REG: class token size, checked against the checkpoint")
+    sit.add_argument("--legacy", action="store_true", help="REPA's first checkpoints: their decoder_blocks.N become "
+                     "blocks.(N + --encoder-depth)")
+
+
+def add_eval_args(p: argparse.ArgumentParser) -> None:
+    """Score the ``.npz`` at the end of the run (``sample_ddp.py``, ``generate.py``)."""
+    ev = p.add_argument_group("evaluation at the end")
+    ev.add_argument("--ref-batch", type=str, default=None, help="ADM reference batch or saved statistics "
+                    "(e.g. VIRTUAL_imagenet256_labeled.npz): FID, sFID, IS, precision, recall")
+    ev.add_argument("--proxy", action="store_true", help="built-in dataset: class accuracy and proxy FD")
+    ev.add_argument("--inception-weights", type=str, default=None, help="the ported Inception weights file")
+
+
+def check_sampling_args(args) -> None:
+    """Counts that must be positive, refused before anything is loaded or written."""
+    for name in ("num_sampling_steps", "per_proc_batch_size", "num_fid_samples", "samples", "cfg_channels"):
+        value = getattr(args, name, None)
+        if value is not None and value <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, not {value}")
+
+
+def is_flow_config(cfg: dict) -> bool:
+    return cfg["model"].startswith("SiT-")
+
+
+def choose_sampler(args, cfg: dict) -> str:
+    """``--sampler`` (``--mode``), or the script's default for the checkpoint's family: DDPM for DiT and
+    the U-Net, ``args.flow_default`` for SiT / REPA, the SDE for REG.
+
+    Any family samples with any sampler, except that REG's class token is carried by the ODE and SDE
+    samplers only. A flag the chosen sampler cannot honour is refused in one line, before anything
+    is loaded or written: flags are never silently ignored.
+    """
+    flow = is_flow_config(cfg)
+    reg = bool(cfg["model_kwargs"].get("cls_token_dim")) if flow else False
+    sampler = args.sampler or (("sde" if reg else args.flow_default) if flow else "ddpm")
+    if reg and sampler in DDPM_SAMPLERS:
+        raise ValueError(f"a REG checkpoint samples with ode or sde, which carry its class token, not {sampler}")
+    if args.heun and sampler != "ode":
+        raise ValueError(f"--heun is a step of the ODE sampler: it applies with --sampler ode, not {sampler}")
+    if args.path_type is not None and sampler in DDPM_SAMPLERS:
+        raise ValueError(f"--path-type chooses the ODE / SDE sampler's path; {sampler} follows the DDPM noise "
+                         "schedule: leave it out")
+    if args.cls_cfg_scale is not None and not reg:
+        raise ValueError("--cls-cfg-scale guides REG's class token, which this checkpoint has not: leave it out")
+    if args.eta is not None and sampler != "ddim":
+        raise ValueError(f"--eta is DDIM's noise level: it applies with --sampler ddim, not {sampler}")
+    return sampler
+
+
+def sampling_settings(args, cfg: dict, codec) -> dict:
+    """``diffusion.pipeline.generate`` arguments for ``args.sampler`` (see ``choose_sampler``), and a name
+    for them (part of the sample folder's name)."""
+    sampler, flow = args.sampler, is_flow_config(cfg)
+    flags = {k: default if getattr(args, k) is None else getattr(args, k) for k, default in FLOW_FLAGS.items()}
+    kw = dict(sampler=sampler, num_steps=args.num_sampling_steps, cfg_scale=args.cfg_scale,
+              num_classes=cfg["num_classes"])
+    name = f"cfg-{args.cfg_scale}-{sampler}{args.num_sampling_steps}"
+    interval = f"-{flags['guidance_low']}-{flags['guidance_high']}"
+    if sampler in DDPM_SAMPLERS:
+        eta = args.eta or 0.0
+        kw.update(noise_schedule=cfg.get("noise_schedule", "linear"), eta=eta, clip_denoised=codec.bounded)
+        name += f"-eta{eta}" if sampler == "ddim" else ""
+        if args.guidance_low is not None or args.guidance_high is not None:
+            kw.update(guidance_low=flags["guidance_low"], guidance_high=flags["guidance_high"])
+            name += interval
+        if flow:
+            kw.update(path_type=cfg["path_type"])
+    else:
+        reg = bool(cfg["model_kwargs"].get("cls_token_dim")) if flow else False
+        path = args.path_type or cfg.get("path_type") or "linear"
+        kw.update(heun=flags["heun"], guidance_low=flags["guidance_low"], guidance_high=flags["guidance_high"],
+                  path_type=path, cls_cfg_scale=flags["cls_cfg_scale"] if reg else 0.0)
+        name += f"{'-heun' if flags['heun'] else ''}{interval}"
+        name += f"-cls{flags['cls_cfg_scale']}" if reg else ""
+        if not flow:
+            kw.update(noise_schedule=cfg.get("noise_schedule", "linear"))
+            name += f"-{path}"
+    if args.cfg_channels is not None:
+        kw.update(guided_channels=args.cfg_channels)
+        name += f"-ch{args.cfg_channels}"
+    return {"kwargs": kw, "name": name}
+
+
+def score(args, npz: Path, num_classes: int, is_main: bool) -> None:
+    """The evaluator on the samples just written (every process takes part in Inception features);
+    the metrics are printed and saved next to the ``.npz`` as ``.json``."""
+    from evaluations.evaluator import METRIC_NAMES, evaluate, proxy_scores
+
+    metrics = {}
+    if args.ref_batch:
+        metrics.update(evaluate(args.ref_batch, str(npz), inception_weights=args.inception_weights,
+                                progress=is_main))
+    if args.proxy and is_main:
+        metrics.update(proxy_scores(str(npz), num_classes))
+    if is_main:
+        for key, value in metrics.items():
+            print(f"{METRIC_NAMES.get(key, key)}: {value}")
+        out = npz.with_suffix(".json")
+        out.write_text(json.dumps({"samples": str(npz), "reference": args.ref_batch, **metrics}, indent=2) + "\n")
+        print(f"saved metrics to {out}")
+
+
+__all__ = ["FLOW_FLAGS", "FLOW_SAMPLERS", "add_eval_args", "add_sampling_args", "check_sampling_args",
+           "choose_sampler", "sampling_settings", "score"]
