@@ -13,7 +13,7 @@ REF_BATCH=${REF_BATCH:?set REF_BATCH to the ADM reference batch (VIRTUAL_imagene
 NUM_GPUS=${NUM_GPUS:-8}
 PYTHON=${PYTHON:-python}
 
-# The DiT recipe samples with DDPM, which has no guidance interval or class token: those flags go to SiT recipes only.
+# The DiT recipe is official DiT's: DDPM guided at every step on three channels, no class token.
 case "$RECIPE" in
   reg)  MODE=sde;  STEPS=${NUM_STEPS:-250}; CFG=${CFG_SCALE:-2.3}
         FLOW=(--cls-cfg-scale "${CLS_CFG_SCALE:-2.3}" --guidance-high "${GH:-0.85}") ;;

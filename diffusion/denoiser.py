@@ -43,12 +43,13 @@ PREDICTIONS = ("eps", "velocity")
 class Prediction:
     """A denoiser's answer at noise level ``sigma`` (shape (N,)): ``x0`` and ``eps`` with
     ``x0 + sigma eps`` the (EDM-scale) input. ``extra`` holds what the model returns beside it
-    (DiT's learned-variance channels)."""
+    (DiT's learned-variance channels); ``token`` the same answer for REG's class token."""
 
     x0: torch.Tensor
     eps: torch.Tensor
     sigma: torch.Tensor
     extra: torch.Tensor | None = None
+    token: Prediction | None = None
 
     def velocity(self, t: torch.Tensor, path_type: str = "linear") -> torch.Tensor:
         """``v = d_alpha_t x0 + d_sigma_t eps`` on an interpolant path at its time ``t`` (linear: eps - x0)."""
@@ -158,14 +159,27 @@ class FlowDenoiser(Denoiser):
         check_path_type(path_type)
         self.path_type = path_type
 
-    def __call__(self, x_vp, sigma, y, **kwargs):
+    def __call__(self, x_vp, sigma, y, cls_token=None, **kwargs):
+        """``cls_token``: REG's class token on the same variance-preserving scale as ``x_vp``; its
+        answer is ``Prediction.token``."""
         sigma = sigma.to(torch.float64)
         t = flow_time(sigma, self.path_type)
-        x_t = expand_t_like_x(flow_vp_scale(t, self.path_type), x_vp) * x_vp.to(torch.float64)
-        v = self.model(x_t.to(x_vp.dtype), t.to(x_vp.dtype), y=y, **kwargs)[0].to(torch.float64)
+        scale = flow_vp_scale(t, self.path_type)
+        x_t = expand_t_like_x(scale, x_vp) * x_vp.to(torch.float64)
+        if cls_token is not None:
+            cls_t = expand_t_like_x(scale, cls_token) * cls_token.to(torch.float64)
+            kwargs["cls_token"] = cls_t.to(cls_token.dtype)
+        out = self.model(x_t.to(x_vp.dtype), t.to(x_vp.dtype), y=y, **kwargs)
+        pred = self._from_velocity(out[0], x_t, t, sigma, x_vp.dtype)
+        if cls_token is not None:
+            pred.token = self._from_velocity(out[2], cls_t, t, sigma, cls_token.dtype)
+        return pred
+
+    def _from_velocity(self, v, x_t, t, sigma, dtype) -> Prediction:
+        v = v.to(torch.float64)
         eps = eps_from_velocity(v, x_t, t, self.path_type)
         x0 = x0_from_velocity(v, x_t, t, self.path_type)
-        return Prediction(x0.to(x_vp.dtype), eps.to(x_vp.dtype), sigma)
+        return Prediction(x0.to(dtype), eps.to(dtype), sigma)
 
 
 def denoiser_for(model, alphas_cumprod=None, path_type: str = "linear") -> Denoiser:
@@ -184,13 +198,15 @@ def denoiser_for(model, alphas_cumprod=None, path_type: str = "linear") -> Denoi
 
 def eps_model(denoiser: Denoiser, alphas_cumprod):
     """``model(x_t, t, y=...)`` for ``GaussianDiffusion`` loops over the base table ``alphas_cumprod``
-    (integer steps t): the model itself for a DDPM model, else its eps at each step's sigma."""
+    (integer steps t): the model itself for a DDPM model, else its eps at each step's sigma; with
+    ``cls_token=`` (REG), the pair of eps of the latents and of the token."""
     if isinstance(denoiser, DDPMDenoiser):
         return denoiser.model
     sigmas = ddpm_sigmas(alphas_cumprod)
 
-    def model(x, t, y, **kwargs):
-        return denoiser(x, sigmas.to(x.device)[t], y, **kwargs).eps.to(x.dtype)
+    def model(x, t, y, cls_token=None, **kwargs):
+        pred = denoiser(x, sigmas.to(x.device)[t], y, cls_token=cls_token, **kwargs)
+        return pred.eps.to(x.dtype) if cls_token is None else (pred.eps.to(x.dtype), pred.token.eps)
 
     return model
 

@@ -65,7 +65,7 @@ def combine_cfg(out: torch.Tensor, cfg_scale: float, guided_channels: int | None
 
 
 def guided_ddpm_model(model, sigmas: torch.Tensor, cfg_scale: float, guidance_low: float = 0.0,
-                      guidance_high: float = 1.0, guided_channels: int | None = None):
+                      guidance_high: float = 1.0, guided_channels: int | None = None, cls_cfg_scale: float = 0.0):
     """``model`` for a ``GaussianDiffusion`` loop over a doubled batch ``[x; x']`` with labels
     ``[y; null]``, guided as official DiT's ``forward_with_cfg``: the model sees ``[x; x]`` and the
     first ``guided_channels`` eps channels (default: all of x's, never the learned-variance ones) are
@@ -73,15 +73,33 @@ def guided_ddpm_model(model, sigmas: torch.Tensor, cfg_scale: float, guidance_lo
     ``sigmas[t]``, the conditional model runs alone on ``x`` and its output fills both halves.
     The second half of the state only keeps the batch (and so the noise draws) the official
     scripts have; it is discarded at the end.
+
+    With ``cls_token=`` (REG) the model returns ``(eps, eps_cls)``; the token's eps is guided by
+    ``cls_cfg_scale`` under REG's rule (``cls_cfg_scale <= 0``: its conditional eps).
     """
 
-    def guided(x, t, y, **kwargs):
-        half, n = x[: len(x) // 2], len(x) // 2
+    always = cfg_scale > 1.0 and guidance_low <= 0.0 and guidance_high >= 1.0  # no host sync per step
+
+    def repa_time(t):
         sigma = float(sigmas[int(t[0])])
-        if guidance_active(sigma / (1 + sigma), cfg_scale, guidance_low, guidance_high):
+        return sigma / (1 + sigma)
+
+    def guided(x, t, y, cls_token=None, **kwargs):
+        n = len(x) // 2
+        if cls_token is not None:
+            kwargs["cls_token"] = torch.cat([cls_token[:n], cls_token[:n]])
+        if always or guidance_active(repa_time(t), cfg_scale, guidance_low, guidance_high):
             channels = x.shape[1] if guided_channels is None else min(guided_channels, x.shape[1])
-            return combine_cfg(model(torch.cat([half, half]), t, y=y, **kwargs), cfg_scale, channels)
-        out = model(half, t[:n], y=y[:n], **kwargs)
-        return torch.cat([out, out])
+            out = model(torch.cat([x[:n], x[:n]]), t, y=y, **kwargs)
+            if cls_token is None:
+                return combine_cfg(out, cfg_scale, channels)
+            token = guide(out[1], cls_cfg_scale) if cls_cfg_scale > 0 else out[1][:n]
+            return combine_cfg(out[0], cfg_scale, channels), torch.cat([token, token])
+        if cls_token is not None:
+            kwargs["cls_token"] = kwargs["cls_token"][:n]
+        out = model(x[:n], t[:n], y=y[:n], **kwargs)
+        if cls_token is None:
+            return torch.cat([out, out])
+        return torch.cat([out[0], out[0]]), torch.cat([out[1], out[1]])
 
     return guided

@@ -8,6 +8,8 @@ channels, REG's class-token scale) through ``diffusion.guidance``.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -53,24 +55,49 @@ def default_guided_channels(model) -> int | None:
     return getattr(model, "guided_channels", None)
 
 
-def _ddpm_sample(model, den, noise, labels, *, sampler, num_steps, cfg_scale, num_classes, noise_schedule,
-                 eta, clip_denoised, guidance_low, guidance_high, guided_channels, progress):
+def _packed(model, shape):
+    """``model(x, t, y, cls_token=c) -> (eps, eps_cls)`` as a model of one state ``[x.flatten(1), c]``, so
+    that the ``GaussianDiffusion`` loops step the latents and REG's class token together (their
+    updates act elementwise with per-sample coefficients)."""
+    k = math.prod(shape)
+
+    def packed(state, t, y, **kwargs):
+        eps, eps_cls = model(state[:, :k].reshape(-1, *shape), t, y=y, cls_token=state[:, k:], **kwargs)
+        return torch.cat([eps.flatten(1), eps_cls.to(eps.dtype)], 1)
+
+    return packed
+
+
+def _ddpm_sample(den, noise, labels, *, sampler, num_steps, cfg_scale, num_classes, noise_schedule, eta,
+                 clip_denoised, guidance_low, guidance_high, guided_channels, cls_latents, cls_cfg_scale, progress):
     """``GaussianDiffusion``'s DDPM or DDIM loop on ``num_steps`` respaced steps. With guidance the batch
-    is doubled with the null class, so a seeded run draws the noise official DiT does."""
+    is doubled with the null class, so a seeded run draws the noise official DiT does. REG's class
+    token ``cls_latents`` is packed beside the latents (``_packed``); x0 clipping never touches it."""
     steps = f"ddim{num_steps}" if sampler == "ddim" else str(num_steps)
-    diffusion = diffusion_for(model, steps, noise_schedule)
+    diffusion = diffusion_for(den.model, steps, noise_schedule)
     base = base_alphas_cumprod(noise_schedule)
-    fn = eps_model(den, base)
+    fn, state, denoised_fn = eps_model(den, base), noise, None
     if cfg_scale > 1.0:
-        noise = torch.cat([noise, noise], 0)
+        fn = guided_ddpm_model(fn, ddpm_sigmas(base), cfg_scale, guidance_low, guidance_high, guided_channels,
+                               cls_cfg_scale)
+    if cls_latents is not None:
+        k = noise[0].numel()
+        fn, state = _packed(fn, noise.shape[1:]), torch.cat([noise.flatten(1), cls_latents.to(noise.dtype)], 1)
+        if clip_denoised:
+            def denoised_fn(x0):
+                return torch.cat([x0[:, :k].clamp(-1, 1), x0[:, k:]], 1)
+            clip_denoised = False
+    if cfg_scale > 1.0:
+        state = torch.cat([state, state], 0)
         labels = torch.cat([labels, torch.full_like(labels, num_classes)], 0)
-        fn = guided_ddpm_model(fn, ddpm_sigmas(base), cfg_scale, guidance_low, guidance_high, guided_channels)
-    common = dict(clip_denoised=clip_denoised, model_kwargs=dict(y=labels), progress=progress, device=noise.device)
+    common = dict(clip_denoised=clip_denoised, denoised_fn=denoised_fn, model_kwargs=dict(y=labels),
+                  progress=progress, device=noise.device)
     if sampler == "ddpm":
-        out = diffusion.p_sample_loop(fn, noise.shape, noise, **common)
+        out = diffusion.p_sample_loop(fn, state.shape, state, **common)
     else:
-        out = diffusion.ddim_sample_loop(fn, noise.shape, noise, eta=eta, **common)
-    return out.chunk(2, dim=0)[0] if cfg_scale > 1.0 else out
+        out = diffusion.ddim_sample_loop(fn, state.shape, state, eta=eta, **common)
+    out = out[: len(noise)]
+    return out if cls_latents is None else out[:, :k].reshape(noise.shape)
 
 
 def generate(model, noise: torch.Tensor, labels: torch.Tensor, *, sampler: str, num_steps: int,
@@ -103,20 +130,19 @@ def generate(model, noise: torch.Tensor, labels: torch.Tensor, *, sampler: str, 
         guided_channels = default_guided_channels(model)
     cls_dim = getattr(model, "cls_token_dim", None)
     den = denoiser_for(model, base_alphas_cumprod(noise_schedule), path_type)
-    if sampler in DDPM_SAMPLERS:
-        if cls_dim is not None:
-            raise ValueError(f"a REG model samples with ode or sde, which carry its class token, not {sampler}")
-        return den.denormalize(_ddpm_sample(model, den, noise, labels, sampler=sampler, num_steps=num_steps, cfg_scale=cfg_scale,
-                            num_classes=num_classes, noise_schedule=noise_schedule, eta=eta,
-                            clip_denoised=clip_denoised, guidance_low=guidance_low, guidance_high=guidance_high,
-                            guided_channels=guided_channels, progress=progress))
-    common = dict(num_steps=num_steps, cfg_scale=cfg_scale, guidance_low=guidance_low, guidance_high=guidance_high,
-                  path_type=path_type, null_class=num_classes, guided_channels=guided_channels)
     cls_latents = None if cls_dim is None else torch.randn(len(noise), cls_dim, device=noise.device)
     cls = dict(cls_latents=cls_latents, cls_cfg_scale=cls_cfg_scale if cls_dim else 0.0)
-    fn = velocity_model(den, path_type)
-    if sampler == "ode":
-        out = euler_sampler(fn, noise, labels, heun=heun, **cls, **common)
+    guidance = dict(cfg_scale=cfg_scale, guidance_low=guidance_low, guidance_high=guidance_high,
+                    guided_channels=guided_channels)
+    if sampler in DDPM_SAMPLERS:
+        out = _ddpm_sample(den, noise, labels, sampler=sampler, num_steps=num_steps, num_classes=num_classes,
+                           noise_schedule=noise_schedule, eta=eta, clip_denoised=clip_denoised, progress=progress,
+                           **guidance, **cls)
     else:
-        out = euler_maruyama_sampler(fn, noise, labels, **cls, **common)
+        fn = velocity_model(den, path_type)
+        common = dict(num_steps=num_steps, path_type=path_type, null_class=num_classes, **guidance, **cls)
+        if sampler == "ode":
+            out = euler_sampler(fn, noise, labels, heun=heun, **common)
+        else:
+            out = euler_maruyama_sampler(fn, noise, labels, **common)
     return den.denormalize(out.to(noise.dtype))

@@ -19,9 +19,11 @@ IMAGES = to_tensor(render_batch(np.arange(NUM_CLASSES * PER_CLASS), 0, SIZE, NUM
 LABELS = torch.arange(len(IMAGES)) % NUM_CLASSES
 
 
-def posterior_mean(x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """E[x_0 | x_t = alpha x_0 + sigma eps, y] over ``IMAGES``; ``y == NUM_CLASSES`` is unconditional."""
-    flat, data = x.double().flatten(1), IMAGES.flatten(1)
+def posterior_mean(x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, y: torch.Tensor,
+                   data: torch.Tensor | None = None) -> torch.Tensor:
+    """E[x_0 | x_t = alpha x_0 + sigma eps, y] over ``IMAGES`` (or the rows of ``data``, one per image);
+    ``y == NUM_CLASSES`` is unconditional."""
+    flat, data = x.double().flatten(1), IMAGES.flatten(1) if data is None else data
     alpha, sigma = alpha.double().reshape(-1, 1), sigma.double().reshape(-1, 1)
     sq_dist = ((flat[:, None, :] - alpha[:, :, None] * data[None]) ** 2).sum(-1)
     allowed = (LABELS[None] == y[:, None]) | (y[:, None] == NUM_CLASSES)
@@ -94,6 +96,28 @@ class ExactSiT(nn.Module):
         d_alpha = torch.as_tensor(d_alpha, dtype=torch.float64).reshape(-1, 1, 1, 1)
         d_sigma = torch.as_tensor(d_sigma, dtype=torch.float64).reshape(-1, 1, 1, 1)
         return (d_alpha * x0 + d_sigma * eps).to(x.dtype), []
+
+
+TOKEN_DIM = 6
+TOKENS = torch.randn(len(IMAGES), TOKEN_DIM, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+
+
+class ExactREG(ExactSiT):
+    """REG's interface (velocity of the latents and of the class token) around the exact denoiser of
+    (image, token) pairs: training image i comes with its own token ``TOKENS[i]``, so the two states
+    must end on the same pair. ``last_token`` is the token of the latest call."""
+
+    cls_token_dim = TOKEN_DIM
+
+    def forward(self, x, t, y, cls_token=None):
+        self.last_token = cls_token.clone()
+        alpha, sigma, d_alpha, d_sigma = (torch.as_tensor(c, dtype=torch.float64).reshape(-1, 1).expand(len(x), 1)
+                                          for c in interpolant(t.double(), self.path_type))
+        joint = torch.cat([x.double().flatten(1), cls_token.double()], 1)
+        x0 = posterior_mean(joint, alpha, sigma, y, torch.cat([IMAGES.flatten(1), TOKENS], 1))
+        v = d_alpha * x0 + d_sigma * (joint - alpha * x0) / sigma
+        k = x[0].numel()
+        return v[:, :k].reshape(x.shape).to(x.dtype), [], v[:, k:].to(cls_token.dtype)
 
 
 def nearest_training_image(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

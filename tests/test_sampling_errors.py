@@ -66,21 +66,15 @@ def test_sampling_flags_the_sampler_cannot_honour_are_refused(flags, message, tm
     assert not (tmp_path / "samples").exists()
 
 
-def test_reg_is_refused_by_the_ddpm_samplers(tmp_path):
-    ckpt = save_checkpoint(tmp_path / "reg.pt", "SiT-Ti/4", z_dims=[32], cls_token_dim=32, encoder_depth=1)
-    args = generate.parse_args(["--ckpt", str(ckpt), "--mode", "ddim", "--sample-dir", str(tmp_path / "s")])
-    with pytest.raises(ValueError, match="REG checkpoint samples with ode or sde, which carry its class token"):
-        sample_ddp.main(args)
-    assert not (tmp_path / "s").exists()
-
-
 @pytest.mark.parametrize("model_name, flags", [
     ("DiT-Ti/4", ["--sampler", "ode", "--heun", "--path-type", "cosine", "--guidance-high", "0.7"]),
     ("DiT-Ti/4", ["--sampler", "ddpm", "--guidance-low", "0.2", "--cfg-channels", "2"]),
     ("SiT-Ti/4", ["--sampler", "ddim", "--eta", "1", "--guidance-high", "0.8"]),
+    ("REG", ["--sampler", "ddpm", "--cls-cfg-scale", "2"]),
 ])
 def test_any_checkpoint_samples_with_any_sampler_and_the_flags_it_honours(model_name, flags, tmp_path):
-    ckpt = save_checkpoint(tmp_path / "m.pt", model_name)
+    reg = dict(z_dims=[32], cls_token_dim=32, encoder_depth=1) if model_name == "REG" else {}
+    ckpt = save_checkpoint(tmp_path / "m.pt", "SiT-Ti/4" if reg else model_name, **reg)
     out = tmp_path / "grid.png"
     sample.main(sample.parse_args(["--ckpt", str(ckpt), "--num-sampling-steps", "3", "--output", str(out),
                                    "--class-labels", "0", "1", *flags]))

@@ -110,9 +110,9 @@ def test_sample_py_draws_a_reg_grid_with_the_sde(reg_run, tmp_path):
                       "4", "--class-labels", "0", "1", "--output", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert out.is_file()
-    proc = run_script("sample.py", "--ckpt", str(reg_run / "checkpoints" / "0000080.pt"), "--sampler", "ddpm",
-                      "--num-sampling-steps", "4", "--output", str(out))
-    assert proc.returncode == 2 and "REG checkpoint samples with ode or sde" in proc.stderr
+    proc = run_script("sample.py", "--ckpt", str(reg_run / "checkpoints" / "0000080.pt"), "--sampler", "ddim",
+                      "--num-sampling-steps", "4", "--heun", "--output", str(out))
+    assert proc.returncode == 2 and "--heun is a step of the ODE sampler" in proc.stderr
 
 
 def test_generate_checks_projector_dims_and_class_token_size(reg_run, tmp_path):

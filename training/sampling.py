@@ -48,8 +48,8 @@ def add_sampling_args(p: argparse.ArgumentParser, *, repa_names: bool, cfg_scale
     p.add_argument("--guidance-high", type=float, default=None, help="guide only for t <= this (default 1)")
     sit = p.add_argument_group("ODE / SDE samplers and SiT / REPA / REG checkpoints")
     sit.add_argument("--heun", action="store_true", default=None, help="Heun steps for the ODE sampler")
-    sit.add_argument("--cls-cfg-scale", type=float, default=None, help="REG: guidance of the class token "
-                     "(default 1.5)")
+    sit.add_argument("--cls-cfg-scale", type=float, default=None, help="REG: guidance of the class token, "
+                     "any sampler (default 1.5)")
     sit.add_argument("--path-type", choices=["linear", "cosine"], default=None, help="the ODE / SDE sampler's "
                      "path (default: a SiT checkpoint's own, else linear)")
     sit.add_argument("--encoder-depth", type=int, default=None, help="default: the checkpoint's args, else 8")
@@ -85,15 +85,13 @@ def choose_sampler(args, cfg: dict) -> str:
     """``--sampler`` (``--mode``), or the script's default for the checkpoint's family: DDPM for DiT and
     the U-Net, ``args.flow_default`` for SiT / REPA, the SDE for REG.
 
-    Any family samples with any sampler, except that REG's class token is carried by the ODE and SDE
-    samplers only. A flag the chosen sampler cannot honour is refused in one line, before anything
-    is loaded or written: flags are never silently ignored.
+    Any checkpoint samples with any sampler (REG's class token rides along). A flag the chosen
+    sampler cannot honour is refused in one line, before anything is loaded or written: flags are
+    never silently ignored.
     """
     flow = is_flow_config(cfg)
     reg = bool(cfg["model_kwargs"].get("cls_token_dim")) if flow else False
     sampler = args.sampler or (("sde" if reg else args.flow_default) if flow else "ddpm")
-    if reg and sampler in DDPM_SAMPLERS:
-        raise ValueError(f"a REG checkpoint samples with ode or sde, which carry its class token, not {sampler}")
     if args.heun and sampler != "ode":
         raise ValueError(f"--heun is a step of the ODE sampler: it applies with --sampler ode, not {sampler}")
     if args.path_type is not None and sampler in DDPM_SAMPLERS:
@@ -115,6 +113,7 @@ def sampling_settings(args, cfg: dict, codec) -> dict:
               num_classes=cfg["num_classes"])
     name = f"cfg-{args.cfg_scale}-{sampler}{args.num_sampling_steps}"
     interval = f"-{flags['guidance_low']}-{flags['guidance_high']}"
+    reg = bool(cfg["model_kwargs"].get("cls_token_dim")) if flow else False
     if sampler in DDPM_SAMPLERS:
         eta = args.eta or 0.0
         kw.update(noise_schedule=cfg.get("noise_schedule", "linear"), eta=eta, clip_denoised=codec.bounded)
@@ -123,9 +122,9 @@ def sampling_settings(args, cfg: dict, codec) -> dict:
             kw.update(guidance_low=flags["guidance_low"], guidance_high=flags["guidance_high"])
             name += interval
         if flow:
-            kw.update(path_type=cfg["path_type"])
+            kw.update(path_type=cfg["path_type"], cls_cfg_scale=flags["cls_cfg_scale"] if reg else 0.0)
+            name += f"-cls{flags['cls_cfg_scale']}" if reg else ""
     else:
-        reg = bool(cfg["model_kwargs"].get("cls_token_dim")) if flow else False
         path = args.path_type or cfg.get("path_type") or "linear"
         kw.update(heun=flags["heun"], guidance_low=flags["guidance_low"], guidance_high=flags["guidance_high"],
                   path_type=path, cls_cfg_scale=flags["cls_cfg_scale"] if reg else 0.0)
