@@ -5,6 +5,7 @@
   python sample.py --ckpt results/000-DiT-Ti-4/checkpoints/0002000.pt --sampler ddim --num-sampling-steps 50
   python sample.py --model SiT-XL/2 --ckpt last.pt --sampler ode --num-sampling-steps 50   # REPA
   python sample.py --ckpt results/000-UNet/checkpoints/0100000.pt --samples 4         # U-Net: 4 per class
+  python sample.py --ckpt DiT-XL-2-256x256.pt --sampler ode --heun --num-sampling-steps 25   # any model, any sampler
 Writes ``sample.png`` (or ``--output``).
 """
 
