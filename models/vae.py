@@ -8,6 +8,7 @@ trains on ``sd-vae-ft-ema`` latents and samples with ``sd-vae-ft-mse``.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -102,3 +103,134 @@ def load_vae(name: str, device: torch.device | str = "cpu") -> torch.nn.Module:
                              f"diffusion_pytorch_model.safetensors --local-dir {local}`, copy the folder here "
                              f"and pass --vae {local}") from None
     return SDVAE(vae).to(device)
+
+
+# ---------------------------------------------------------------------------------------------------
+# REPA-E's trainable autoencoders (End2End-Diffusion/REPA-E ``models/autoencoder.py``, the LDM KL-VAE)
+
+
+class VAE(torch.nn.Module):
+    """A KL autoencoder in the LDM layout (Rombach et al. 2022), trainable end to end (REPA-E).
+
+    ``len(ch_mult)`` levels of ``ch * m`` channels; the encoder has ``num_res_blocks`` ResNet blocks per
+    level, the decoder one more; attention follows every block of a level whose resolution
+    (``resolution / 2**level``) is in ``attn_resolutions``, and the middle of both. ``quant_conv`` gives
+    the ``2 z_channels`` posterior moments. Built from diffusers' ``Encoder`` / ``Decoder`` blocks, so
+    the parameter names are those of diffusers' ``AutoencoderKL``; ``from_ldm_state_dict`` and
+    ``to_ldm_state_dict`` convert from and to the LDM names of REPA-E's released checkpoints. No latent
+    scale: REPA-E normalises the latents with a BatchNorm inside the SiT.
+    """
+
+    bounded = False
+
+    def __init__(self, ch_mult=(1, 2, 4, 4), z_channels: int = 4, ch: int = 128, num_res_blocks: int = 2,
+                 attn_resolutions=(16,), resolution: int = 256, in_channels: int = 3, out_ch: int = 3):
+        super().__init__()
+        from diffusers.models.autoencoders.vae import Decoder, Encoder
+
+        channels = tuple(ch * m for m in ch_mult)
+        attn = [resolution // 2**level in attn_resolutions for level in range(len(ch_mult))]
+        down = tuple("AttnDownEncoderBlock2D" if a else "DownEncoderBlock2D" for a in attn)
+        up = tuple("AttnUpDecoderBlock2D" if a else "UpDecoderBlock2D" for a in reversed(attn))
+        self.encoder = Encoder(in_channels, z_channels, down, channels, num_res_blocks, 32, "silu", True)
+        self.decoder = Decoder(z_channels, out_ch, up, channels, num_res_blocks, 32, "silu")
+        self.quant_conv = torch.nn.Conv2d(2 * z_channels, 2 * z_channels, 1)
+        self.post_quant_conv = torch.nn.Conv2d(z_channels, z_channels, 1)
+        self.latent_channels = z_channels
+        self.downsample = 2 ** (len(ch_mult) - 1)
+
+    def encode(self, x: torch.Tensor):
+        """The posterior q(z | x) of images in [-1, 1]: ``.mean``, ``.logvar`` (clamped to [-30, 20]),
+        ``.std``, ``.sample()``, ``.kl()``."""
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        return DiagonalGaussianDistribution(self.quant_conv(self.encoder(x)))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Images (about [-1, 1]) from latents."""
+        return self.decoder(self.post_quant_conv(z))
+
+    def forward(self, x: torch.Tensor):
+        """``(posterior, z, reconstruction)`` with z a posterior sample, as REPA-E's ``AutoencoderKL``."""
+        posterior = self.encode(x)
+        z = posterior.sample()
+        return posterior, z, self.decode(z)
+
+
+VAE_models = {
+    "f8d4": partial(VAE, ch_mult=(1, 2, 4, 4), z_channels=4),        # SD-VAE's layout: 4 x 32 x 32 for 256 px
+    "f16d32": partial(VAE, ch_mult=(1, 1, 2, 2, 4), z_channels=32),  # VA-VAE's: 32 x 16 x 16, attention at 16 x 16
+    "tiny-f4d4": partial(VAE, ch_mult=(1, 2, 2), z_channels=4, ch=32, num_res_blocks=1, attn_resolutions=(4,),
+                         resolution=16),  # tests and the demo: 16 px images to 4 x 4 x 4
+}
+
+# LDM names (REPA-E's checkpoints) and ours (diffusers'), block by block: {i} level, {j} block, {m} encoder or
+# decoder. diffusers numbers the decoder's levels from the lowest resolution: LDM's up.{i} is up_blocks.{n - 1 - i}.
+_BLOCKS = [
+    ("encoder.down.{i}.block.{j}.", "encoder.down_blocks.{i}.resnets.{j}."),
+    ("encoder.down.{i}.attn.{j}.", "encoder.down_blocks.{i}.attentions.{j}."),
+    ("encoder.down.{i}.downsample.", "encoder.down_blocks.{i}.downsamplers.0."),
+    ("decoder.up.{r}.block.{j}.", "decoder.up_blocks.{i}.resnets.{j}."),
+    ("decoder.up.{r}.attn.{j}.", "decoder.up_blocks.{i}.attentions.{j}."),
+    ("decoder.up.{r}.upsample.", "decoder.up_blocks.{i}.upsamplers.0."),
+    ("{m}.mid.block_1.", "{m}.mid_block.resnets.0."),
+    ("{m}.mid.block_2.", "{m}.mid_block.resnets.1."),
+    ("{m}.mid.attn_1.", "{m}.mid_block.attentions.0."),
+    ("{m}.norm_out.", "{m}.conv_norm_out."),
+]
+_LEAVES = {"nin_shortcut": "conv_shortcut", "norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v",
+           "proj_out": "to_out.0"}
+
+
+def _pattern(template: str) -> str:
+    import re
+
+    regex = re.escape(template)
+    for field, group in (("m", r"(?P<m>encoder|decoder)"), ("i", r"(?P<i>\d+)"), ("r", r"(?P<r>\d+)"),
+                         ("j", r"(?P<j>\d+)")):
+        regex = regex.replace(re.escape("{" + field + "}"), group)
+    return regex
+
+
+def _rename(sd: dict, to_ldm: bool) -> dict:
+    import re
+
+    source = 1 if to_ldm else 0
+    levels = [int(m.group(1)) for k in sd if (m := re.match(r"encoder\.down(?:_blocks)?\.(\d+)\.", k))]
+    if not levels:
+        raise ValueError("not a KL-VAE state dict: it has no encoder levels")
+    n = max(levels) + 1
+    leaves = {v: k for k, v in _LEAVES.items()} if to_ldm else _LEAVES
+    out = {}
+    for key, value in sd.items():
+        new = key
+        for pair in _BLOCKS:
+            m = re.match(_pattern(pair[source]), key)
+            if m:
+                fields = m.groupdict()
+                if "r" in fields:
+                    fields["i"] = n - 1 - int(fields.pop("r"))
+                elif "i" in fields and "{r}" in pair[1 - source]:
+                    fields["r"] = n - 1 - int(fields.pop("i"))
+                block, leaf = pair[1 - source].format(**fields), key[m.end():]
+                name, _, kind = leaf.rpartition(".")
+                attention = ".attn" in block or ".attentions." in block
+                if name in leaves and (attention or name in ("nin_shortcut", "conv_shortcut")):
+                    leaf = f"{leaves[name]}.{kind}"
+                    if attention and value.ndim == (2 if to_ldm else 4):  # LDM: 1x1 convs; diffusers: linear
+                        value = value[:, :, None, None] if to_ldm else value[:, :, 0, 0]
+                new = block + leaf
+                break
+        out[new] = value
+    return out
+
+
+def from_ldm_state_dict(sd: dict) -> dict:
+    """REPA-E / LDM parameter names -> ours (diffusers ``AutoencoderKL``'s); the exact inverse of
+    ``to_ldm_state_dict``."""
+    return _rename(sd, to_ldm=False)
+
+
+def to_ldm_state_dict(sd: dict) -> dict:
+    """Ours -> REPA-E / LDM parameter names, the format of REPA-E's released VAE checkpoints."""
+    return _rename(sd, to_ldm=True)
