@@ -103,15 +103,15 @@ class Denoiser:
         raise NotImplementedError
 
     def denormalize(self, z: torch.Tensor) -> torch.Tensor:
-        """Latents out of the model's own normalisation, for the decoder: a model that owns a
-        ``bn`` (REPA-E's ``BatchNorm2d(affine=False)`` of the latents) samples normalised latents,
-        ``z * sqrt(running_var + eps) + running_mean`` undoes it; other models return ``z``."""
+        """Latents out of the model's own normalisation, for the decoder. A model that owns a ``bn``
+        (REPA-E's ``BatchNorm2d(affine=False)`` of the latents) samples normalised latents; they are
+        ``z * sqrt(running_var) + running_mean``, as REPA-E decodes (``z / latents_scale +
+        latents_bias``, without BatchNorm's eps). Other models return ``z``."""
         bn = getattr(self.model, "bn", None)
         if bn is None:
             return z
         shape = (1, -1, *([1] * (z.ndim - 2)))
-        std = torch.sqrt(bn.running_var + bn.eps).view(shape)
-        return (z * std + bn.running_mean.view(shape)).to(z.dtype)
+        return (z * bn.running_var.sqrt().view(shape) + bn.running_mean.view(shape)).to(z.dtype)
 
 
 class DDPMDenoiser(Denoiser):

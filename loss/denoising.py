@@ -9,7 +9,8 @@ REPA convention (t = 0 data, t = 1 noise):
       + proj_coeff * E[-1/T sum_n cos(h_phi(h_n), y*_n)]                        (REPA eq. 8)
       + cls * E ||v_theta^cls - v*_cls||^2                                      (REG eq. 7)
 
-where the class token ``cls`` (REG) is noised with the same ``t`` and its own noise.
+where the class token ``cls`` (REG) is noised with the same ``t`` and its own noise. REPA-E's SiT
+normalises the clean latents first with its own BatchNorm (no affine parameters).
 Every entry of the returned dict is a batch mean; ``"loss"`` is the weighted total that
 ``train.py`` back-propagates.
 """
@@ -60,12 +61,29 @@ class InterpolantObjective:
         self.path_type, self.weighting = path_type, weighting
         self.proj_coeff, self.cls_coeff = proj_coeff, cls_coeff
 
-    def __call__(self, model, x: torch.Tensor, y: torch.Tensor, zs: list[torch.Tensor] | None = None,
-                 cls_token: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def draw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training times (N, 1, 1, 1) and noise for latents ``x``, in that order (as REPA and REPA-E draw)."""
         t = sample_time(x.shape[0], self.weighting, self.path_type, device=x.device).to(x.dtype)
-        noise = torch.randn_like(x)
+        return t, torch.randn_like(x)
+
+    def __call__(self, model, x: torch.Tensor, y: torch.Tensor, zs: list[torch.Tensor] | None = None,
+                 cls_token: torch.Tensor | None = None, t: torch.Tensor | None = None,
+                 noise: torch.Tensor | None = None, align_only: bool = False) -> dict[str, torch.Tensor]:
+        """Losses of clean latents ``x``. A model with a latent BatchNorm (``model.bn``, REPA-E) sees
+        ``bn(x)``: batch statistics in train mode, running ones in eval mode. ``t`` and ``noise``,
+        when given, replace fresh draws (REPA-E reuses the VAE step's in the SiT step). ``align_only``
+        runs the first ``encoder_depth`` blocks only and returns the projection loss, which is
+        differentiable with respect to ``x`` (REPA-E's VAE step)."""
+        bn = getattr(model, "bn", None)
+        if bn is not None:
+            x = bn(x)
+        if t is None or noise is None:
+            t, noise = self.draw(x)
         alpha_t, sigma_t, d_alpha_t, d_sigma_t = interpolant(t, self.path_type)
         x_t = alpha_t * x + sigma_t * noise
+        if align_only:
+            proj = projection_loss(zs or [], model(x_t, t.flatten(), y, align_only=True)[1])
+            return {"proj": proj, "loss": proj}
         target = d_alpha_t * x + d_sigma_t * noise
 
         kwargs = {}

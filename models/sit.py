@@ -70,6 +70,7 @@ class SiT(nn.Module):
         cls_token_dim: int | None = None,
         qk_norm: bool = False,
         learn_sigma: bool = False,
+        bn_momentum: float | None = None,
     ):
         super().__init__()
         z_dims = tuple(z_dims)
@@ -113,7 +114,24 @@ class SiT(nn.Module):
         if cls_token_dim is not None:
             self.cls_projectors2 = nn.Linear(cls_token_dim, hidden_size)
             self.wg_norm = nn.LayerNorm(hidden_size, elementwise_affine=True, eps=1e-6)
+        if bn_momentum is not None:
+            # REPA-E: the latents' normalisation, without affine parameters (they would let the denoising
+            # loss shrink the latents); its running statistics start from the VAE's (init_bn)
+            self.bn = nn.BatchNorm2d(in_channels, eps=1e-4, momentum=bn_momentum, affine=False)
         self.initialize_weights()
+
+    def init_bn(self, latents_scale: torch.Tensor, latents_bias: torch.Tensor) -> None:
+        """Start the latent BatchNorm from the latents' statistics (REPA-E ``init_bn``): running mean =
+        ``latents_bias``, running variance = ``1 / latents_scale^2`` (any shape with C elements)."""
+        self.bn.running_mean.copy_(latents_bias.flatten())
+        self.bn.running_var.copy_(latents_scale.flatten().pow(-2))
+
+    def extract_latents_stats(self) -> dict[str, torch.Tensor]:
+        """``latents_scale = running_var^-1/2`` and ``latents_bias = running_mean``, shaped (1, C, 1, 1)
+        (REPA-E ``extract_latents_stats``; its ``-latents-stats.pt`` files hold these)."""
+        shape = (1, -1, 1, 1)
+        return {"latents_scale": self.bn.running_var.rsqrt().view(shape),
+                "latents_bias": self.bn.running_mean.view(shape)}
 
     def initialize_weights(self) -> None:
         """DiT's initialisation; REG's class token has a zero position embedding and ``linear_cls`` starts at zero."""
@@ -122,9 +140,11 @@ class SiT(nn.Module):
     unpatchify = DiT.unpatchify
 
     def forward(
-        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cls_token: torch.Tensor | None = None
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cls_token: torch.Tensor | None = None,
+        align_only: bool = False,
     ) -> tuple[torch.Tensor, list[torch.Tensor]] | tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
         """x: (N, C, H, W) noisy latents, t: (N,) times in [0, 1], y: (N,) labels, cls_token: (N, z_dims[0]) (REG).
+        ``align_only``: stop after block ``encoder_depth`` and return ``(None, zs)`` (REPA-E's VAE step).
 
         Returns the (N, in_channels, H, W) prediction, the list of (N, T, z_dim) projector outputs
         after block ``encoder_depth`` (T + 1 tokens for REG), and for REG the (N, z_dims[0]) class
@@ -147,6 +167,8 @@ class SiT(nn.Module):
             x = block(x, c)
             if depth == self.encoder_depth:
                 zs = [projector(x) for projector in self.projectors]
+                if align_only:
+                    return None, zs
         out = self.final_layer(x, c)
         if cls_token is not None:
             out, cls_out = out

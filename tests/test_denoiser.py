@@ -118,13 +118,12 @@ def test_a_model_that_declares_no_prediction_is_refused():
 
 
 def test_latents_leave_the_models_own_normalisation_for_the_decoder():
-    model = ExactSiT("linear")
-    den = denoiser_for(model, path_type="linear")
+    """REPA-E decodes ``z / latents_scale + latents_bias`` with the EMA's BatchNorm statistics."""
+    model = create_model("SiT-Ti/4", input_size=8, in_channels=3, num_classes=4, bn_momentum=0.1)
+    plain = denoiser_for(create_model("SiT-Ti/4", input_size=8, in_channels=3, num_classes=4), path_type="linear")
     z = torch.randn(2, 3, 4, 4)
-    assert den.denormalize(z) is z
-    model.bn = torch.nn.BatchNorm2d(3, eps=1e-4, affine=False)
-    model.bn.running_mean.copy_(torch.tensor([0.5, -1.0, 2.0]))
-    model.bn.running_var.copy_(torch.tensor([4.0, 0.25, 1.0]))
-    model.bn.eval()
-    normalised = model.bn(den.denormalize(z))
-    torch.testing.assert_close(normalised, z, atol=1e-5, rtol=1e-5)
+    assert plain.denormalize(z) is z
+    model.init_bn(torch.tensor([2.0, 0.5, 1.0]), torch.tensor([0.5, -1.0, 2.0]))
+    stats = model.extract_latents_stats()
+    expected = z / stats["latents_scale"] + stats["latents_bias"]
+    torch.testing.assert_close(denoiser_for(model, path_type="linear").denormalize(z), expected)
