@@ -1,0 +1,67 @@
+"""LPIPS (Zhang et al. 2018), the perceptual distance REPA-E trains its VAE with.
+
+The ``lpips`` package ships the learned linear heads (v0.1, VGG); the VGG16 backbone is torchvision's
+ImageNet weights file ``vgg16-397923af.pth``, read from ``$DIFFUSION_LAB_CACHE/lpips/`` or torch.hub's
+checkpoint folder, downloaded there when there is a network; offline, a one-line error names the file
+and where to put it. ``random_backbone=True`` keeps a randomly initialised VGG (tests, the CPU demo):
+then the distance shows the mechanics, not perceptual similarity.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+
+from models import hub
+
+VGG16_FILE = "vgg16-397923af.pth"
+VGG16_URL = f"https://download.pytorch.org/models/{VGG16_FILE}"
+SLICES = (range(0, 4), range(4, 9), range(9, 16), range(16, 23), range(23, 30))  # lpips' VGG16 slices
+
+
+def vgg16_weights(path: str | None = None) -> Path:
+    """The VGG16 weights file: ``path``, else the cache folders, else a download into the first."""
+    if path:
+        if not Path(path).is_file():
+            raise ValueError(f"--lpips-vgg {path}: no such file (torchvision's {VGG16_FILE})")
+        return Path(path)
+    folders = [hub.cache_dir() / "lpips", Path(torch.hub.get_dir()) / "checkpoints"]
+    for folder in folders:
+        if (folder / VGG16_FILE).is_file():
+            return folder / VGG16_FILE
+    target = folders[0] / VGG16_FILE
+    if hub.download(VGG16_URL, target, hash_prefix="397923af"):
+        return target
+    raise ValueError(f"LPIPS needs torchvision's VGG16 weights {VGG16_FILE}, which are not in "
+                     f"{', '.join(map(str, folders))} and cannot be downloaded here; fetch {VGG16_URL} into "
+                     f"{folders[0]}, or pass --lpips-vgg FILE")
+
+
+class PerceptualLoss(torch.nn.Module):
+    """``loss(x, y)`` -> (N,) LPIPS distances of images in [-1, 1]; frozen, always in eval mode."""
+
+    def __init__(self, random_backbone: bool = False, vgg_path: str | None = None):
+        super().__init__()
+        import lpips
+
+        with warnings.catch_warnings():  # lpips asks torchvision for its backbone with a deprecated flag
+            warnings.simplefilter("ignore")
+            self.lpips = lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False)
+        if not random_backbone:
+            features = torch.load(vgg16_weights(vgg_path), map_location="cpu", weights_only=True)
+            renamed = {}
+            for k, slice_ in enumerate(SLICES, start=1):
+                for i in slice_:
+                    for leaf in ("weight", "bias"):
+                        if f"features.{i}.{leaf}" in features:
+                            renamed[f"slice{k}.{i}.{leaf}"] = features[f"features.{i}.{leaf}"]
+            self.lpips.net.load_state_dict(renamed, strict=True)
+        self.requires_grad_(False).eval()
+
+    def train(self, mode: bool = True):
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.lpips(x.float(), y.float()).flatten()
