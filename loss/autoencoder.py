@@ -121,8 +121,7 @@ class VAELoss:
     def discriminator(self, x, recon, discriminator, step: int) -> dict[str, torch.Tensor]:
         """The discriminator's hinge loss on real ``x`` and the detached reconstruction."""
         with torch.autocast(x.device.type, enabled=False):
-            logits_real = discriminator(x.float().detach())
-            logits_fake = discriminator(recon.float().detach())
+            logits_real, logits_fake = discriminator(x.float().detach(), recon.float().detach())
             loss = self.discriminator_factor(step) * hinge_d_loss(logits_real, logits_fake)
         return {"d_loss": loss, "logits_real": logits_real.detach().mean(), "logits_fake": logits_fake.detach().mean(),
                 "loss": loss}

@@ -24,7 +24,8 @@ def weights_init(module: nn.Module) -> None:
 
 
 class NLayerDiscriminator(nn.Module):
-    """``model(images)`` -> (N, 1, h, w) real / fake logits, one per patch."""
+    """``model(images)`` -> (N, 1, h, w) real / fake logits, one per patch; ``model(real, fake)`` runs both
+    batches, one after the other (BatchNorm sees each alone), in one call, as one DDP forward."""
 
     def __init__(self, input_nc: int = 3, ndf: int = 64, n_layers: int = 3):
         super().__init__()
@@ -39,5 +40,7 @@ class NLayerDiscriminator(nn.Module):
         self.main = nn.Sequential(*layers)
         self.apply(weights_init)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.main(x)
+    def forward(self, x: torch.Tensor, fake: torch.Tensor | None = None):
+        if fake is None:
+            return self.main(x)
+        return self.main(x), self.main(fake)

@@ -49,14 +49,23 @@ class RunHooks:
         self.accelerator.log({k: v for k, v in rec.items() if v is not None}, step=rec["step"])
 
     def checkpoint(self, step: int) -> None:
+        """Save, then draw the EMA's sample grid (``train.py``: one grid per checkpoint)."""
+        self.save(step)
+        self.grid(step)
+
+    def save(self, step: int) -> None:
         path = self.engine.save(self.run_dir / self.ckpt_subdir / f"{step:07d}.pt", vars(self.args))
+        if self.is_main:
+            self.logger.info(f"saved checkpoint {path}")
+
+    def grid(self, step: int) -> None:
+        """``samples/{step}.png``: the EMA's samples of fixed noise, one row per class."""
         ema = self.ema()
         if self.is_main:
             device = self.accelerator.device
             sample_grid(ema, self.codec, self.grid_noise.to(device), self.grid_y.to(device),
                         self.args.num_classes, self.run_dir / "samples" / f"{step:07d}.png", nrow=self.grid_nrow,
                         names=self.names, **self.sampling)
-            self.logger.info(f"saved checkpoint {path}")
         self.accelerator.wait_for_everyone()
 
     def evaluate(self, step: int) -> None:

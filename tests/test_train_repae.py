@@ -1,0 +1,106 @@
+"""train_repae.py on the built-in images with tiny networks: the three updates and where their gradients
+go, the checkpoint, exact resume, and bad input refused in one line."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import train_repae
+from data import build_dataset
+from models.vae import VAE_models, to_ldm_state_dict
+from training.data import make_loader
+from training.engine import Engine
+from training.repae_recipe import build_method, validate
+from training.setup import setup_accelerator
+
+
+@pytest.fixture(scope="module")
+def tiny_vae(tmp_path_factory):
+    """A tiny VAE in REPA-E's released format (LDM names) with its latent statistics beside it."""
+    folder = tmp_path_factory.mktemp("vae")
+    torch.manual_seed(0)
+    torch.save(to_ldm_state_dict(VAE_models["tiny-f4d4"]().state_dict()), folder / "tiny.pt")
+    torch.save({"latents_scale": torch.full((1, 4, 1, 1), 2.0), "latents_bias": torch.zeros(1, 4, 1, 1)},
+               folder / "tiny-latents-stats.pt")
+    return folder / "tiny.pt"
+
+
+def flags(vae_ckpt, out, *extra):
+    return ["--exp-name", "run", "--output-dir", str(out), "--dataset", "builtin", "--num-classes", "10",
+            "--resolution", "32", "--model", "SiT-Ti/1", "--vae", "tiny-f4d4", "--vae-ckpt", str(vae_ckpt),
+            "--enc-type", "tiny-vit", "--encoder-depth", "1", "--batch-size", "4", "--no-compile",
+            "--mixed-precision", "no", "--report-to", "none", "--lpips-random", "--num-workers", "0",
+            "--log-every", "1", "--sampling-steps", "1000", *extra]
+
+
+def test_gradients_reach_the_vae_only_through_the_alignment_and_the_sit_only_in_its_own_step(tiny_vae, tmp_path):
+    args = train_repae.parse_args(flags(tiny_vae, tmp_path, "--max-train-steps", "1"))
+    validate(args)
+    method = build_method(args, build_dataset("builtin", None, 32, 10, num_images=8), torch.device("cpu"))
+    engine = Engine(setup_accelerator("no", "none"), method)
+    engine.init_emas()
+    seen = {}
+    step = engine.step
+
+    def spy(key, max_grad_norm=None):
+        seen[key] = {name: [p.grad is not None and bool(p.grad.abs().sum() > 0) for p in method.modules[name].parameters()]
+                     for name in method.modules}
+        return step(key, max_grad_norm)
+
+    engine.step = spy
+    batch = next(engine.batches(*make_loader(build_dataset("builtin", None, 32, 10, num_images=8), 4, 1, 0, 0, 0), 4))
+    method.train_step(engine, batch)
+    assert any(seen["opt_vae"]["vae"]) and not any(seen["opt_vae"]["model"])  # the SiT is frozen in the VAE step
+    assert not any(seen["opt_disc"]["vae"]) and any(seen["opt_disc"]["discriminator"])
+    assert any(seen["opt"]["model"]) and not any(seen["opt"]["vae"])  # the denoising loss never reaches the VAE
+
+    # The VAE's only link to the SiT is the alignment: with every VAE loss weighted 0 but it, the
+    # encoder still gets a gradient; with the alignment weighted 0 as well, nothing does.
+    for coeff, expect in ((1.5, True), (0.0, False)):
+        method.vae_align_proj_coeff = coeff
+        method.vae_loss.config = type(method.vae_loss.config)(reconstruction_weight=0.0, perceptual_weight=0.0,
+                                                              kl_weight=0.0, discriminator_weight=0.0)
+        method.train_step(engine, batch)
+        assert any(seen["opt_vae"]["vae"]) == expect
+
+
+def test_a_run_checkpoints_repaes_keys_and_resumes_exactly(tiny_vae, tmp_path):
+    train_repae.main(train_repae.parse_args(flags(tiny_vae, tmp_path / "a", "--max-train-steps", "4",
+                                                  "--checkpointing-steps", "2")))
+    straight = torch.load(tmp_path / "a" / "run" / "checkpoints" / "0000004.pt", weights_only=False)
+    assert {"model", "ema", "vae", "discriminator", "opt", "opt_vae", "opt_disc", "args", "steps"} <= set(straight)
+    assert "bn.running_var" in straight["ema"] and (tmp_path / "a" / "run" / "samples" / "0000004.png").is_file()
+
+    train_repae.main(train_repae.parse_args(flags(tiny_vae, tmp_path / "b", "--max-train-steps", "2",
+                                                  "--checkpointing-steps", "2")))
+    train_repae.main(train_repae.parse_args(flags(tiny_vae, tmp_path / "b", "--max-train-steps", "4",
+                                                  "--checkpointing-steps", "2", "--resume-step", "2")))
+    resumed = torch.load(tmp_path / "b" / "run" / "checkpoints" / "0000004.pt", weights_only=False)
+    for key in ("model", "ema", "vae", "discriminator"):
+        for name, value in straight[key].items():
+            assert torch.equal(value, resumed[key][name]), f"{key}.{name} differs after resume"
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda a, p: a.__setitem__(a.index("--vae-ckpt") + 1, str(p / "missing.pt")), "--vae-ckpt .*missing.pt: no such file"),
+    (lambda a, p: a.__setitem__(a.index("--vae") + 1, "f8d4"), "does not fit this VAE.*other architecture"),
+    (lambda a, p: a.__setitem__(a.index("--encoder-depth") + 1, "5"), "encoder_depth 5 must be between 1 and depth 2"),
+    (lambda a, p: a.extend(["--loss-cfg-path", str(p / "bad.yaml")]), "unknown key.*losses.gan_weight"),
+    (lambda a, p: a.append("--no-fused-attn"), "--no-fused-attn"),
+    (lambda a, p: a.extend(["--model", "DiT-Ti/4"]), "REPA-E trains a SiT"),
+])
+def test_bad_input_is_refused_in_one_line_and_writes_nothing(tiny_vae, tmp_path, change, message):
+    (tmp_path / "bad.yaml").write_text("losses:\n  gan_weight: 0.1\n")
+    argv = flags(tiny_vae, tmp_path / "out", "--max-train-steps", "1")
+    change(argv, tmp_path)
+    with pytest.raises(ValueError, match=message):
+        train_repae.main(train_repae.parse_args(argv))
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_latent_statistics_are_named(tiny_vae, tmp_path):
+    lone = tmp_path / "lone.pt"
+    lone.write_bytes(tiny_vae.read_bytes())
+    with pytest.raises(ValueError, match="lone-latents-stats.pt: missing"):
+        train_repae.main(train_repae.parse_args(flags(lone, tmp_path / "out", "--max-train-steps", "1")))

@@ -1,0 +1,118 @@
+"""REPA-E: train the VAE and a SiT end to end (VAE + discriminator + SiT, three optimizers, one step each).
+
+  accelerate launch train_repae.py --max-train-steps 400000 --report-to wandb --allow-tf32 \\
+      --mixed-precision fp16 --seed 0 --data-dir data --output-dir exps --batch-size 256 --path-type linear \\
+      --prediction v --weighting uniform --model SiT-XL/2 --checkpointing-steps 50000 \\
+      --loss-cfg-path configs/l1_lpips_kl_gan.yaml --vae f8d4 --vae-ckpt pretrained/sdvae/sdvae-f8d4.pt \\
+      --disc-pretrained-ckpt pretrained/sdvae/sdvae-f8d4-discriminator-ckpt.pt --enc-type dinov2-vit-b \\
+      --proj-coeff 0.5 --encoder-depth 8 --vae-align-proj-coeff 1.5 --bn-momentum 0.1 --exp-name sit-xl-repae
+
+The flags are REPA-E's. The story is train.py's: check the flags, the data and the checkpoint to resume;
+build the VAE, the SiT, the discriminator and the losses (``training/repae_recipe.py``) into the method
+(``training/repae.py``); only then open the run folder; then the engine trains, checkpointing and
+drawing EMA samples (decoded by the VAE being trained) on the way.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from accelerate.utils import gather_object
+
+from data import build_dataset, class_names
+from training import checkpoint as ckpt_io
+from training.cli import check_writable_dir, first_paragraph, run_cli
+from training.data import make_loader
+from training.engine import Engine, NonFiniteLoss
+from training.hooks import RunHooks
+from training.repae import TrainedVAECodec
+from training.repae_recipe import build_method, validate
+from training.repae_recipe import parse_args as recipe_args
+from training.run import create_logger, plan_run_folder, save_args
+from training.setup import prepare_tracker, seed_everything, setup_accelerator
+
+CKPT_SUBDIR = "checkpoints"
+RESUME_KEYS = ("model", "vae", "image_size", "num_classes", "global_batch_size", "global_seed", "enc_type",
+               "encoder_depth", "proj_coeff", "path_type", "weighting", "bn_momentum", "cfg_prob", "dataset")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return recipe_args(argv, first_paragraph(__doc__))
+
+
+def main(args: argparse.Namespace) -> None:
+    validate(args)
+    resume = ckpt_io.load_training_checkpoint(args.resume) if args.resume else None
+    for key in RESUME_KEYS if resume else ():
+        if key in resume["args"] and resume["args"][key] != getattr(args, key):
+            raise ValueError(f"--resume-step: the checkpoint was trained with --{key.replace('_', '-')} "
+                             f"{resume['args'][key]}, not {getattr(args, key)}; pass the same flags")
+    check_writable_dir(args.results_dir, "--output-dir")
+    accelerator = setup_accelerator(args.mixed_precision, args.report_to, allow_tf32=args.allow_tf32)
+    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    accum = args.gradient_accumulation_steps
+    if args.global_batch_size % (world * accum):
+        raise ValueError(f"--batch-size {args.global_batch_size} is not divisible by {world} process(es) x {accum}")
+    local_batch = args.global_batch_size // (world * accum)
+    seed_everything(args.global_seed * world + rank)
+
+    dataset = build_dataset(args.dataset, args.data_path, args.image_size, args.num_classes)
+    method = build_method(args, dataset, device)
+    if world > 1 and device.type == "cuda":  # the latent BatchNorm sees the global batch, as REPA-E
+        method.modules["model"] = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method.modules["model"])
+    loader, sampler = make_loader(dataset, local_batch, world, rank, args.global_seed, args.num_workers)
+    steps_per_epoch = len(sampler) // local_batch // accum
+    if steps_per_epoch == 0:
+        raise ValueError(f"the dataset has {len(dataset)} items, fewer than one batch; lower --batch-size")
+    total = min(args.max_steps, args.epochs * steps_per_epoch)
+    steps = resume["steps"] if resume else 0
+    if total <= steps:
+        raise ValueError(f"nothing to do: the checkpoint is at step {steps}; raise --max-train-steps")
+    run_folder = plan_run_folder(args.results_dir, args.model, args.exp_name, Path(args.resume) if resume else None,
+                                 steps, CKPT_SUBDIR)
+    tracker_note = prepare_tracker(args.report_to)
+
+    run_dir, note = run_folder.open(CKPT_SUBDIR) if accelerator.is_main_process else (None, None)
+    run_dir = Path(gather_object([str(run_dir) if accelerator.is_main_process else ""])[0])
+    logger = create_logger(run_dir, accelerator.is_main_process)
+    if accelerator.is_main_process:
+        save_args(run_dir, args)
+    logger.info(f"run folder {run_dir}; {world} process(es) on {device}; data: {args.dataset} ({len(dataset):,} items)")
+    for line in (note, tracker_note):
+        if line:
+            logger.info(line)
+    if args.report_to != "none":
+        accelerator.project_configuration.project_dir = accelerator.project_configuration.logging_dir = str(run_dir)
+        accelerator.init_trackers(args.exp_name, config={k: str(v) for k, v in vars(args).items()},
+                                  init_kwargs={"wandb": {"dir": str(run_dir)}})
+    for key, module in method.modules.items():
+        logger.info(f"{key}: {sum(p.numel() for p in module.parameters()):,} parameters")
+
+    engine = Engine(accelerator, method, grad_accum=accum)
+    if resume is not None:
+        engine.load_state_dict(resume, logger)
+        engine.saved.append((steps, Path(args.resume)))
+    else:
+        engine.init_emas()
+    if args.compile:
+        method.modules["model"] = torch.compile(method.modules["model"])
+    codec = TrainedVAECodec(engine.module("vae"))
+    names = class_names(args.dataset, args.num_classes, dataset)
+    hooks = RunHooks(engine, args, run_dir, CKPT_SUBDIR, logger, codec, names, args.dataset, dataset)
+    logger.info(f"training for {total:,} steps ({steps_per_epoch:,} per epoch), batch {args.global_batch_size}, "
+                f"from step {steps}")
+    every = {args.ckpt_every: [hooks.save]}
+    every.setdefault(args.sampling_steps, []).append(hooks.grid)
+    if args.eval_every:
+        every.setdefault(args.eval_every, []).append(hooks.evaluate)
+    engine.train(engine.batches(loader, sampler, local_batch), total, log_every=args.log_every, log=hooks.log,
+                 every=every, global_batch=args.global_batch_size, mixed_precision=args.mixed_precision)
+    hooks.finish()
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    run_cli(main, parse_args(), (NonFiniteLoss,))
+

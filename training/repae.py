@@ -1,0 +1,142 @@
+"""REPA-E (Leng et al. 2025, "REPA-E: Unlocking VAE for End-to-End Tuning of Latent Diffusion
+Transformers"): the VAE, a PatchGAN discriminator and the SiT trained together, as a method on the engine.
+
+One step, in ``train_repae.py``'s order (End2End-Diffusion/REPA-E), from one VAE forward taken first:
+
+1. VAE update, SiT frozen and in eval mode (its latent BatchNorm uses, and keeps, its running
+   statistics), discriminator frozen: reconstruction + LPIPS + KL + GAN losses
+   (``loss.autoencoder``) + ``vae_align_proj_coeff`` x REPA's alignment through the SiT's first
+   ``encoder_depth`` blocks on the latents themselves, not detached: the only path from the diffusion
+   model to the VAE.
+2. Discriminator update: hinge loss on the images and the (detached) reconstruction.
+3. SiT update on the detached latents, with the time and noise of step 1: denoising + ``proj_coeff``
+   x REPA, its BatchNorm normalising with batch statistics and updating the running ones.
+
+The EMA averages the SiT's weights and BatchNorm statistics. Checkpoint keys are REPA-E's: ``model``,
+``ema``, ``vae``, ``discriminator``, ``opt``, ``opt_vae``, ``opt_disc``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from training.alignment import encoder_targets
+from training.engine import Method
+
+
+class REPAEMethod(Method):
+    """The three networks, their AdamW optimizers (own learning rates) and the SiT's EMA; ``batches``
+    turns a loader batch into ``(raw images in [0, 255], images in [-1, 1], labels)``."""
+
+    def __init__(self, sit, vae, discriminator, objective, vae_loss, encoders, batches, *, lr: float,
+                 vae_lr: float, disc_lr: float, betas=(0.9, 0.999), weight_decay: float = 0.0, eps: float = 1e-8,
+                 ema_decay: float = 0.9999, max_grad_norm: float | None = 1.0, vae_align_proj_coeff: float = 1.5,
+                 model_kwargs: dict | None = None, sampling: dict | None = None):
+        device = batches.device
+        self.modules = {"model": sit.to(device), "vae": vae.to(device), "discriminator": discriminator.to(device)}
+
+        def adamw(module, rate):  # fused: the engine's skip after a non-finite loss happens on the device
+            return torch.optim.AdamW(module.parameters(), lr=rate, betas=betas, weight_decay=weight_decay, eps=eps,
+                                     fused=True)
+
+        self.optimizers = {"opt": adamw(sit, lr), "opt_vae": adamw(vae, vae_lr), "opt_disc": adamw(discriminator, disc_lr)}
+        self.emas = {"ema": ("model", ema_decay)}
+        self.objective, self.vae_loss, self.encoders, self.batches = objective, vae_loss, list(encoders), batches
+        self.max_grad_norm, self.vae_align_proj_coeff = max_grad_norm, vae_align_proj_coeff
+        self.model_kwargs, self.sampling = model_kwargs or {}, sampling or {}
+
+    def train_step(self, engine, batch) -> dict[str, torch.Tensor]:
+        raw, x, y = self.batches(batch)
+        zs = encoder_targets(self.encoders, raw, reg=False)[0] if self.encoders else []
+        sit, disc = engine.module("model"), engine.module("discriminator")
+        step, clip = engine.steps, self.max_grad_norm
+
+        # 1. the VAE, through its losses and the frozen SiT's alignment
+        sit.requires_grad_(False).eval()
+        disc.requires_grad_(False)
+        with engine.autocast():
+            posterior, z, recon = self.modules["vae"](x)
+            losses = self.vae_loss.generator(x, recon, posterior, disc, step)
+            t, noise = self.objective.draw(z)
+            align = self.objective(sit, z, y, zs, t=t, noise=noise, align_only=True)["proj"]
+        vae_loss = losses.pop("loss") + self.vae_align_proj_coeff * align
+        engine.backward(vae_loss)
+        grad_norm_vae = engine.step("opt_vae", clip)
+
+        # 2. the discriminator
+        disc.requires_grad_(True)
+        with engine.autocast():
+            d = self.vae_loss.discriminator(x, recon, self.modules["discriminator"], step)
+        engine.backward(d["loss"])
+        engine.step("opt_disc", clip)
+
+        # 3. the SiT, on the detached latents with step 1's time and noise
+        sit.requires_grad_(True).train()
+        with engine.autocast():
+            out = self.objective(self.modules["model"], z.detach(), y, zs, t=t, noise=noise)
+        engine.backward(out["loss"])
+        grad_norm = engine.step("opt", clip)
+
+        record = {**out, **{f"vae_{k}": v for k, v in losses.items()}, "vae_align": align, "vae_loss": vae_loss,
+                  "d_loss": d["d_loss"], "logits_real": d["logits_real"], "logits_fake": d["logits_fake"]}
+        if grad_norm is not None:
+            record.update(grad_norm=grad_norm, grad_norm_vae=grad_norm_vae)
+        return record
+
+    def extra_state(self) -> dict:
+        return {"model_kwargs": self.model_kwargs}
+
+
+class TrainedVAECodec:
+    """The VAE being trained, seen as a codec by the sample grids and evaluations: its current weights
+    decode the (de-normalised) latents."""
+
+    bounded = False
+
+    def __init__(self, vae):
+        self.vae = vae
+        self.latent_channels, self.downsample = vae.latent_channels, vae.downsample
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(z.to(next(self.vae.parameters()).dtype))
+
+
+def latents_stats_path(vae_ckpt: str | Path) -> Path:
+    """REPA-E's ``<vae-ckpt>-latents-stats.pt`` beside a VAE checkpoint."""
+    vae_ckpt = Path(vae_ckpt)
+    return vae_ckpt.with_name(vae_ckpt.name.replace(".pt", "-latents-stats.pt"))
+
+
+def load_vae_weights(vae, path: str | Path, flag: str = "--vae-ckpt") -> None:
+    """A VAE checkpoint in REPA-E's released format (LDM names) or ours (diffusers names), strictly."""
+    from models.vae import from_ldm_state_dict
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{flag} {path}: no such file (REPA-E's VAE weights, e.g. pretrained/sdvae/sdvae-f8d4.pt)")
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(sd, dict) and isinstance(sd.get("vae"), dict):
+        sd = sd["vae"]  # a REPA-E training checkpoint
+    if any(k.startswith("encoder.down.") for k in sd):
+        sd = from_ldm_state_dict(sd)
+    try:
+        vae.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise ValueError(f"{flag} {path} does not fit this VAE ({first}); is it a checkpoint of the other "
+                         "architecture (--vae f8d4 / f16d32)?") from None
+
+
+def load_latents_stats(vae_ckpt: str | Path) -> dict[str, torch.Tensor]:
+    """``latents_scale`` and ``latents_bias`` of the VAE's latents, the SiT's BatchNorm starting point."""
+    path = latents_stats_path(vae_ckpt)
+    if not path.is_file():
+        raise ValueError(f"{path}: missing; the SiT's latent BatchNorm starts from the statistics REPA-E keeps beside "
+                         "the VAE checkpoint (save_vae_weights.py writes them)")
+    stats = torch.load(path, map_location="cpu", weights_only=True)
+    if not {"latents_scale", "latents_bias"} <= set(stats):
+        raise ValueError(f"{path} holds {sorted(stats)}, not latents_scale and latents_bias")
+    return stats

@@ -1,0 +1,159 @@
+"""``train_repae.py``'s flags (REPA-E's, with their spelling and defaults), their checks and the method
+they build (``training/repae.py``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from models import MODEL_NAMES
+
+REPAE_DATASETS = ("builtin", "folder")
+
+
+def parse_args(argv=None, description: str | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--output-dir", dest="results_dir", type=str, default="exps")
+    p.add_argument("--exp-name", type=str, required=True, help="the run folder {output-dir}/{exp-name}")
+    p.add_argument("--report-to", choices=["none", "wandb", "tensorboard"], default="wandb")
+    p.add_argument("--sampling-steps", type=int, default=10_000, help="a grid of EMA samples every N steps")
+    p.add_argument("--resume-step", type=int, default=0, help="resume {exp dir}/checkpoints/{step:07d}.pt")
+    p.add_argument("--continue-train-exp-dir", type=str, default=None,
+                   help="the run folder to resume from (default {output-dir}/{exp-name})")
+    p.add_argument("--model", type=str, default="SiT-XL/2")
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--encoder-depth", type=int, default=8)
+    p.add_argument("--qk-norm", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--fused-attn", action=argparse.BooleanOptionalAction, default=True,
+                   help="attention is always torch's scaled_dot_product_attention (--no-fused-attn is refused)")
+    p.add_argument("--bn-momentum", type=float, default=0.1, help="momentum of the SiT's latent BatchNorm")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                   help="torch.compile the SiT (--no-compile on CPUs and for debugging)")
+    p.add_argument("--data-dir", dest="data_path", type=str, default=None, help="an ImageNet-style image folder")
+    p.add_argument("--dataset", choices=REPAE_DATASETS, default=None, help="default: folder (--data-dir)")
+    p.add_argument("--resolution", dest="image_size", type=int, default=256)
+    p.add_argument("--batch-size", dest="global_batch_size", type=int, default=256)
+    p.add_argument("--allow-tf32", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="fp16")
+    p.add_argument("--epochs", type=int, default=1400)
+    p.add_argument("--max-train-steps", dest="max_steps", type=int, default=400_000)
+    p.add_argument("--checkpointing-steps", dest="ckpt_every", type=int, default=50_000)
+    p.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    p.add_argument("--learning-rate", dest="lr", type=float, default=1e-4, help="the SiT's")
+    p.add_argument("--vae-learning-rate", type=float, default=1e-4)
+    p.add_argument("--disc-learning-rate", type=float, default=1e-4)
+    p.add_argument("--adam-beta1", type=float, default=0.9)
+    p.add_argument("--adam-beta2", type=float, default=0.999)
+    p.add_argument("--adam-weight-decay", type=float, default=0.0)
+    p.add_argument("--adam-epsilon", type=float, default=1e-8)
+    p.add_argument("--max-grad-norm", type=float, default=1.0)
+    p.add_argument("--seed", dest="global_seed", type=int, default=0)
+    p.add_argument("--num-workers", type=int, default=4)
+    p.add_argument("--path-type", choices=["linear", "cosine"], default="linear")
+    p.add_argument("--prediction", choices=["v"], default="v")
+    p.add_argument("--cfg-prob", type=float, default=0.1)
+    p.add_argument("--enc-type", type=str, default="dinov2-vit-b")
+    p.add_argument("--proj-coeff", type=float, default=0.5)
+    p.add_argument("--weighting", choices=["uniform", "lognormal"], default="uniform")
+    p.add_argument("--vae", choices=["f8d4", "f16d32", "tiny-f4d4"], default="f8d4")
+    p.add_argument("--vae-ckpt", type=str, default="pretrained/sdvae-f8d4/sdvae-f8d4.pt",
+                   help="its latent statistics are read from <vae-ckpt>-latents-stats.pt")
+    p.add_argument("--disc-pretrained-ckpt", type=str, default=None)
+    p.add_argument("--loss-cfg-path", type=str, default="configs/l1_lpips_kl_gan.yaml")
+    p.add_argument("--vae-align-proj-coeff", type=float, default=1.5)
+    ours = p.add_argument_group("beyond REPA-E's flags")
+    ours.add_argument("--ema-decay", type=float, default=0.9999)
+    ours.add_argument("--log-every", type=int, default=100)
+    ours.add_argument("--lpips-vgg", type=str, default=None, help="torchvision's vgg16-397923af.pth for LPIPS")
+    ours.add_argument("--lpips-random", action="store_true", help="LPIPS on a random VGG (tests, the CPU demo): "
+                      "the mechanics of the loss without its perceptual meaning")
+    ours.add_argument("--eval-every", type=int, default=0, help="proxy metrics of EMA samples (--dataset builtin)")
+    ours.add_argument("--eval-samples", type=int, default=500)
+    ours.add_argument("--eval-sampling-steps", type=int, default=50)
+    ours.add_argument("--eval-cfg-scale", type=float, default=1.0)
+    args = p.parse_args(argv)
+    # what the shared run machinery reads (hooks, run folders)
+    args.eval_ref = args.inception_weights = None
+    args.overfit, args.resume, args.lr_schedule, args.lr_warmup_steps, args.min_lr = False, None, "constant", 0, 0.0
+    return args
+
+
+def validate(args: argparse.Namespace) -> None:
+    """One line for each flag that cannot work, before anything is loaded or written."""
+    if not args.model.startswith("SiT-") or args.model not in MODEL_NAMES:
+        raise ValueError(f"--model {args.model}: REPA-E trains a SiT; one of "
+                         f"{', '.join(m for m in MODEL_NAMES if m.startswith('SiT-'))}")
+    if not args.fused_attn:
+        raise ValueError("--no-fused-attn: attention always runs torch's scaled_dot_product_attention here")
+    for name in ("global_batch_size", "ckpt_every", "sampling_steps", "max_steps", "epochs", "log_every",
+                 "gradient_accumulation_steps", "num_classes"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive")
+    if args.proj_coeff < 0 or args.vae_align_proj_coeff < 0:
+        raise ValueError("--proj-coeff and --vae-align-proj-coeff must be >= 0")
+    if args.dataset is None:
+        args.dataset = "folder"
+    if args.dataset == "folder" and not (args.data_path and Path(args.data_path).is_dir()):
+        raise ValueError(f"--data-dir {args.data_path}: not a folder of class sub-folders of images "
+                         "(or pass --dataset builtin)")
+    if args.eval_every and args.dataset != "builtin":
+        raise ValueError("--eval-every scores proxy metrics, which exist for --dataset builtin only")
+    if args.continue_train_exp_dir and not args.resume_step:
+        raise ValueError("--continue-train-exp-dir needs --resume-step, the checkpoint's step")
+    if args.resume_step:
+        folder = Path(args.continue_train_exp_dir or Path(args.results_dir) / args.exp_name)
+        args.resume = str(folder / "checkpoints" / f"{args.resume_step:07d}.pt")
+        if not Path(args.resume).is_file():
+            raise ValueError(f"--resume-step {args.resume_step}: {args.resume} does not exist")
+
+
+def build_method(args: argparse.Namespace, dataset, device):
+    """The VAE (weights and latent statistics from --vae-ckpt), the SiT with its latent BatchNorm, the
+    discriminator, the losses and the frozen encoders, as ``REPAEMethod``."""
+    from loss.autoencoder import VAELoss, load_loss_config
+    from loss.denoising import InterpolantObjective
+    from loss.perceptual import PerceptualLoss
+    from models import create_model
+    from models.discriminator import NLayerDiscriminator
+    from models.encoders import load_encoders
+    from models.vae import PixelCodec, VAE_models
+    from training.alignment import check_token_counts
+    from training.methods import Batches
+    from training.repae import REPAEMethod, load_latents_stats, load_vae_weights
+
+    loss_config = load_loss_config(args.loss_cfg_path)
+    vae = VAE_models[args.vae]()
+    load_vae_weights(vae, args.vae_ckpt)
+    stats = load_latents_stats(args.vae_ckpt)
+    if args.image_size % vae.downsample:
+        raise ValueError(f"--resolution {args.image_size} is not a multiple of the VAE's downsampling {vae.downsample}")
+    encoders = load_encoders(args.enc_type, device, args.image_size) if args.proj_coeff > 0 or \
+        args.vae_align_proj_coeff > 0 else []
+    model_kwargs = dict(input_size=args.image_size // vae.downsample, in_channels=vae.latent_channels,
+                        num_classes=args.num_classes, class_dropout_prob=args.cfg_prob,
+                        z_dims=[e.embed_dim for e in encoders], encoder_depth=args.encoder_depth,
+                        qk_norm=args.qk_norm, bn_momentum=args.bn_momentum)
+    sit = create_model(args.model, **model_kwargs)
+    if encoders:
+        check_token_counts(encoders, sit.x_embedder.num_patches, args.image_size, args.model)
+    if stats["latents_scale"].numel() != vae.latent_channels:
+        raise ValueError(f"{args.vae_ckpt}: its latent statistics have {stats['latents_scale'].numel()} channels, "
+                         f"the {args.vae} VAE {vae.latent_channels}")
+    sit.init_bn(stats["latents_scale"], stats["latents_bias"])
+    discriminator = NLayerDiscriminator()
+    if args.disc_pretrained_ckpt:
+        if not Path(args.disc_pretrained_ckpt).is_file():
+            raise ValueError(f"--disc-pretrained-ckpt {args.disc_pretrained_ckpt}: no such file")
+        discriminator.load_state_dict(torch.load(args.disc_pretrained_ckpt, map_location="cpu", weights_only=True))
+    perceptual = PerceptualLoss(random_backbone=args.lpips_random, vgg_path=args.lpips_vgg).to(device) \
+        if loss_config.perceptual_weight > 0 else None
+    objective = InterpolantObjective(args.path_type, args.weighting, args.prediction, args.proj_coeff)
+    batches = Batches(args.dataset, PixelCodec(), dataset, device, with_raw=True)
+    return REPAEMethod(sit, vae, discriminator, objective, VAELoss(loss_config, perceptual), encoders, batches,
+                       lr=args.lr, vae_lr=args.vae_learning_rate, disc_lr=args.disc_learning_rate,
+                       betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay,
+                       eps=args.adam_epsilon, ema_decay=args.ema_decay, max_grad_norm=args.max_grad_norm,
+                       vae_align_proj_coeff=args.vae_align_proj_coeff, model_kwargs=model_kwargs,
+                       sampling={"path_type": args.path_type})
