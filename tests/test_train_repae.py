@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import save_vae_weights
 import train_repae
 from data import build_dataset
 from models.vae import VAE_models, to_ldm_state_dict
@@ -71,6 +72,7 @@ def test_a_run_checkpoints_repaes_keys_and_resumes_exactly(tiny_vae, tmp_path):
     straight = torch.load(tmp_path / "a" / "run" / "checkpoints" / "0000004.pt", weights_only=False)
     assert {"model", "ema", "vae", "discriminator", "opt", "opt_vae", "opt_disc", "args", "steps"} <= set(straight)
     assert "bn.running_var" in straight["ema"] and (tmp_path / "a" / "run" / "samples" / "0000004.png").is_file()
+    assert "encoder.down.0.block.0.conv1.weight" in straight["vae"]  # REPA-E's (LDM) names
 
     train_repae.main(train_repae.parse_args(flags(tiny_vae, tmp_path / "b", "--max-train-steps", "2",
                                                   "--checkpointing-steps", "2")))
@@ -80,6 +82,21 @@ def test_a_run_checkpoints_repaes_keys_and_resumes_exactly(tiny_vae, tmp_path):
     for key in ("model", "ema", "vae", "discriminator"):
         for name, value in straight[key].items():
             assert torch.equal(value, resumed[key][name]), f"{key}.{name} differs after resume"
+
+    # save_vae_weights.py: the tuned VAE, its statistics and the discriminator feed a new run
+    files = save_vae_weights.main(save_vae_weights.parse_args([
+        "--repae-ckpt", str(tmp_path / "a" / "run" / "checkpoints" / "0000004.pt"), "--vae-name", "e2e",
+        "--save-dir", str(tmp_path / "pretrained")]))
+    assert [f.name for f in files] == ["e2e.pt", "e2e-latents-stats.pt", "e2e-discriminator-ckpt.pt"]
+    stats = torch.load(files[1])
+    torch.testing.assert_close(stats["latents_scale"].flatten(), straight["ema"]["bn.running_var"].rsqrt())
+    args = train_repae.parse_args(flags(files[0], tmp_path / "c", "--max-train-steps", "1",
+                                        "--disc-pretrained-ckpt", str(files[2])))
+    validate(args)
+    method = build_method(args, build_dataset("builtin", None, 32, 10, num_images=8), torch.device("cpu"))
+    torch.testing.assert_close(method.modules["model"].bn.running_mean, straight["ema"]["bn.running_mean"])
+    tuned = method.export_weights("vae", method.modules["vae"].state_dict())
+    assert all(torch.equal(tuned[k], v) for k, v in straight["vae"].items())
 
 
 @pytest.mark.parametrize("change, message", [

@@ -76,6 +76,14 @@ class Method:
     def load_extra_state(self, state: dict) -> None:
         pass
 
+    def export_weights(self, key: str, weights: dict) -> dict:
+        """Module ``key``'s state dict as checkpoints store it (e.g. in a released format's names)."""
+        return weights
+
+    def import_weights(self, key: str, weights: dict) -> dict:
+        """The inverse of ``export_weights``, applied when a checkpoint is loaded."""
+        return weights
+
 
 class Engine:
     """Runs a ``Method``; see the module docstring. ``lr_at(step, base_lr)`` gives each optimizer's
@@ -156,12 +164,13 @@ class Engine:
         if self.shard:
             from training.sharding import full_optimizer_state_dict, full_state_dict
 
-            state = {key: full_state_dict(self.module(key)) for key in self.method.modules}
+            state = {key: self.method.export_weights(key, full_state_dict(self.module(key)))
+                     for key in self.method.modules}
             state.update({key: full_state_dict(ema) for key, ema in self.emas.items()})
             state.update({key: full_optimizer_state_dict(self.owners[key], getattr(opt, "optimizer", opt))
                           for key, opt in self.method.optimizers.items()})
         else:
-            state = {key: self.module(key).state_dict() for key in self.method.modules}
+            state = {key: self.method.export_weights(key, self.module(key).state_dict()) for key in self.method.modules}
             state.update({key: ema.state_dict() for key, ema in self.emas.items()})
             state.update({key: opt.state_dict() for key, opt in self.method.optimizers.items()})
         state.update(args=args, steps=self.steps, rng=rngs, data=dict(self.data), **self.method.extra_state())
@@ -174,10 +183,11 @@ class Engine:
         if self.shard:
             from training.sharding import load_full_optimizer_state_dict, load_full_state_dict
         for key in self.method.modules:
+            weights = self.method.import_weights(key, state[key])
             if self.shard:
-                load_full_state_dict(self.module(key), state[key])
+                load_full_state_dict(self.module(key), weights)
             else:
-                self.module(key).load_state_dict(state[key])
+                self.module(key).load_state_dict(weights)
         for key, ema in self.emas.items():
             if self.shard:
                 load_full_state_dict(ema, state[key])

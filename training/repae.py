@@ -13,7 +13,7 @@ One step, in ``train_repae.py``'s order (End2End-Diffusion/REPA-E), from one VAE
    x REPA, its BatchNorm normalising with batch statistics and updating the running ones.
 
 The EMA averages the SiT's weights and BatchNorm statistics. Checkpoint keys are REPA-E's: ``model``,
-``ema``, ``vae``, ``discriminator``, ``opt``, ``opt_vae``, ``opt_disc``.
+``ema``, ``vae`` (under LDM names, as REPA-E's), ``discriminator``, ``opt``, ``opt_vae``, ``opt_disc``.
 """
 
 from __future__ import annotations
@@ -87,6 +87,18 @@ class REPAEMethod(Method):
 
     def extra_state(self) -> dict:
         return {"model_kwargs": self.model_kwargs}
+
+    def export_weights(self, key: str, weights: dict) -> dict:
+        """The VAE is saved under LDM names, as REPA-E's checkpoints and released VAEs hold it."""
+        from models.vae import to_ldm_state_dict
+
+        return to_ldm_state_dict(weights) if key == "vae" else weights
+
+    def import_weights(self, key: str, weights: dict) -> dict:
+        from models.vae import from_ldm_state_dict
+
+        return from_ldm_state_dict(weights) if key == "vae" and any(k.startswith("encoder.down.") for k in weights) \
+            else weights
 
 
 class TrainedVAECodec:
