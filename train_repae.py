@@ -21,14 +21,14 @@ from pathlib import Path
 import torch
 from accelerate.utils import gather_object
 
-from data import build_dataset, class_names
+from data import class_names
 from training import checkpoint as ckpt_io
 from training.cli import check_writable_dir, first_paragraph, run_cli
 from training.data import make_loader
 from training.engine import Engine, NonFiniteLoss
 from training.hooks import RunHooks
 from training.repae import TrainedVAECodec
-from training.repae_recipe import build_method, validate
+from training.repae_recipe import build_ldm_method, build_method, open_dataset, validate
 from training.repae_recipe import parse_args as recipe_args
 from training.run import create_logger, plan_run_folder, save_args
 from training.setup import prepare_tracker, seed_everything, setup_accelerator
@@ -58,8 +58,12 @@ def main(args: argparse.Namespace) -> None:
     local_batch = args.global_batch_size // (world * accum)
     seed_everything(args.global_seed * world + rank)
 
-    dataset = build_dataset(args.dataset, args.data_path, args.image_size, args.num_classes)
-    method = build_method(args, dataset, device)
+    dataset = open_dataset(args)
+    frozen_vae = None
+    if args.ldm_only:
+        method, frozen_vae = build_ldm_method(args, dataset, device)
+    else:
+        method = build_method(args, dataset, device)
     if world > 1 and device.type == "cuda":  # the latent BatchNorm sees the global batch, as REPA-E
         method.modules["model"] = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method.modules["model"])
     loader, sampler = make_loader(dataset, local_batch, world, rank, args.global_seed, args.num_workers)
@@ -98,7 +102,7 @@ def main(args: argparse.Namespace) -> None:
         engine.init_emas()
     if args.compile:
         method.modules["model"] = torch.compile(method.modules["model"])
-    codec = TrainedVAECodec(engine.module("vae"))
+    codec = TrainedVAECodec(frozen_vae if args.ldm_only else engine.module("vae"))
     names = class_names(args.dataset, args.num_classes, dataset)
     hooks = RunHooks(engine, args, run_dir, CKPT_SUBDIR, logger, codec, names, args.dataset, dataset)
     logger.info(f"training for {total:,} steps ({steps_per_epoch:,} per epoch), batch {args.global_batch_size}, "

@@ -6,6 +6,7 @@
       --dest=/data/imagenet_vae/vae-sd
   # data/repa.py REPADataset("/data/imagenet_vae") reads both folders, as REG's --data-dir
 
+``convert --dest DIR/images.h5`` writes the same PNGs into REPA-E's HDF5 layout (``data/h5.py``).
 ``convert`` reads an ImageNet-style folder (``SOURCE/<class>/<image>``, labels = index of
 the class folder in sorted order), a folder or ``.zip`` with its own ``dataset.json``, or
 ``builtin`` (the procedural dataset, ``--max-images`` required). Images are taken in sorted
@@ -36,6 +37,7 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from data import h5 as h5_layout  # noqa: E402
 from data.folder import center_crop_arr, validate_image_folder  # noqa: E402
 from data.procedural import CLASS_NAMES, label_of, render_batch  # noqa: E402
 from data.repa import LABELS, Archive, is_image_name, read_labels, read_rgb  # noqa: E402
@@ -100,17 +102,27 @@ def builtin_images(count: int, resolution: int) -> Iterator[tuple[Image.Image, i
 
 
 class Destination:
-    """A new or empty folder, or a ``.zip`` written as ``NAME.zip.partial`` and renamed when finished.
+    """A new or empty folder, a ``.zip`` or REPA-E's ``images.h5`` (``data/h5.py``); the files are written as
+    ``NAME.partial`` and renamed when finished.
 
-    ``finish`` writes ``dataset.json`` last; leaving the ``with`` block on an error deletes a
-    partial zip (a partial folder stays, without ``dataset.json``).
+    ``finish`` writes ``dataset.json`` last (and for ``.h5`` then the list of entries beside it);
+    leaving the ``with`` block on an error deletes a partial zip or h5 (a partial folder stays,
+    without ``dataset.json``).
     """
 
     def __init__(self, dest: str):
         if not dest:
             raise ValueError("--dest must not be empty")
-        self.path, self.zip = Path(dest), None
-        if self.path.suffix.lower() == ".zip":
+        self.path, self.zip, self.h5 = Path(dest), None, None
+        if self.path.suffix.lower() == ".h5":
+            import h5py
+
+            if self.path.exists():
+                raise ValueError(f"--dest {dest} already exists; delete it (and its _h5.json) or choose another --dest")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.partial = self.path.with_name(self.path.name + ".partial")
+            self.h5 = h5py.File(self.partial, "w")
+        elif self.path.suffix.lower() == ".zip":
             if self.path.exists():
                 raise ValueError(f"--dest {dest} already exists; delete it or choose another --dest")
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,6 +137,9 @@ class Destination:
             self.path.mkdir(parents=True, exist_ok=True)
 
     def write(self, name: str, data: bytes) -> None:
+        if self.h5 is not None:
+            h5_layout.write_bytes(self.h5, name, data)
+            return
         if self.zip is not None:
             self.zip.writestr(name, data)
             return
@@ -133,6 +148,12 @@ class Destination:
         target.write_bytes(data)
 
     def finish(self, labels: list[list]) -> None:
+        if self.h5 is not None:
+            names = h5_layout.finish(self.h5, labels)
+            self.h5.close()
+            os.replace(self.partial, self.path)
+            h5_layout.write_listing(self.path, names)
+            return
         data = json.dumps({"labels": labels}).encode()
         if self.zip is not None:
             self.zip.writestr(LABELS, data)
@@ -147,8 +168,8 @@ class Destination:
         return self
 
     def __exit__(self, kind, error, traceback) -> None:
-        if kind is not None and self.zip is not None:
-            self.zip.close()
+        if kind is not None and (self.zip is not None or self.h5 is not None):
+            (self.zip or self.h5).close()
             self.partial.unlink(missing_ok=True)
 
 
@@ -224,7 +245,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     c = sub.add_parser("convert", help="image folder, .zip or builtin -> square PNGs + dataset.json")
     c.add_argument("--source", required=True, metavar="PATH",
                    help="SOURCE/<class>/<image> folder, a folder or .zip with dataset.json, or 'builtin'")
-    c.add_argument("--dest", required=True, metavar="PATH", help="new or empty folder, or a .zip")
+    c.add_argument("--dest", required=True, metavar="PATH", help="new or empty folder, a .zip, or DIR/images.h5 "
+                   "(REPA-E's layout)")
     c.add_argument("--max-images", type=int, default=None, metavar="INT", help="the first N images only")
     c.add_argument("--transform", choices=["center-crop-dhariwal"], default="center-crop-dhariwal",
                    help="ADM's center crop (the only transform kept from the original tool)")

@@ -25,7 +25,7 @@ class Batches:
     unless ``with_raw``), the model input (latents, or pixels in [-1, 1] with ``--vae none``) and labels.
 
     Images get DiT's random flip (the encoders see the same flip); cached latents pick their flipped
-    or unflipped moments; REPA's layout is used as stored (no flip), as REPA does.
+    or unflipped moments; REPA's and REPA-E's layouts are used as stored (no flip), as they do.
     """
 
     def __init__(self, kind: str, codec, dataset, device, with_raw: bool = False):
@@ -33,6 +33,13 @@ class Batches:
 
     @torch.no_grad()
     def __call__(self, batch):
+        if self.kind == "h5":  # REPA-E's images.h5: uint8 images, used as stored (no flip)
+            raw, y = (t.to(self.device, non_blocking=True) for t in batch)
+            return raw.float(), raw.float() / 127.5 - 1, y
+        if self.kind == "h5-latents":  # and its cached moments: z = mean + std eps, unscaled (REPA-E)
+            raw, moments, y = (t.to(self.device, non_blocking=True) for t in batch)
+            mean, std = moments.chunk(2, dim=1)
+            return raw.float(), mean + std * torch.randn_like(mean), y
         if self.kind == "repa":
             raw, moments, y = (t.to(self.device, non_blocking=True) for t in batch)
             mean, std = moments.chunk(2, dim=1)
@@ -101,3 +108,12 @@ class InterpolantMethod(DenoisingMethod):
         if self.legacy_drop:
             y = torch.where(torch.rand(y.shape[0], device=y.device) < self.legacy_drop, self.num_classes, y)
         return x, y, extra
+
+
+class LDMOnlyMethod(InterpolantMethod):
+    """REPA-E's ``train_ldm_only.py``: a SiT with a latent BatchNorm on the cached latents of a frozen VAE.
+    The BatchNorm stays in eval mode, at the VAE's latent statistics, while the rest trains."""
+
+    def train_step(self, engine, batch) -> dict[str, torch.Tensor]:
+        engine.module("model").bn.eval()
+        return super().train_step(engine, batch)

@@ -1,5 +1,5 @@
-"""``train_repae.py``'s flags (REPA-E's, with their spelling and defaults), their checks and the method
-they build (``training/repae.py``)."""
+"""The flags of ``train_repae.py`` and ``train_ldm_only.py`` (REPA-E's, with their spelling and defaults),
+their checks, the data and the methods they build (``training/repae.py``, ``training/methods.py``)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import torch
 
 from models import MODEL_NAMES
 
-REPAE_DATASETS = ("builtin", "folder")
+REPAE_DATASETS = ("h5", "builtin", "folder")
 
 
-def parse_args(argv=None, description: str | None = None) -> argparse.Namespace:
+def parse_args(argv=None, description: str | None = None, ldm_only: bool = False) -> argparse.Namespace:
+    """``ldm_only``: ``train_ldm_only.py``'s flags (no VAE, discriminator or VAE-loss flags; its defaults)."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--output-dir", dest="results_dir", type=str, default="exps")
     p.add_argument("--exp-name", type=str, required=True, help="the run folder {output-dir}/{exp-name}")
@@ -22,17 +23,22 @@ def parse_args(argv=None, description: str | None = None) -> argparse.Namespace:
     p.add_argument("--resume-step", type=int, default=0, help="resume {exp dir}/checkpoints/{step:07d}.pt")
     p.add_argument("--continue-train-exp-dir", type=str, default=None,
                    help="the run folder to resume from (default {output-dir}/{exp-name})")
-    p.add_argument("--model", type=str, default="SiT-XL/2")
+    p.add_argument("--model", type=str, default="SiT-XL/1" if ldm_only else "SiT-XL/2")
     p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--encoder-depth", type=int, default=8)
     p.add_argument("--qk-norm", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--fused-attn", action=argparse.BooleanOptionalAction, default=True,
                    help="attention is always torch's scaled_dot_product_attention (--no-fused-attn is refused)")
-    p.add_argument("--bn-momentum", type=float, default=0.1, help="momentum of the SiT's latent BatchNorm")
+    if not ldm_only:
+        p.add_argument("--bn-momentum", type=float, default=0.1, help="momentum of the SiT's latent BatchNorm")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                    help="torch.compile the SiT (--no-compile on CPUs and for debugging)")
-    p.add_argument("--data-dir", dest="data_path", type=str, default=None, help="an ImageNet-style image folder")
-    p.add_argument("--dataset", choices=REPAE_DATASETS, default=None, help="default: folder (--data-dir)")
+    p.add_argument("--data-dir", dest="data_path", type=str, default="data",
+                   help="REPA-E's layout: images.h5" + (" and {vae-latents-name}.h5" if ldm_only else
+                                                        " (or an ImageNet-style image folder)"))
+    if not ldm_only:
+        p.add_argument("--dataset", choices=REPAE_DATASETS, default=None,
+                       help="default: h5 when --data-dir holds images.h5, else folder")
     p.add_argument("--resolution", dest="image_size", type=int, default=256)
     p.add_argument("--batch-size", dest="global_batch_size", type=int, default=256)
     p.add_argument("--allow-tf32", action=argparse.BooleanOptionalAction, default=True)
@@ -42,8 +48,9 @@ def parse_args(argv=None, description: str | None = None) -> argparse.Namespace:
     p.add_argument("--checkpointing-steps", dest="ckpt_every", type=int, default=50_000)
     p.add_argument("--gradient-accumulation-steps", type=int, default=1)
     p.add_argument("--learning-rate", dest="lr", type=float, default=1e-4, help="the SiT's")
-    p.add_argument("--vae-learning-rate", type=float, default=1e-4)
-    p.add_argument("--disc-learning-rate", type=float, default=1e-4)
+    if not ldm_only:
+        p.add_argument("--vae-learning-rate", type=float, default=1e-4)
+        p.add_argument("--disc-learning-rate", type=float, default=1e-4)
     p.add_argument("--adam-beta1", type=float, default=0.9)
     p.add_argument("--adam-beta2", type=float, default=0.999)
     p.add_argument("--adam-weight-decay", type=float, default=0.0)
@@ -57,23 +64,32 @@ def parse_args(argv=None, description: str | None = None) -> argparse.Namespace:
     p.add_argument("--enc-type", type=str, default="dinov2-vit-b")
     p.add_argument("--proj-coeff", type=float, default=0.5)
     p.add_argument("--weighting", choices=["uniform", "lognormal"], default="uniform")
-    p.add_argument("--vae", choices=["f8d4", "f16d32", "tiny-f4d4"], default="f8d4")
-    p.add_argument("--vae-ckpt", type=str, default="pretrained/sdvae-f8d4/sdvae-f8d4.pt",
-                   help="its latent statistics are read from <vae-ckpt>-latents-stats.pt")
-    p.add_argument("--disc-pretrained-ckpt", type=str, default=None)
-    p.add_argument("--loss-cfg-path", type=str, default="configs/l1_lpips_kl_gan.yaml")
-    p.add_argument("--vae-align-proj-coeff", type=float, default=1.5)
+    p.add_argument("--vae", choices=["f8d4", "f16d32", "tiny-f4d4"], default="f16d32" if ldm_only else "f8d4")
+    p.add_argument("--vae-ckpt", type=str, default="pretrained/e2e-vavae-400k/e2e-vavae-400k.pt" if ldm_only else
+                   "pretrained/sdvae-f8d4/sdvae-f8d4.pt", help="its latent statistics are read from "
+                   "<vae-ckpt>-latents-stats.pt" + ("; it decodes the sample grids" if ldm_only else ""))
+    if ldm_only:
+        p.add_argument("--vae-latents-name", type=str, default="e2e-vavae-400k",
+                       help="the cached latents {data-dir}/{name}.h5 (cache_latents.py)")
+    else:
+        p.add_argument("--disc-pretrained-ckpt", type=str, default=None)
+        p.add_argument("--loss-cfg-path", type=str, default="configs/l1_lpips_kl_gan.yaml")
+        p.add_argument("--vae-align-proj-coeff", type=float, default=1.5)
     ours = p.add_argument_group("beyond REPA-E's flags")
     ours.add_argument("--ema-decay", type=float, default=0.9999)
     ours.add_argument("--log-every", type=int, default=100)
-    ours.add_argument("--lpips-vgg", type=str, default=None, help="torchvision's vgg16-397923af.pth for LPIPS")
-    ours.add_argument("--lpips-random", action="store_true", help="LPIPS on a random VGG (tests, the CPU demo): "
-                      "the mechanics of the loss without its perceptual meaning")
+    if not ldm_only:
+        ours.add_argument("--lpips-vgg", type=str, default=None, help="torchvision's vgg16-397923af.pth for LPIPS")
+        ours.add_argument("--lpips-random", action="store_true", help="LPIPS on a random VGG (tests, the CPU "
+                          "demo): the mechanics of the loss without its perceptual meaning")
     ours.add_argument("--eval-every", type=int, default=0, help="proxy metrics of EMA samples (--dataset builtin)")
     ours.add_argument("--eval-samples", type=int, default=500)
     ours.add_argument("--eval-sampling-steps", type=int, default=50)
     ours.add_argument("--eval-cfg-scale", type=float, default=1.0)
     args = p.parse_args(argv)
+    if ldm_only:  # the SiT's BatchNorm stays at the VAE's statistics; nothing trains the VAE
+        args.dataset, args.bn_momentum, args.vae_align_proj_coeff = "h5-latents", 0.1, 0.0
+    args.ldm_only = ldm_only
     # what the shared run machinery reads (hooks, run folders)
     args.eval_ref = args.inception_weights = None
     args.overfit, args.resume, args.lr_schedule, args.lr_warmup_steps, args.min_lr = False, None, "constant", 0, 0.0
@@ -94,10 +110,13 @@ def validate(args: argparse.Namespace) -> None:
     if args.proj_coeff < 0 or args.vae_align_proj_coeff < 0:
         raise ValueError("--proj-coeff and --vae-align-proj-coeff must be >= 0")
     if args.dataset is None:
-        args.dataset = "folder"
+        args.dataset = "h5" if (Path(args.data_path or ".") / "images.h5").is_file() else "folder"
+    if args.dataset in ("h5", "h5-latents") and not (Path(args.data_path or ".") / "images.h5").is_file():
+        raise ValueError(f"--data-dir {args.data_path}: no images.h5 (REPA-E's layout; preprocessing/dataset_tools.py "
+                         "convert --dest DIR/images.h5 writes it)")
     if args.dataset == "folder" and not (args.data_path and Path(args.data_path).is_dir()):
-        raise ValueError(f"--data-dir {args.data_path}: not a folder of class sub-folders of images "
-                         "(or pass --dataset builtin)")
+        raise ValueError(f"--data-dir {args.data_path}: neither images.h5 nor a folder of class sub-folders of "
+                         "images (or pass --dataset builtin)")
     if args.eval_every and args.dataset != "builtin":
         raise ValueError("--eval-every scores proxy metrics, which exist for --dataset builtin only")
     if args.continue_train_exp_dir and not args.resume_step:
@@ -107,6 +126,60 @@ def validate(args: argparse.Namespace) -> None:
         args.resume = str(folder / "checkpoints" / f"{args.resume_step:07d}.pt")
         if not Path(args.resume).is_file():
             raise ValueError(f"--resume-step {args.resume_step}: {args.resume} does not exist")
+
+
+def open_dataset(args: argparse.Namespace):
+    """The training data the flags name: REPA-E's h5 layout (with the cached latents for ldm-only runs),
+    the built-in images or an image folder."""
+    from data import build_dataset
+    from data.h5 import H5Images, H5ImagesAndLatents
+
+    if args.dataset == "h5-latents":
+        dataset = H5ImagesAndLatents(args.data_path, args.vae_latents_name)
+    elif args.dataset == "h5":
+        dataset = H5Images(args.data_path)
+    else:
+        return build_dataset(args.dataset, args.data_path, args.image_size, args.num_classes)
+    size = dataset.image(0).shape[-1]
+    if size != args.image_size:
+        raise ValueError(f"{dataset.path} holds {size} px images, not --resolution {args.image_size}")
+    if dataset.num_classes > args.num_classes:
+        raise ValueError(f"{dataset.path} has {dataset.num_classes} classes but --num-classes is {args.num_classes}")
+    return dataset
+
+
+def build_ldm_method(args: argparse.Namespace, dataset, device):
+    """``train_ldm_only.py``: the SiT (latent BatchNorm at the frozen VAE's statistics) on cached latents."""
+    from loss.denoising import InterpolantObjective
+    from models import create_model
+    from models.encoders import load_encoders
+    from models.vae import VAE_models
+    from training.alignment import check_token_counts
+    from training.methods import Batches, LDMOnlyMethod
+    from training.repae import load_latents_stats, load_vae_weights
+
+    vae = VAE_models[args.vae]()
+    load_vae_weights(vae, args.vae_ckpt)
+    stats = load_latents_stats(args.vae_ckpt)
+    channels, size = dataset.moments_shape[0] // 2, dataset.moments_shape[-1]
+    if channels != vae.latent_channels or size * vae.downsample != args.image_size:
+        raise ValueError(f"{dataset.latents_path} holds {channels} x {size} x {size} latents, not those of the "
+                         f"{args.vae} VAE at --resolution {args.image_size}; cache them with that VAE")
+    encoders = load_encoders(args.enc_type, device, args.image_size) if args.proj_coeff > 0 else []
+    model_kwargs = dict(input_size=size, in_channels=channels, num_classes=args.num_classes,
+                        class_dropout_prob=args.cfg_prob, z_dims=[e.embed_dim for e in encoders],
+                        encoder_depth=args.encoder_depth, qk_norm=args.qk_norm, bn_momentum=args.bn_momentum)
+    sit = create_model(args.model, **model_kwargs)
+    if encoders:
+        check_token_counts(encoders, sit.x_embedder.num_patches, args.image_size, args.model)
+    sit.init_bn(stats["latents_scale"], stats["latents_bias"])
+    objective = InterpolantObjective(args.path_type, args.weighting, args.prediction, args.proj_coeff)
+    method = LDMOnlyMethod(sit, objective, Batches("h5-latents", None, dataset, device, with_raw=True),
+                           encoders=encoders, num_classes=args.num_classes, lr=args.lr,
+                           betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay,
+                           eps=args.adam_epsilon, ema_decay=args.ema_decay, max_grad_norm=args.max_grad_norm,
+                           model_kwargs=model_kwargs, sampling={"path_type": args.path_type})
+    return method, vae.to(device).eval().requires_grad_(False)
 
 
 def build_method(args: argparse.Namespace, dataset, device):
