@@ -22,9 +22,8 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from data import h5 as layout
-from models.vae import VAE_models
+from models.vae import VAE_models, load_vae_weights
 from training.cli import check_writable_dir, first_paragraph, run_cli
-from training.repae import load_vae_weights
 from training.setup import setup_accelerator
 
 

@@ -17,8 +17,7 @@ import torch
 
 from data import class_names
 from diffusion.pipeline import generate
-from models.pretrained import build_for_sampling, resolve_sampling_config
-from models.vae import load_vae
+from models.pretrained import build_for_sampling, load_codec, resolve_sampling_config
 from training.cli import first_paragraph, run_cli
 from training.monitor import row_labels, save_grid
 from training.sampling import add_sampling_args, check_sampling_args, choose_sampler, sampling_settings
@@ -51,7 +50,7 @@ def main(args: argparse.Namespace) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     state_dict, cfg = resolve_sampling_config(args)
     args.sampler = choose_sampler(args, cfg)
-    codec = load_vae(cfg["vae"], device)
+    codec = load_codec(cfg, device)
     model = build_for_sampling(state_dict, cfg, codec, device)
     labels = args.class_labels
     if labels is None:

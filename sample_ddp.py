@@ -32,8 +32,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from diffusion.pipeline import generate
-from models.pretrained import build_for_sampling, resolve_sampling_config
-from models.vae import load_vae
+from models.pretrained import build_for_sampling, load_codec, resolve_sampling_config
 from training.cli import check_writable_dir, first_paragraph, run_cli
 from training.monitor import to_uint8
 from training.run import write_text_atomic
@@ -134,7 +133,7 @@ def main(args: argparse.Namespace) -> None:
                 "per_proc_batch_size": args.per_proc_batch_size, "world_size": world}
     folder = Path(args.sample_dir) / (f"{cfg['model'].replace('/', '-')}-{Path(cfg['ckpt']).stem}-{digest[:8]}-"
                                       f"size-{cfg['image_size']}-vae-{cfg['vae']}-seed-{args.global_seed}")
-    codec = load_vae(cfg["vae"], device)
+    codec = load_codec(cfg, device)
     settings = sampling_settings(args, cfg, codec)
     manifest["sampling"] = settings["kwargs"]
     folder = folder.with_name(f"{folder.name}-{settings['name']}")

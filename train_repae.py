@@ -22,12 +22,12 @@ import torch
 from accelerate.utils import gather_object
 
 from data import class_names
+from models.vae import VAECodec
 from training import checkpoint as ckpt_io
 from training.cli import check_writable_dir, first_paragraph, run_cli
 from training.data import make_loader
 from training.engine import Engine, NonFiniteLoss
 from training.hooks import RunHooks
-from training.repae import TrainedVAECodec
 from training.repae_recipe import build_ldm_method, build_method, open_dataset, validate
 from training.repae_recipe import parse_args as recipe_args
 from training.run import create_logger, plan_run_folder, save_args
@@ -102,7 +102,7 @@ def main(args: argparse.Namespace) -> None:
         engine.init_emas()
     if args.compile:
         method.modules["model"] = torch.compile(method.modules["model"])
-    codec = TrainedVAECodec(frozen_vae if args.ldm_only else engine.module("vae"))
+    codec = VAECodec(frozen_vae if args.ldm_only else engine.module("vae"))
     names = class_names(args.dataset, args.num_classes, dataset)
     hooks = RunHooks(engine, args, run_dir, CKPT_SUBDIR, logger, codec, names, args.dataset, dataset)
     logger.info(f"training for {total:,} steps ({steps_per_epoch:,} per epoch), batch {args.global_batch_size}, "

@@ -21,6 +21,7 @@ from models import create_model, hub
 from models.weights import load_checkpoint, load_weights, model_state_dict
 
 OFFICIAL = {256: "DiT-XL-2-256x256.pt", 512: "DiT-XL-2-512x512.pt"}
+REPAE_VAES = ("f8d4", "f16d32", "tiny-f4d4")  # the trainable VAEs of models/vae.py (REPA-E)
 OFFICIAL_URL = "https://dl.fbaipublicfiles.com/DiT/models/{}"
 PRETRAINED_DIR = Path(os.environ.get("DIFFUSION_LAB_PRETRAINED", "pretrained_models"))
 
@@ -73,6 +74,8 @@ def resolve_sampling_config(args) -> tuple[dict, dict]:
                          "and --sampler ddpm or ddim")
     state_dict = model_state_dict(ckpt, prefer="ema")
     cfg["ckpt"], cfg["dataset"] = str(path), trained.get("dataset")
+    if cfg["vae"] in REPAE_VAES:  # REPA-E: the tuned VAE is in the checkpoint, or (ldm-only) in --vae-ckpt
+        cfg["vae_weights"] = ckpt["vae"] if isinstance(ckpt.get("vae"), dict) else trained.get("vae_ckpt")
     if cfg["model"].startswith("SiT-"):
         state_dict = legacy_blocks(state_dict, trained, args)
         cfg["model_kwargs"] = sit_kwargs(state_dict, trained, args)
@@ -81,6 +84,21 @@ def resolve_sampling_config(args) -> tuple[dict, dict]:
         cfg["model_kwargs"] = recorded_shape(ckpt) if cfg["model"].startswith("UNet") else {}
         cfg["noise_schedule"] = NOISE_SCHEDULES[trained.get("noise_schedule") or "linear"]
     return state_dict, cfg
+
+
+def load_codec(cfg: dict, device) -> torch.nn.Module:
+    """The decoder for ``cfg["vae"]``: REPA-E's VAE architectures (``f8d4``, ``f16d32``) with the checkpoint's
+    tuned weights (or the ``--vae-ckpt`` it trained on), else ``models.vae.load_vae``."""
+    from models.vae import VAE_models, VAECodec, load_vae, load_vae_weights
+
+    if cfg["vae"] not in REPAE_VAES:
+        return load_vae(cfg["vae"], device)
+    if cfg.get("vae_weights") is None:
+        raise ValueError(f"{cfg['ckpt']}: a {cfg['vae']} VAE, but neither the checkpoint nor its args say which "
+                         "weights; sample a train_repae.py / train_ldm_only.py checkpoint")
+    vae = VAE_models[cfg["vae"]]()
+    load_vae_weights(vae, cfg["vae_weights"])
+    return VAECodec(vae.to(device).eval())
 
 
 def legacy_blocks(state_dict: dict, trained: dict, args) -> dict:
@@ -126,6 +144,8 @@ def sit_kwargs(state_dict: dict, trained: dict, args) -> dict:
     out_channels = state_dict["final_layer.linear.weight"].shape[0] // (patch * patch)
     kwargs = dict(z_dims=z_dims, cls_token_dim=cls_dim, learn_sigma=out_channels == 2 * channels,
                   qk_norm="blocks.0.attn.q_norm.weight" in state_dict)
+    if "bn.running_var" in state_dict:  # REPA-E's latent BatchNorm: sampling de-normalises with its statistics
+        kwargs["bn_momentum"] = float(trained.get("bn_momentum", 0.1))
     depth = getattr(args, "encoder_depth", None) or trained.get("encoder_depth")
     if depth is not None:
         kwargs["encoder_depth"] = int(depth)

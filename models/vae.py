@@ -157,6 +157,43 @@ class VAE(torch.nn.Module):
         return posterior, z, self.decode(z)
 
 
+class VAECodec:
+    """A ``VAE`` seen as a codec by the samplers and grids: ``decode`` with its current weights, no
+    gradient. REPA-E's latents carry no scale (its SiT normalises them with its own BatchNorm)."""
+
+    bounded = False
+
+    def __init__(self, vae: VAE):
+        self.vae = vae
+        self.latent_channels, self.downsample = vae.latent_channels, vae.downsample
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(z.to(next(self.vae.parameters()).dtype))
+
+
+def load_vae_weights(vae: VAE, source, flag: str = "--vae-ckpt") -> None:
+    """A VAE's weights, strictly: a file (REPA-E's released format with LDM names, ours, or a REPA-E
+    training checkpoint's ``vae``) or a state dict already read."""
+    if isinstance(source, dict):
+        sd, where = source, "the checkpoint's vae"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ValueError(f"{flag} {path}: no such file (REPA-E's VAE weights, e.g. pretrained/sdvae/sdvae-f8d4.pt)")
+        sd, where = torch.load(path, map_location="cpu", weights_only=True), f"{flag} {path}"
+    if isinstance(sd.get("vae"), dict):
+        sd = sd["vae"]  # a REPA-E training checkpoint
+    if any(k.startswith("encoder.down.") for k in sd):
+        sd = from_ldm_state_dict(sd)
+    try:
+        vae.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        lines = str(e).strip().splitlines()
+        raise ValueError(f"{where} does not fit this VAE ({(lines[1] if len(lines) > 1 else lines[0]).strip()}); is "
+                         "it a checkpoint of the other architecture (--vae f8d4 / f16d32)?") from None
+
+
 VAE_models = {
     "f8d4": partial(VAE, ch_mult=(1, 2, 4, 4), z_channels=4),        # SD-VAE's layout: 4 x 32 x 32 for 256 px
     "f16d32": partial(VAE, ch_mult=(1, 1, 2, 2, 4), z_channels=32),  # VA-VAE's: 32 x 16 x 16, attention at 16 x 16

@@ -66,7 +66,7 @@ def cache(data_dir, out, name="tiny", *extra):
 def test_cache_latents_stores_the_posterior_moments_and_resumes(data_dir, tmp_path):
     target = cache(data_dir, tmp_path)
     vae = VAE_models["tiny-f4d4"]()
-    from training.repae import load_vae_weights
+    from models.vae import load_vae_weights
 
     load_vae_weights(vae, data_dir / "tiny.pt")
     image = H5Images(data_dir)[5][0].float()[None] / 127.5 - 1

@@ -3,9 +3,11 @@ go, the checkpoint, exact resume, and bad input refused in one line."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
+import generate
 import save_vae_weights
 import train_repae
 from data import build_dataset
@@ -82,6 +84,12 @@ def test_a_run_checkpoints_repaes_keys_and_resumes_exactly(tiny_vae, tmp_path):
     for key in ("model", "ema", "vae", "discriminator"):
         for name, value in straight[key].items():
             assert torch.equal(value, resumed[key][name]), f"{key}.{name} differs after resume"
+
+    # generate.py samples the run with its own tuned VAE and the EMA's latent statistics
+    npz = generate.main(generate.parse_args([
+        "--exp-path", str(tmp_path / "a" / "run"), "--train-steps", "4", "--num-fid-samples", "4",
+        "--pproc-batch-size", "4", "--num-steps", "3", "--sample-dir", str(tmp_path / "samples")]))
+    assert "vae-tiny-f4d4" in npz.name and np.load(npz)["arr_0"].shape == (4, 32, 32, 3)
 
     # save_vae_weights.py: the tuned VAE, its statistics and the discriminator feed a new run
     files = save_vae_weights.main(save_vae_weights.parse_args([

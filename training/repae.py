@@ -101,45 +101,10 @@ class REPAEMethod(Method):
             else weights
 
 
-class TrainedVAECodec:
-    """The VAE being trained, seen as a codec by the sample grids and evaluations: its current weights
-    decode the (de-normalised) latents."""
-
-    bounded = False
-
-    def __init__(self, vae):
-        self.vae = vae
-        self.latent_channels, self.downsample = vae.latent_channels, vae.downsample
-
-    @torch.no_grad()
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(z.to(next(self.vae.parameters()).dtype))
-
-
 def latents_stats_path(vae_ckpt: str | Path) -> Path:
     """REPA-E's ``<vae-ckpt>-latents-stats.pt`` beside a VAE checkpoint."""
     vae_ckpt = Path(vae_ckpt)
     return vae_ckpt.with_name(vae_ckpt.name.replace(".pt", "-latents-stats.pt"))
-
-
-def load_vae_weights(vae, path: str | Path, flag: str = "--vae-ckpt") -> None:
-    """A VAE checkpoint in REPA-E's released format (LDM names) or ours (diffusers names), strictly."""
-    from models.vae import from_ldm_state_dict
-
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{flag} {path}: no such file (REPA-E's VAE weights, e.g. pretrained/sdvae/sdvae-f8d4.pt)")
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(sd, dict) and isinstance(sd.get("vae"), dict):
-        sd = sd["vae"]  # a REPA-E training checkpoint
-    if any(k.startswith("encoder.down.") for k in sd):
-        sd = from_ldm_state_dict(sd)
-    try:
-        vae.load_state_dict(sd, strict=True)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-        raise ValueError(f"{flag} {path} does not fit this VAE ({first}); is it a checkpoint of the other "
-                         "architecture (--vae f8d4 / f16d32)?") from None
 
 
 def load_latents_stats(vae_ckpt: str | Path) -> dict[str, torch.Tensor]:

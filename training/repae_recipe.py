@@ -153,10 +153,10 @@ def build_ldm_method(args: argparse.Namespace, dataset, device):
     from loss.denoising import InterpolantObjective
     from models import create_model
     from models.encoders import load_encoders
-    from models.vae import VAE_models
+    from models.vae import VAE_models, load_vae_weights
     from training.alignment import check_token_counts
     from training.methods import Batches, LDMOnlyMethod
-    from training.repae import load_latents_stats, load_vae_weights
+    from training.repae import load_latents_stats
 
     vae = VAE_models[args.vae]()
     load_vae_weights(vae, args.vae_ckpt)
@@ -191,10 +191,10 @@ def build_method(args: argparse.Namespace, dataset, device):
     from models import create_model
     from models.discriminator import NLayerDiscriminator
     from models.encoders import load_encoders
-    from models.vae import PixelCodec, VAE_models
+    from models.vae import PixelCodec, VAE_models, load_vae_weights
     from training.alignment import check_token_counts
     from training.methods import Batches
-    from training.repae import REPAEMethod, load_latents_stats, load_vae_weights
+    from training.repae import REPAEMethod, load_latents_stats
 
     loss_config = load_loss_config(args.loss_cfg_path)
     vae = VAE_models[args.vae]()
