@@ -1,4 +1,4 @@
-# make install | demo | demo-sit | demo-unet | test | lint | bench | clean
+# make install | demo | demo-sit | demo-unet | demo-repae | test | lint | bench | clean
 #      train | overfit | quick-test | generate | status | gpu-status | monitor | clean-all | clean-cuda  (the U-Net)
 # `install` makes .venv in the repository root unless a virtual or conda environment is active.
 ACTIVE_ENV := $(or $(VIRTUAL_ENV),$(CONDA_PREFIX))
@@ -22,6 +22,20 @@ DEMO_FLAGS ?= --dataset builtin --model DiT-Demo/4 --image-size 16 --num-classes
 # tiny U-Net (cosine schedule, gradients clipped at 1, learning rate 1e-3): the three side by side.
 DEMO_SIT_FLAGS ?= $(subst DiT-Demo/4,SiT-Demo/4,$(DEMO_FLAGS)) --proj-coeff 0 --cls 0
 DEMO_UNET_FLAGS ?= $(subst --lr 2e-3,--lr 1e-3,$(subst DiT-Demo/4,UNet-Ti,$(DEMO_FLAGS)))
+
+# REPA-E on the built-in images at 32 px, from one tiny VAE pretrained on reconstruction (cached in
+# results/demo-repae/pretrained): an end-to-end run and a frozen-VAE run on its cached latents, the same SiT,
+# steps, batch and learning rates, side by side. The encoder is tiny-vit (random weights) and the VAE loss has
+# no LPIPS: the demo shows the mechanics, not REPA-E's benefit, which needs a pretrained encoder.
+REPAE_DIR ?= results/demo-repae
+REPAE_STEPS ?= 600
+REPAE_COMMON ?= --data-dir $(REPAE_DIR)/data --num-classes 10 --resolution 32 --model SiT-Demo/1 --vae tiny-f4d4 \
+	--vae-ckpt $(REPAE_DIR)/pretrained/tiny-vae/tiny-vae.pt --enc-type tiny-vit --encoder-depth 2 --batch-size 16 \
+	--learning-rate 1e-3 --ema-decay 0.995 --max-train-steps $(REPAE_STEPS) --checkpointing-steps $(REPAE_STEPS) \
+	--sampling-steps $(REPAE_STEPS) --no-compile --mixed-precision no --report-to none --num-workers 0 \
+	--log-every 100 --output-dir $(REPAE_DIR)
+REPAE_GENERATE ?= --train-steps $(REPAE_STEPS) --mode sde --num-steps 25 --cfg-scale 4 --num-fid-samples 300 \
+	--pproc-batch-size 300 --proxy --sample-dir $(REPAE_DIR)/samples
 
 # The class-conditional U-Net (pixel space, cosine schedule, DDPM). 128 px on a GPU as the original; a CPU
 # gets 32 px unless IMAGE_SIZE is given. DATASET=builtin trains offline on the procedural images.
@@ -47,7 +61,7 @@ OVERFIT_FLAGS ?= --overfit --samples $(SAMPLES) --global-batch-size $(shell echo
 # Targets other than install depend on $(NEEDS); the test suite runs them with NEEDS= (already installed).
 NEEDS ?= install
 
-.PHONY: install demo demo-sit demo-unet test lint bench clean train overfit quick-test generate status gpu-status monitor \
+.PHONY: install demo demo-sit demo-unet demo-repae test lint bench clean train overfit quick-test generate status gpu-status monitor \
 	clean-all clean-cuda
 
 install: $(STAMP)
@@ -65,6 +79,22 @@ demo-sit: $(NEEDS)
 
 demo-unet: $(NEEDS)
 	$(PYTHON) train.py $(DEMO_UNET_FLAGS)
+
+demo-repae: $(NEEDS)
+	@test -f $(REPAE_DIR)/data/images_h5.json || $(PYTHON) preprocessing/dataset_tools.py convert --source builtin \
+		--max-images 20000 --resolution 32x32 --dest $(REPAE_DIR)/data/images.h5
+	$(PYTHON) preprocessing/pretrain_vae.py --vae-arch tiny-f4d4 --data-dir $(REPAE_DIR)/data --max-train-steps 400 \
+		--save-dir $(REPAE_DIR)/pretrained --vae-name tiny-vae
+	rm -rf $(REPAE_DIR)/e2e $(REPAE_DIR)/frozen $(REPAE_DIR)/samples
+	$(PYTHON) train_repae.py $(REPAE_COMMON) --exp-name e2e --loss-cfg-path configs/demo_l1_kl_gan.yaml
+	$(PYTHON) cache_latents.py --vae-arch tiny-f4d4 --vae-ckpt-path $(REPAE_DIR)/pretrained/tiny-vae/tiny-vae.pt \
+		--vae-latents-name tiny-vae --data-dir $(REPAE_DIR)/data --output-dir $(REPAE_DIR)/data --pproc-batch-size 250
+	$(PYTHON) train_ldm_only.py $(REPAE_COMMON) --exp-name frozen --vae-latents-name tiny-vae
+	$(PYTHON) generate.py --exp-path $(REPAE_DIR)/e2e $(REPAE_GENERATE)
+	$(PYTHON) generate.py --exp-path $(REPAE_DIR)/frozen $(REPAE_GENERATE)
+	$(PYTHON) evaluations/repae_report.py --data-dir $(REPAE_DIR)/data --vae-arch tiny-f4d4 \
+		--start-vae $(REPAE_DIR)/pretrained/tiny-vae/tiny-vae.pt --run e2e=$(REPAE_DIR)/e2e \
+		--run frozen=$(REPAE_DIR)/frozen --samples-dir $(REPAE_DIR)/samples --out $(REPAE_DIR)
 
 test: $(NEEDS)
 	$(PYTHON) -m pytest -q

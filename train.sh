@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Paper recipes, parameterised by environment variables (defaults in brackets):
-#   RECIPE    reg (SiT-XL/2 + REG, Wu et al. 2025) | repa (SiT-B/2 + REPA, Yu et al. 2025) | dit (DiT-XL/2)  [reg]
+#   RECIPE    reg (SiT-XL/2 + REG, Wu et al. 2025) | repa (SiT-B/2 + REPA, Yu et al. 2025) | dit (DiT-XL/2)
+#             | repae (SiT-XL/2 + SD-VAE end to end, Leng et al. 2025) | repae-ldm (SiT-XL/1 on cached E2E-VAE latents)  [reg]
+#   VAE_CKPT  repae: pretrained/sdvae/sdvae-f8d4.pt (+ -latents-stats.pt, -discriminator-ckpt.pt beside it);
+#             repae-ldm: pretrained/e2e-vavae-400k/e2e-vavae-400k.pt   LATENTS  repae-ldm: [e2e-vavae-400k]
 #   NUM_GPUS  processes on this node [8]      DATA_DIR  REG layout (imagenet_256_vae/ + vae-sd/) or, for dit, an ImageNet train folder
 #   OUTPUT_DIR / EXP_NAME  run folder {OUTPUT_DIR}/{EXP_NAME} [exps / the recipe]
 #   ENC_TYPE  [dinov2-vit-b]   MAX_STEPS [4000000 reg, 400000 repa/dit]   REPORT_TO [wandb]
@@ -37,5 +40,22 @@ case "$RECIPE" in
     exec "$PYTHON" -m torch.distributed.run --nnodes=1 --nproc_per_node="$NUM_GPUS" train.py \
       --model DiT-XL/2 --data-path "$DATA_DIR" --results-dir "$OUTPUT_DIR" \
       --max-steps "${MAX_STEPS:-400000}" --report-to "$REPORT_TO" "$@" ;;
-  *) echo "error: RECIPE must be reg, repa or dit, not '$RECIPE'" >&2; exit 2 ;;
+  repae) # REPA-E README: SiT-XL/2 + SD-VAE (f8d4) end to end, DINOv2-B after block 8, 400k steps, fp16
+    VAE_CKPT=${VAE_CKPT:-pretrained/sdvae/sdvae-f8d4.pt}
+    exec "$PYTHON" -m accelerate.commands.launch "${MULTI_GPU[@]}" --num_processes "$NUM_GPUS" train_repae.py \
+      --max-train-steps "${MAX_STEPS:-400000}" --report-to "$REPORT_TO" --allow-tf32 --mixed-precision fp16 --seed 0 \
+      --data-dir "$DATA_DIR" --output-dir "$OUTPUT_DIR" --batch-size 256 --path-type linear --prediction v \
+      --weighting uniform --model SiT-XL/2 --checkpointing-steps 50000 --loss-cfg-path configs/l1_lpips_kl_gan.yaml \
+      --vae f8d4 --vae-ckpt "$VAE_CKPT" --disc-pretrained-ckpt "${VAE_CKPT%.pt}-discriminator-ckpt.pt" \
+      --enc-type "$ENC_TYPE" --proj-coeff 0.5 --encoder-depth 8 --vae-align-proj-coeff 1.5 --bn-momentum 0.1 \
+      --exp-name "${EXP_NAME:-sit-xl-dinov2-b-enc8-repae-sdvae}" "$@" ;;
+  repae-ldm) # REPA-E README: SiT-XL/1 + REPA on the cached latents of the E2E-VA-VAE (f16d32), 4M steps
+    VAE_CKPT=${VAE_CKPT:-pretrained/e2e-vavae-400k/e2e-vavae-400k.pt}
+    exec "$PYTHON" -m accelerate.commands.launch "${MULTI_GPU[@]}" --num_processes "$NUM_GPUS" train_ldm_only.py \
+      --max-train-steps "${MAX_STEPS:-4000000}" --report-to "$REPORT_TO" --allow-tf32 --mixed-precision fp16 --seed 0 \
+      --data-dir "$DATA_DIR" --output-dir "$OUTPUT_DIR" --batch-size 256 --path-type linear --prediction v \
+      --weighting uniform --model SiT-XL/1 --checkpointing-steps 50000 --vae f16d32 --vae-ckpt "$VAE_CKPT" \
+      --vae-latents-name "${LATENTS:-e2e-vavae-400k}" --enc-type "$ENC_TYPE" --proj-coeff 0.5 --encoder-depth 8 \
+      --exp-name "${EXP_NAME:-sit-xl-1-dinov2-b-enc8-ldm-e2e-vavae}" "$@" ;;
+  *) echo "error: RECIPE must be reg, repa, dit, repae or repae-ldm, not '$RECIPE'" >&2; exit 2 ;;
 esac

@@ -191,5 +191,5 @@ SiT_models = {
     **{f"SiT-B/{p}": sit_config(12, 768, p, 12) for p in (1, 2, 4, 8)},
     **{f"SiT-S/{p}": sit_config(12, 384, p, 6) for p in (1, 2, 4, 8)},
     **{f"SiT-Ti/{p}": sit_config(2, 64, p, 4, encoder_depth=1) for p in (1, 2, 4)},
-    **{f"SiT-Demo/{p}": sit_config(6, 128, p, 4, encoder_depth=2) for p in (2, 4, 8)},
+    **{f"SiT-Demo/{p}": sit_config(6, 128, p, 4, encoder_depth=2) for p in (1, 2, 4, 8)},
 }

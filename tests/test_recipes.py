@@ -8,6 +8,8 @@ from conftest import ROOT
 
 import generate
 import train
+import train_ldm_only
+import train_repae
 
 
 def run_recipe(script, tmp_path, full_argv=False, **env):
@@ -20,8 +22,9 @@ def run_recipe(script, tmp_path, full_argv=False, **env):
     argv = (tmp_path / "argv").read_text().splitlines()
     if full_argv:
         return argv
-    script_name = "train.py" if script == "train.sh" else "generate.py"
-    return argv[argv.index(script_name) + 1:]
+    scripts = ("train.py", "train_repae.py", "train_ldm_only.py") if script == "train.sh" else ("generate.py",)
+    start = next(i for i, a in enumerate(argv) if a in scripts)
+    return argv[start + 1:]
 
 
 @pytest.mark.parametrize("recipe, expected", [
@@ -37,7 +40,25 @@ def test_train_sh_recipes_parse_with_the_papers_values(recipe, expected, tmp_pat
         assert getattr(args, key) == value, key
 
 
+@pytest.mark.parametrize("recipe, command, expected", [
+    ("repae", train_repae, dict(model="SiT-XL/2", vae="f8d4", vae_ckpt="pretrained/sdvae/sdvae-f8d4.pt",
+                                disc_pretrained_ckpt="pretrained/sdvae/sdvae-f8d4-discriminator-ckpt.pt",
+                                encoder_depth=8, proj_coeff=0.5, vae_align_proj_coeff=1.5, bn_momentum=0.1,
+                                global_batch_size=256, max_steps=400_000, mixed_precision="fp16",
+                                exp_name="sit-xl-dinov2-b-enc8-repae-sdvae")),
+    ("repae-ldm", train_ldm_only, dict(model="SiT-XL/1", vae="f16d32", vae_latents_name="e2e-vavae-400k",
+                                       max_steps=4_000_000, proj_coeff=0.5)),
+])
+def test_train_sh_repae_recipes_parse_with_the_papers_values(recipe, command, expected, tmp_path):
+    args = command.parse_args(run_recipe("train.sh", tmp_path, RECIPE=recipe, DATA_DIR="data"))
+    assert args.data_path == "data"
+    for key, value in expected.items():
+        assert getattr(args, key) == value, key
+
+
 @pytest.mark.parametrize("recipe, expected", [
+    ("repae", dict(sampler="sde", num_sampling_steps=250, cfg_scale=2.2, guidance_high=0.65)),
+    ("repae-ldm", dict(sampler="sde", num_sampling_steps=250, cfg_scale=2.5, guidance_high=0.75)),
     ("reg", dict(sampler="sde", num_sampling_steps=250, cfg_scale=2.3, cls_cfg_scale=2.3, guidance_high=0.85)),
     ("repa", dict(sampler="sde", num_sampling_steps=250, cfg_scale=1.8, guidance_high=0.7, cls_cfg_scale=None)),
     ("dit", dict(sampler="ddpm", num_sampling_steps=250, cfg_scale=1.5, cls_cfg_scale=None, guidance_high=None)),

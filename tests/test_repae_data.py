@@ -118,3 +118,31 @@ def test_ldm_only_trains_the_sit_on_cached_latents_with_its_batchnorm_fixed(data
     torch.testing.assert_close(ckpt["model"]["bn.running_var"], torch.full((4,), 0.25))  # the VAE's statistics
     assert ckpt["model"]["bn.num_batches_tracked"] == 0
     assert (out / "ldm" / "samples" / "0000002.png").is_file()
+
+
+def test_pretrain_vae_writes_the_released_format_and_is_a_cache(data_dir, tmp_path, capsys):
+    from preprocessing import pretrain_vae
+
+    argv = ["--data-dir", str(data_dir), "--max-train-steps", "2", "--batch-size", "4", "--stats-images", "8",
+            "--save-dir", str(tmp_path), "--vae-name", "v"]
+    weights = pretrain_vae.main(pretrain_vae.parse_args(argv))
+    assert "encoder.down.0.block.0.conv1.weight" in torch.load(weights)  # LDM names
+    stats = torch.load(tmp_path / "v" / "v-latents-stats.pt")
+    assert stats["latents_scale"].shape == (1, 4, 1, 1) and (stats["latents_scale"] > 0).all()
+    before = weights.stat().st_mtime_ns
+    pretrain_vae.main(pretrain_vae.parse_args(argv))
+    assert "nothing to do" in capsys.readouterr().out and weights.stat().st_mtime_ns == before
+
+
+def test_the_report_puts_runs_side_by_side(data_dir, tmp_path):
+    from evaluations import repae_report
+
+    test_ldm_only_trains_the_sit_on_cached_latents_with_its_batchnorm_fixed(data_dir, tmp_path)
+    report = repae_report.main(repae_report.parse_args([
+        "--data-dir", str(data_dir), "--start-vae", str(data_dir / "tiny.pt"), "--vae-arch", "tiny-f4d4",
+        "--run", f"frozen={tmp_path / 'exps' / 'ldm'}", "--out", str(tmp_path / "report")]))
+    lines = report.read_text().splitlines()
+    assert lines[2].startswith("| start VAE | 0 |") and lines[3].startswith("| frozen | 2 |")
+    start_l1, frozen_l1 = float(lines[2].split("|")[3]), float(lines[3].split("|")[3])
+    assert start_l1 == frozen_l1  # a frozen VAE reconstructs as it started
+    assert (tmp_path / "report" / "reconstructions.png").is_file() and (tmp_path / "report" / "losses.png").is_file()
