@@ -42,9 +42,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     return recipe_args(argv, first_paragraph(__doc__))
 
 
+def released(resume: dict) -> dict:
+    """A checkpoint of REPA-E's own code (no RNG or data position) as the engine resumes it: the weights and
+    the SiT's optimizer; REPA-E's ``opt_vae`` and ``opt_disc`` list their parameters in another order
+    (LDM modules; the whole loss module), so those two start afresh."""
+    state = {k: v for k, v in resume.items() if k not in ("opt_vae", "opt_disc")}
+    state["args"] = vars(state["args"]) if isinstance(state["args"], argparse.Namespace) else state["args"]
+    return state
+
+
 def main(args: argparse.Namespace) -> None:
     validate(args)
     resume = ckpt_io.load_training_checkpoint(args.resume) if args.resume else None
+    if resume is not None and "rng" not in resume:
+        resume = released(resume)
     for key in RESUME_KEYS if resume else ():
         if key in resume["args"] and resume["args"][key] != getattr(args, key):
             raise ValueError(f"--resume-step: the checkpoint was trained with --{key.replace('_', '-')} "

@@ -129,3 +129,24 @@ def test_missing_latent_statistics_are_named(tiny_vae, tmp_path):
     lone.write_bytes(tiny_vae.read_bytes())
     with pytest.raises(ValueError, match="lone-latents-stats.pt: missing"):
         train_repae.main(train_repae.parse_args(flags(lone, tmp_path / "out", "--max-train-steps", "1")))
+
+
+def test_a_checkpoint_of_repaes_own_code_resumes_with_fresh_vae_and_discriminator_optimizers(tiny_vae, tmp_path):
+    """REPA-E's checkpoints have no RNG or data position, and their VAE and discriminator optimizers list
+    parameters in another order: the weights and the SiT's optimizer load, the other two start afresh."""
+    import argparse
+
+    train_repae.main(train_repae.parse_args(flags(tiny_vae, tmp_path / "ours", "--max-train-steps", "1",
+                                                  "--checkpointing-steps", "1")))
+    ckpt = torch.load(tmp_path / "ours" / "run" / "checkpoints" / "0000001.pt", weights_only=False)
+    theirs = {k: ckpt[k] for k in ("model", "ema", "vae", "discriminator", "opt", "opt_vae", "opt_disc", "steps")}
+    theirs["args"] = argparse.Namespace(**ckpt["args"])
+    (tmp_path / "released" / "checkpoints").mkdir(parents=True)
+    torch.save(theirs, tmp_path / "released" / "checkpoints" / "0000001.pt")
+    train_repae.main(train_repae.parse_args(flags(tiny_vae, tmp_path / "out", "--max-train-steps", "2",
+                                                  "--checkpointing-steps", "2", "--resume-step", "1",
+                                                  "--continue-train-exp-dir", str(tmp_path / "released"))))
+    log = next((tmp_path / "out").glob("*/log.txt")).read_text()
+    assert "no opt_vae: that optimizer starts afresh" in log and "no opt_disc" in log
+    resumed = torch.load(next((tmp_path / "out").glob("*/checkpoints/0000002.pt")), weights_only=False)
+    assert resumed["steps"] == 2 and "opt" in resumed

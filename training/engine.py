@@ -194,6 +194,10 @@ class Engine:
             else:
                 ema.load_state_dict(state[key])
         for key, opt in self.method.optimizers.items():
+            if key not in state:  # e.g. a released checkpoint without this optimizer: fresh moments
+                if logger is not None:
+                    logger.info(f"the checkpoint has no {key}: that optimizer starts afresh")
+                continue
             fused = [group.get("fused") for group in opt.param_groups]
             if self.shard:
                 load_full_optimizer_state_dict(self.owners[key], getattr(opt, "optimizer", opt), state[key])
@@ -204,7 +208,7 @@ class Engine:
         if self.accelerator.scaler is not None and "scaler" in state:
             self.accelerator.scaler.load_state_dict(state["scaler"])
         self.method.load_extra_state(state)
-        self.steps, self.data = state["steps"], dict(state["data"])
+        self.steps, self.data = state["steps"], dict(state.get("data") or {"epoch": 0, "position": 0})
         rngs, world = state.get("rng") or [], self.accelerator.num_processes
         if len(rngs) == world:
             ckpt_io.set_rng_state(rngs[self.accelerator.process_index])
