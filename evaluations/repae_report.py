@@ -7,8 +7,9 @@
 Reads each run's newest checkpoint, its ``metrics.jsonl`` and the proxy metrics generate.py wrote
 (``*.json`` next to the samples, ``--samples-dir``). Writes ``reconstructions.png`` (rows: real images,
 the starting VAE's reconstructions, then each run's VAE: the tuned one of an end-to-end run, the
-frozen one otherwise), ``losses.png`` (each run's denoising and reconstruction losses) and
-``report.md`` (the table of reconstruction error and proxy metrics).
+frozen one otherwise), ``samples.png`` (each run's last EMA sample grid, one above the other, each decoded
+by its own VAE), ``losses.png`` (each run's denoising and reconstruction losses) and ``report.md`` (the
+table of reconstruction error and proxy metrics).
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ def main(args: argparse.Namespace) -> Path:
         curves[name] = records
     save_grid(torch.cat(rows), out / "reconstructions.png", nrow=8,
               row_labels=["real", "start VAE"] + [spec.partition("=")[0] for spec in args.run])
+    stack_grids([(spec.partition("=")[0], Path(spec.partition("=")[2])) for spec in args.run], out / "samples.png")
     plot_losses(curves, out / "losses.png")
     lines = [f"| run | steps | reconstruction L1 (last {len(indices)} images) | proxy class accuracy | proxy FD |",
              "|---|---|---|---|---|",
@@ -94,6 +96,27 @@ def main(args: argparse.Namespace) -> Path:
     print("\n".join(lines))
     print(f"wrote {out / 'report.md'}, {out / 'reconstructions.png'}, {out / 'losses.png'}")
     return out / "report.md"
+
+
+def stack_grids(runs: list[tuple[str, Path]], path: Path) -> None:
+    """Each run's newest ``samples/*.png`` one above the other, its name on top."""
+    from PIL import Image, ImageDraw
+
+    grids = []
+    for name, folder in runs:
+        found = sorted((folder / "samples").glob("*.png"))
+        if found:
+            grids.append((name, Image.open(found[-1]).convert("RGB")))
+    if not grids:
+        return
+    width, label = max(g.width for _, g in grids), 14
+    canvas = Image.new("RGB", (width, sum(g.height + label for _, g in grids)), "white")
+    y = 0
+    for name, grid in grids:
+        ImageDraw.Draw(canvas).text((2, y + 1), name, fill="black")
+        canvas.paste(grid, (0, y + label))
+        y += grid.height + label
+    canvas.save(path)
 
 
 def fmt(value) -> str:

@@ -145,4 +145,19 @@ def test_the_report_puts_runs_side_by_side(data_dir, tmp_path):
     assert lines[2].startswith("| start VAE | 0 |") and lines[3].startswith("| frozen | 2 |")
     start_l1, frozen_l1 = float(lines[2].split("|")[3]), float(lines[3].split("|")[3])
     assert start_l1 == frozen_l1  # a frozen VAE reconstructs as it started
-    assert (tmp_path / "report" / "reconstructions.png").is_file() and (tmp_path / "report" / "losses.png").is_file()
+    for name in ("reconstructions.png", "losses.png", "samples.png"):
+        assert (tmp_path / "report" / name).is_file(), name
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--vae-ckpt-path", "missing.pt", "--vae-ckpt-path .*missing.pt: no such file"),
+    ("--vae-arch", "f8d4", "does not fit this VAE.*other architecture"),
+    ("--data-dir", "nowhere", "images.h5: no such file"),
+])
+def test_cache_latents_refuses_bad_input_in_one_line(data_dir, tmp_path, flag, value, message):
+    argv = ["--vae-arch", "tiny-f4d4", "--vae-ckpt-path", str(data_dir / "tiny.pt"), "--vae-latents-name", "x",
+            "--data-dir", str(data_dir), "--output-dir", str(tmp_path / "out")]
+    argv[argv.index(flag) + 1] = str(tmp_path / value) if value in ("missing.pt", "nowhere") else value
+    with pytest.raises(ValueError, match=message):
+        cache_latents.main(cache_latents.parse_args(argv))
+    assert not (tmp_path / "out").exists()
