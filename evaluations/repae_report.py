@@ -138,7 +138,8 @@ def plot_losses(curves: dict[str, list[dict]], path: Path) -> None:
     axes[0].set(title="SiT denoising loss (each run's own latent space)", xlabel="step")
     axes[1].set(title="VAE reconstruction L1 (end-to-end run)", xlabel="step")
     for ax in axes:
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
