@@ -52,11 +52,14 @@ def test_gradients_reach_the_vae_only_through_the_alignment_and_the_sit_only_in_
         return step(key, max_grad_norm)
 
     engine.step = spy
+    pos_embed = method.modules["model"].pos_embed.detach().clone()
     batch = next(engine.batches(*make_loader(build_dataset("builtin", None, 32, 10, num_images=8), 4, 1, 0, 0, 0), 4))
     method.train_step(engine, batch)
     assert any(seen["opt_vae"]["vae"]) and not any(seen["opt_vae"]["model"])  # the SiT is frozen in the VAE step
     assert not any(seen["opt_disc"]["vae"]) and any(seen["opt_disc"]["discriminator"])
     assert any(seen["opt"]["model"]) and not any(seen["opt"]["vae"])  # the denoising loss never reaches the VAE
+    sit = method.modules["model"]  # the fixed sin-cos table stays fixed through the switching of requires_grad
+    assert not sit.pos_embed.requires_grad and torch.equal(sit.pos_embed, pos_embed)
 
     # The VAE's only link to the SiT is the alignment: with every VAE loss weighted 0 but it, the
     # encoder still gets a gradient; with the alignment weighted 0 as well, nothing does.
@@ -150,3 +153,15 @@ def test_a_checkpoint_of_repaes_own_code_resumes_with_fresh_vae_and_discriminato
     assert "no opt_vae: that optimizer starts afresh" in log and "no opt_disc" in log
     resumed = torch.load(next((tmp_path / "out").glob("*/checkpoints/0000002.pt")), weights_only=False)
     assert resumed["steps"] == 2 and "opt" in resumed
+
+
+@pytest.mark.multiprocess
+def test_two_processes_keep_the_three_networks_identical(tiny_vae):
+    """DDP over two gloo processes: the VAE step reads the unwrapped SiT and discriminator, the
+    discriminator runs real and fake in one call; all three networks still agree across processes."""
+    from conftest import run_script
+
+    proc = run_script("-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+                      "tests/repae_two_processes.py", str(tiny_vae))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "repae: the same weights on both processes" in proc.stdout

@@ -46,6 +46,16 @@ class REPAEMethod(Method):
         self.objective, self.vae_loss, self.encoders, self.batches = objective, vae_loss, list(encoders), batches
         self.max_grad_norm, self.vae_align_proj_coeff = max_grad_norm, vae_align_proj_coeff
         self.model_kwargs, self.sampling = model_kwargs or {}, sampling or {}
+        # parameters frozen by design (the SiT's sin-cos position table) stay frozen when a network is switched
+        self.fixed = {id(p) for m in (sit, discriminator) for p in m.parameters() if not p.requires_grad}
+
+    def trainable(self, module: torch.nn.Module, flag: bool) -> torch.nn.Module:
+        """Switch ``requires_grad`` of the module's trainable parameters (``requires_grad_`` would also
+        unfreeze the fixed position table, which REPA-E's ``requires_grad(model, True)`` does)."""
+        for p in module.parameters():
+            if id(p) not in self.fixed:
+                p.requires_grad_(flag)
+        return module
 
     def train_step(self, engine, batch) -> dict[str, torch.Tensor]:
         raw, x, y = self.batches(batch)
@@ -54,8 +64,8 @@ class REPAEMethod(Method):
         step, clip = engine.steps, self.max_grad_norm
 
         # 1. the VAE, through its losses and the frozen SiT's alignment
-        sit.requires_grad_(False).eval()
-        disc.requires_grad_(False)
+        self.trainable(sit, False).eval()
+        self.trainable(disc, False)
         with engine.autocast():
             posterior, z, recon = self.modules["vae"](x)
             losses = self.vae_loss.generator(x, recon, posterior, disc, step)
@@ -66,14 +76,14 @@ class REPAEMethod(Method):
         grad_norm_vae = engine.step("opt_vae", clip)
 
         # 2. the discriminator
-        disc.requires_grad_(True)
+        self.trainable(disc, True)
         with engine.autocast():
             d = self.vae_loss.discriminator(x, recon, self.modules["discriminator"], step)
         engine.backward(d["loss"])
         engine.step("opt_disc", clip)
 
         # 3. the SiT, on the detached latents with step 1's time and noise
-        sit.requires_grad_(True).train()
+        self.trainable(sit, True).train()
         with engine.autocast():
             out = self.objective(self.modules["model"], z.detach(), y, zs, t=t, noise=noise)
         engine.backward(out["loss"])
