@@ -99,9 +99,12 @@ def main(args: argparse.Namespace) -> None:
         if line:
             logger.info(line)
     if args.report_to != "none":
-        accelerator.project_configuration.project_dir = accelerator.project_configuration.logging_dir = str(run_dir)
+        logging_dir = run_dir / args.logging_dir
+        logging_dir.mkdir(parents=True, exist_ok=True)
+        accelerator.project_configuration.project_dir = str(run_dir)
+        accelerator.project_configuration.logging_dir = str(logging_dir)
         accelerator.init_trackers(args.exp_name, config={k: str(v) for k, v in vars(args).items()},
-                                  init_kwargs={"wandb": {"dir": str(run_dir)}})
+                                  init_kwargs={"wandb": {"dir": str(logging_dir)}})
     for key, module in method.modules.items():
         logger.info(f"{key}: {sum(p.numel() for p in module.parameters()):,} parameters")
 

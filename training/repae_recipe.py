@@ -18,6 +18,7 @@ def parse_args(argv=None, description: str | None = None, ldm_only: bool = False
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--output-dir", dest="results_dir", type=str, default="exps")
     p.add_argument("--exp-name", type=str, required=True, help="the run folder {output-dir}/{exp-name}")
+    p.add_argument("--logging-dir", type=str, default="logs", help="the trackers' folder inside the run folder")
     p.add_argument("--report-to", choices=["none", "wandb", "tensorboard"], default="wandb")
     p.add_argument("--sampling-steps", type=int, default=10_000, help="a grid of EMA samples every N steps")
     p.add_argument("--resume-step", type=int, default=0, help="resume {exp dir}/checkpoints/{step:07d}.pt")
