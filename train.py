@@ -18,9 +18,6 @@ from __future__ import annotations
 import argparse
 import sys
 from functools import partial
-from pathlib import Path
-
-from accelerate.utils import gather_object
 
 from models.vae import load_vae
 from training import checkpoint as ckpt_io
@@ -37,7 +34,7 @@ from training.recipes import (
     validate,
 )
 from training.recipes import parse_args as recipe_args
-from training.run import checkpoint_dir, create_logger, plan_run_folder, save_args
+from training.run import checkpoint_dir, open_run, plan_run_folder
 from training.schedule import lr_at
 from training.setup import prepare_tracker, seed_everything, setup_accelerator
 from training.throughput import train_flops_per_sample
@@ -87,19 +84,7 @@ def main(args: argparse.Namespace) -> None:
     tracker_note = prepare_tracker(args.report_to)
 
     # Only now is anything written: a new run folder, or the resumed run's own (its newest checkpoint).
-    run_dir, note = run_folder.open(ckpt_subdir) if accelerator.is_main_process else (None, None)
-    run_dir = Path(gather_object([str(run_dir) if accelerator.is_main_process else ""])[0])
-    logger = create_logger(run_dir, accelerator.is_main_process)
-    if accelerator.is_main_process:
-        save_args(run_dir, args)
-    logger.info(f"run folder {run_dir}; {world} process(es) on {device}; data: {kind} ({len(dataset):,} items)")
-    for line in (note, tracker_note):
-        if line:
-            logger.info(line)
-    if args.report_to != "none":
-        accelerator.project_configuration.project_dir = accelerator.project_configuration.logging_dir = str(run_dir)
-        accelerator.init_trackers(args.exp_name or run_dir.name, config={k: str(v) for k, v in vars(args).items()},
-                                  init_kwargs={"wandb": {"dir": str(run_dir)}})
+    run_dir, logger = open_run(accelerator, run_folder, ckpt_subdir, args, f"{kind} ({len(dataset):,} items)", tracker_note)
     n_params = sum(p.numel() for p in model.parameters())
     logger.info(f"{args.model}: {n_params:,} parameters, input {mk['in_channels']}x{mk['input_size']}x"
                 f"{mk['input_size']}" + (f"; aligned to {args.enc_type} after block {model.encoder_depth}"

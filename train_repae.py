@@ -19,7 +19,6 @@ import argparse
 from pathlib import Path
 
 import torch
-from accelerate.utils import gather_object
 
 from data import class_names
 from models.vae import VAECodec
@@ -30,7 +29,7 @@ from training.engine import Engine, NonFiniteLoss
 from training.hooks import RunHooks
 from training.repae_recipe import build_ldm_method, build_method, open_dataset, validate
 from training.repae_recipe import parse_args as recipe_args
-from training.run import create_logger, plan_run_folder, save_args
+from training.run import open_run, plan_run_folder
 from training.setup import prepare_tracker, seed_everything, setup_accelerator
 
 CKPT_SUBDIR = "checkpoints"
@@ -89,22 +88,7 @@ def main(args: argparse.Namespace) -> None:
                                  steps, CKPT_SUBDIR)
     tracker_note = prepare_tracker(args.report_to)
 
-    run_dir, note = run_folder.open(CKPT_SUBDIR) if accelerator.is_main_process else (None, None)
-    run_dir = Path(gather_object([str(run_dir) if accelerator.is_main_process else ""])[0])
-    logger = create_logger(run_dir, accelerator.is_main_process)
-    if accelerator.is_main_process:
-        save_args(run_dir, args)
-    logger.info(f"run folder {run_dir}; {world} process(es) on {device}; data: {args.dataset} ({len(dataset):,} items)")
-    for line in (note, tracker_note):
-        if line:
-            logger.info(line)
-    if args.report_to != "none":
-        logging_dir = run_dir / args.logging_dir
-        logging_dir.mkdir(parents=True, exist_ok=True)
-        accelerator.project_configuration.project_dir = str(run_dir)
-        accelerator.project_configuration.logging_dir = str(logging_dir)
-        accelerator.init_trackers(args.exp_name, config={k: str(v) for k, v in vars(args).items()},
-                                  init_kwargs={"wandb": {"dir": str(logging_dir)}})
+    run_dir, logger = open_run(accelerator, run_folder, CKPT_SUBDIR, args, f"{args.dataset} ({len(dataset):,} items)", tracker_note, args.logging_dir)
     for key, module in method.modules.items():
         logger.info(f"{key}: {sum(p.numel() for p in module.parameters()):,} parameters")
 
