@@ -165,3 +165,11 @@ def test_two_processes_keep_the_three_networks_identical(tiny_vae):
                       "tests/repae_two_processes.py", str(tiny_vae))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "repae: the same weights on both processes" in proc.stdout
+
+
+def test_the_trackers_write_into_logging_dir_inside_the_run_folder(tiny_vae, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    argv = flags(tiny_vae, tmp_path, "--max-train-steps", "1", "--checkpointing-steps", "1")
+    argv[argv.index("--report-to") + 1] = "wandb"
+    train_repae.main(train_repae.parse_args([*argv, "--logging-dir", "wb"]))
+    assert any((tmp_path / "run" / "wb" / "wandb").glob("offline-run-*"))
