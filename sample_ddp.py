@@ -56,6 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--per-proc-batch-size", type=int, default=32)
     p.add_argument("--num-fid-samples", type=int, default=50_000)
     p.add_argument("--global-seed", type=int, default=0)
+    p.add_argument("--class-balanced", action="store_true", help="image i gets class i %% num-classes (DMD2's "
+                   "ImageNet evaluation, with --global-seed 10) instead of uniformly random classes")
     p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True)
     add_eval_args(p)
     args = p.parse_args(argv)
@@ -99,8 +101,11 @@ def batch_seed(global_seed: int, batch: int, world: int, rank: int) -> int:
     return global_seed * 1_000_003 + batch * world + rank
 
 
-def batch_labels(seed: int, n: int, num_classes: int) -> torch.Tensor:
-    """The labels of one batch: uniform classes from the batch's own seed."""
+def batch_labels(seed: int, n: int, num_classes: int, indices: list[int] | None = None) -> torch.Tensor:
+    """The labels of one batch: uniform classes from the batch's own seed, or with ``indices`` (the images'
+    numbers) class-balanced, ``index % num_classes``."""
+    if indices is not None:
+        return torch.tensor(indices) % num_classes
     return torch.randint(0, num_classes, (n,), generator=torch.Generator().manual_seed(seed))
 
 
@@ -130,9 +135,11 @@ def main(args: argparse.Namespace) -> None:
     digest = gather_object([sha256_of(cfg["ckpt"]) if accelerator.is_main_process else ""])[0]
     manifest = {"checkpoint_sha256": digest, "model": cfg["model"], "image_size": cfg["image_size"],
                 "vae": cfg["vae"], "num_classes": cfg["num_classes"], "global_seed": args.global_seed,
-                "per_proc_batch_size": args.per_proc_batch_size, "world_size": world}
+                "per_proc_batch_size": args.per_proc_batch_size, "world_size": world,
+                "class_balanced": args.class_balanced}
     folder = Path(args.sample_dir) / (f"{cfg['model'].replace('/', '-')}-{Path(cfg['ckpt']).stem}-{digest[:8]}-"
-                                      f"size-{cfg['image_size']}-vae-{cfg['vae']}-seed-{args.global_seed}")
+                                      f"size-{cfg['image_size']}-vae-{cfg['vae']}-seed-{args.global_seed}"
+                                      f"{'-balanced' if args.class_balanced else ''}")
     codec = load_codec(cfg, device)
     settings = sampling_settings(args, cfg, codec)
     manifest["sampling"] = settings["kwargs"]
@@ -161,7 +168,7 @@ def main(args: argparse.Namespace) -> None:
         seed = batch_seed(args.global_seed, b, world, rank)
         torch.manual_seed(seed)
         noise = torch.randn(n, codec.latent_channels, size, size, device=device)
-        y = batch_labels(seed, n, cfg["num_classes"]).to(device)
+        y = batch_labels(seed, n, cfg["num_classes"], indices if args.class_balanced else None).to(device)
         z = generate(model, noise, y, **settings["kwargs"])
         for j, img in zip(indices, to_uint8(codec.decode(z))):
             tmp = folder / f"{j:06d}.tmp.png"
@@ -172,8 +179,10 @@ def main(args: argparse.Namespace) -> None:
         labels = np.empty(num_batches * global_batch, dtype=np.int64)
         for b in range(num_batches):
             for rk in range(world):
-                labs = batch_labels(batch_seed(args.global_seed, b, world, rk), n, cfg["num_classes"])
-                labels[[image_index(b, i, global_batch, world, rk) for i in range(n)]] = labs.numpy()
+                where = [image_index(b, i, global_batch, world, rk) for i in range(n)]
+                labs = batch_labels(batch_seed(args.global_seed, b, world, rk), n, cfg["num_classes"],
+                                    where if args.class_balanced else None)
+                labels[where] = labs.numpy()
         labels = labels[: args.num_fid_samples]
         path = write_npz(folder, args.num_fid_samples, labels)
         print(f"saved .npz file to {path} [shape=({args.num_fid_samples}, {cfg['image_size']}, "

@@ -1,5 +1,5 @@
-"""Datasets for training: the built-in procedural set, CIFAR-10, an image folder, cached latents, or
-REPA/REG's layout."""
+"""Datasets for training: the built-in procedural set, CIFAR-10, an image folder, cached latents,
+REPA/REG's layout, or DMD2's image LMDB."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ CIFAR10_ROOT = "datasets/cifar10"  # where --dataset cifar10 looks (and download
 
 
 def resolve_dataset_kind(dataset: str | None, data_path: str | None) -> str:
-    """``builtin`` | ``cifar10`` | ``folder`` | ``latents`` | ``repa``; a ``--data-path`` holding a latent cache means
-    latents, one holding ``vae-sd/`` or ``imagenet_256_vae/`` (``data/repa.py``) means repa, one holding
-    ``cifar-10-batches-py/`` means cifar10."""
+    """``builtin`` | ``cifar10`` | ``folder`` | ``latents`` | ``repa`` | ``lmdb``; a ``--data-path`` holding a latent
+    cache means latents, one holding ``vae-sd/`` or ``imagenet_256_vae/`` (``data/repa.py``) means repa, one holding
+    ``cifar-10-batches-py/`` means cifar10, one holding an LMDB (``data.mdb``, DMD2's layout) means lmdb."""
     if dataset in ("builtin", "cifar10"):
         return dataset
     if not data_path:
@@ -25,6 +25,8 @@ def resolve_dataset_kind(dataset: str | None, data_path: str | None) -> str:
         raise ValueError(f"--data-path {data_path} does not exist")
     # An interrupted cache (moments but no manifest) counts too, so LatentDataset can say what happened.
     looks_cached = is_latent_cache(data_path) or (Path(data_path) / "moments.npy").is_file()
+    if dataset == "lmdb" or (dataset is None and (Path(data_path) / "data.mdb").is_file()):
+        return "lmdb"
     if dataset == "latents" or (dataset is None and looks_cached):
         return "latents"
     if dataset == "repa" or (dataset is None and is_repa_layout(data_path)):
@@ -61,6 +63,14 @@ def build_dataset(kind: str, data_path: str | None, image_size: int, num_classes
         ds = REPADataset(data_path)
         if ds.image_size != image_size:
             raise ValueError(f"the images in {data_path} are {ds.image_size} px, not --image-size {image_size}")
+        return ds
+    if kind == "lmdb":
+        from .lmdb import LMDBImages
+
+        ds = LMDBImages(data_path)
+        if ds.image_size != image_size:
+            raise ValueError(f"the images in the LMDB {data_path} are {ds.image_size} px, "
+                             f"not --image-size {image_size}")
         return ds
     from .folder import ImageFolderDataset, validate_image_folder
 

@@ -36,7 +36,7 @@ import torch
 
 from .transport import check_path_type, eps_from_velocity, expand_t_like_x, interpolant, x0_from_velocity
 
-PREDICTIONS = ("eps", "velocity")
+PREDICTIONS = ("eps", "velocity", "x0")
 
 
 @dataclass
@@ -82,6 +82,13 @@ def flow_vp_scale(t: torch.Tensor, path_type: str) -> torch.Tensor:
     return torch.sqrt(alpha**2 + sigma**2)
 
 
+def noised(x0: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """``(x0 + sigma eps) / sqrt(1 + sigma^2)`` per sample, finite at sigma = inf (where it is eps)."""
+    s = expand_t_like_x(sigma.to(torch.float64), x0)
+    signal, noise = 1 / torch.sqrt(1 + s**2), 1 / torch.sqrt(1 + s**-2)
+    return (signal * x0.to(torch.float64) + noise * eps.to(torch.float64)).to(x0.dtype)
+
+
 def ddpm_sigmas(alphas_cumprod) -> torch.Tensor:
     """sigma of every DDPM step, float64, increasing: ``sqrt((1 - abar_t) / abar_t)``."""
     abar = torch.as_tensor(np.asarray(alphas_cumprod), dtype=torch.float64)
@@ -99,7 +106,10 @@ class Denoiser:
     def __init__(self, model):
         self.model = model
 
-    def __call__(self, x_vp: torch.Tensor, sigma: torch.Tensor, y: torch.Tensor, **kwargs) -> Prediction:
+    def __call__(self, x_vp: torch.Tensor, sigma: torch.Tensor, y: torch.Tensor, *, x0_dtype=None,
+                 **kwargs) -> Prediction:
+        """``x0_dtype``: the dtype of ``Prediction.x0`` (default ``x_vp``'s); x0 is computed in float64 and
+        can be kept there (DMD2 reads a DDPM teacher's x0 in float64)."""
         raise NotImplementedError
 
     def denormalize(self, z: torch.Tensor) -> torch.Tensor:
@@ -138,14 +148,14 @@ class DDPMDenoiser(Denoiser):
         frac = (log_sigma - log_sigmas[low]) / (log_sigmas[low + 1] - log_sigmas[low])
         return low + frac.clamp(0, 1)
 
-    def __call__(self, x_vp, sigma, y, **kwargs):
+    def __call__(self, x_vp, sigma, y, *, x0_dtype=None, **kwargs):
         sigma = sigma.to(torch.float64).clamp(self.sigma_min, self.sigma_max)
         out = self.model(x_vp, self.timestep(sigma).to(torch.float32), y=y, **kwargs)
         channels = x_vp.shape[1]
         eps, extra = out[:, :channels], out[:, channels:] if out.shape[1] > channels else None
         s = expand_t_like_x(sigma, x_vp)
         x0 = torch.sqrt(1 + s**2) * x_vp.to(torch.float64) - s * eps.to(torch.float64)
-        return Prediction(x0.to(x_vp.dtype), eps, sigma, extra)
+        return Prediction(x0.to(x0_dtype or x_vp.dtype), eps, sigma, extra)
 
 
 class FlowDenoiser(Denoiser):
@@ -159,7 +169,7 @@ class FlowDenoiser(Denoiser):
         check_path_type(path_type)
         self.path_type = path_type
 
-    def __call__(self, x_vp, sigma, y, cls_token=None, **kwargs):
+    def __call__(self, x_vp, sigma, y, cls_token=None, *, x0_dtype=None, **kwargs):
         """``cls_token``: REG's class token on the same variance-preserving scale as ``x_vp``; its
         answer is ``Prediction.token``."""
         sigma = sigma.to(torch.float64)
@@ -170,21 +180,37 @@ class FlowDenoiser(Denoiser):
             cls_t = expand_t_like_x(scale, cls_token) * cls_token.to(torch.float64)
             kwargs["cls_token"] = cls_t.to(cls_token.dtype)
         out = self.model(x_t.to(x_vp.dtype), t.to(x_vp.dtype), y=y, **kwargs)
-        pred = self._from_velocity(out[0], x_t, t, sigma, x_vp.dtype)
+        pred = self._from_velocity(out[0], x_t, t, sigma, x_vp.dtype, x0_dtype)
         if cls_token is not None:
             pred.token = self._from_velocity(out[2], cls_t, t, sigma, cls_token.dtype)
         return pred
 
-    def _from_velocity(self, v, x_t, t, sigma, dtype) -> Prediction:
+    def _from_velocity(self, v, x_t, t, sigma, dtype, x0_dtype=None) -> Prediction:
         v = v.to(torch.float64)
         eps = eps_from_velocity(v, x_t, t, self.path_type)
         x0 = x0_from_velocity(v, x_t, t, self.path_type)
-        return Prediction(x0.to(dtype), eps.to(dtype), sigma)
+        return Prediction(x0.to(x0_dtype or dtype), eps.to(dtype), sigma)
+
+
+class EDMDenoiser(Denoiser):
+    """An x0-predicting EDM network (``models.edm_unet.EDMPrecond``: ``net(x, sigma, class_labels)`` is
+    D(x; sigma) on the EDM scale ``x = x0 + sigma eps``), read on ``x = sqrt(1 + sigma^2) x_vp``; eps is
+    ``(x - D) / sigma``. Its range is EDM's sampling range, [0.002, 80] (``edm_sampler``'s defaults)."""
+
+    prediction = "x0"
+    sigma_min, sigma_max = 0.002, 80.0
+
+    def __call__(self, x_vp, sigma, y, *, x0_dtype=None, **kwargs):
+        sigma = sigma.to(torch.float64).clamp(self.sigma_min, self.sigma_max)
+        s = expand_t_like_x(sigma, x_vp)
+        x = torch.sqrt(1 + s**2) * x_vp.to(torch.float64)
+        x0 = self.model(x.to(x_vp.dtype), sigma.to(x_vp.dtype), y, **kwargs).to(torch.float64)
+        return Prediction(x0.to(x0_dtype or x_vp.dtype), ((x - x0) / s).to(x_vp.dtype), sigma)
 
 
 def denoiser_for(model, alphas_cumprod=None, path_type: str = "linear") -> Denoiser:
     """The adapter of a model by what it declares it predicts (``model.prediction``): ``"eps"`` models
-    need their training ``alphas_cumprod``, ``"velocity"`` models their ``path_type``."""
+    need their training ``alphas_cumprod``, ``"velocity"`` models their ``path_type``; ``"x0"`` is EDM's."""
     prediction = getattr(model, "prediction", None)
     if prediction not in PREDICTIONS:
         raise ValueError(f"{type(model).__name__} declares no prediction (its .prediction must be one of "
@@ -193,6 +219,8 @@ def denoiser_for(model, alphas_cumprod=None, path_type: str = "linear") -> Denoi
         if alphas_cumprod is None:
             raise ValueError("an eps model needs the alphas_cumprod table it was trained with")
         return DDPMDenoiser(model, alphas_cumprod)
+    if prediction == "x0":
+        return EDMDenoiser(model)
     return FlowDenoiser(model, path_type)
 
 

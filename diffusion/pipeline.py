@@ -13,12 +13,14 @@ import math
 import numpy as np
 import torch
 
-from .denoiser import ddpm_sigmas, denoiser_for, eps_model, velocity_model
+from .denoiser import ddpm_sigmas, denoiser_for, eps_model, noised, velocity_model
 from .guidance import guided_ddpm_model
 
 DDPM_SAMPLERS = ("ddpm", "ddim")  # GaussianDiffusion loops on respaced integer steps
 FLOW_SAMPLERS = ("ode", "sde")    # REPA / REG: Euler (Heun) ODE, Euler-Maruyama SDE
-SAMPLERS = (*DDPM_SAMPLERS, *FLOW_SAMPLERS)
+EDM_SAMPLER = "edm"               # EDM's Heun sampler (Algorithm 2) on Karras noise levels
+FEW_STEP = "fewstep"              # a distilled generator (DMD2) on its own noise levels
+SAMPLERS = (*DDPM_SAMPLERS, *FLOW_SAMPLERS, EDM_SAMPLER, FEW_STEP)
 
 
 def diffusion_for(model, timestep_respacing, noise_schedule: str = "linear"):
@@ -40,8 +42,8 @@ def base_alphas_cumprod(noise_schedule: str = "linear") -> np.ndarray:
 
 def has_null_class(model) -> bool:
     """Whether the model learned the null class that guidance needs (label dropout > 0 in training)."""
-    table = model.y_embedder.embedding_table
-    return table.num_embeddings > model.y_embedder.num_classes
+    embedder = getattr(model, "y_embedder", None)  # EDM's networks have none (label dropout 0)
+    return embedder is not None and embedder.embedding_table.num_embeddings > embedder.num_classes
 
 
 def is_flow_model(model) -> bool:
@@ -53,6 +55,50 @@ def default_guided_channels(model) -> int | None:
     """The channels guidance acts on unless told otherwise: the model's ``guided_channels`` (a DiT: the
     first three, as official DiT), else every channel (None)."""
     return getattr(model, "guided_channels", None)
+
+
+def is_generator(model) -> bool:
+    """Whether the model is a distilled few-step generator (``train_dmd2.py``): it carries the noise
+    levels it generates from, ``generator_sigmas``."""
+    return bool(getattr(model, "generator_sigmas", None))
+
+
+def few_step_sample(den, noise: torch.Tensor, labels: torch.Tensor, sigmas) -> torch.Tensor:
+    """DMD2's few-step generation (sec. 4.4): from pure noise at ``sigmas[0]``, the model's x0 at each level,
+    noised with fresh noise to the next level (``(x0 + sigma eps) / sqrt(1 + sigma^2)``); the last x0."""
+    n = len(noise)
+    level = torch.full((n,), float(sigmas[0]), dtype=torch.float64, device=noise.device)
+    x = noised(torch.zeros_like(noise), level, noise)
+    for i, sigma in enumerate(sigmas):
+        x0 = den(x, torch.full((n,), float(sigma), dtype=torch.float64, device=noise.device), labels).x0
+        if i + 1 < len(sigmas):
+            level = torch.full((n,), float(sigmas[i + 1]), dtype=torch.float64, device=noise.device)
+            x = noised(x0, level, torch.randn_like(x0))
+    return x0
+
+
+def edm_sample(den, noise: torch.Tensor, labels: torch.Tensor, *, num_steps: int, cfg_scale: float,
+               num_classes: int, guidance_low: float, guidance_high: float, guided_channels: int | None,
+               S_churn: float = 0.0, S_min: float = 0.0, S_max: float = float("inf"), S_noise: float = 1.0):
+    """EDM's sampler (``diffusion.edm.edm_sampler``) on any model: D(x; sigma) is the model's x0 at
+    ``x_vp = x / sqrt(1 + sigma^2)``, clamped to the model's range; guidance as everywhere else, in
+    REPA's time ``sigma / (1 + sigma)``. Returns the float64 result in ``noise``'s dtype."""
+    from .edm import edm_sampler
+    from .guidance import guidance_active, guide
+
+    def net(x, sigma, y):
+        s = torch.full((len(x),), float(sigma), dtype=torch.float64, device=x.device)
+        x_vp = (x / torch.sqrt(1 + s**2).view(-1, *[1] * (x.ndim - 1))).to(noise.dtype)
+        if not guidance_active(float(sigma) / (1 + float(sigma)), cfg_scale, guidance_low, guidance_high):
+            return den(x_vp, s, y, x0_dtype=torch.float64).x0
+        both = den(torch.cat([x_vp, x_vp]), torch.cat([s, s]), torch.cat([y, torch.full_like(y, num_classes)]),
+                   x0_dtype=torch.float64).x0
+        return guide(both, cfg_scale, guided_channels)
+
+    net.sigma_min, net.sigma_max = den.sigma_min, den.sigma_max
+    out = edm_sampler(net, noise, labels, num_steps=num_steps, S_churn=S_churn, S_min=S_min, S_max=S_max,
+                      S_noise=S_noise)
+    return out.to(noise.dtype)
 
 
 def _packed(model, shape):
@@ -104,7 +150,8 @@ def generate(model, noise: torch.Tensor, labels: torch.Tensor, *, sampler: str, 
              cfg_scale: float = 1.0, num_classes: int = 1000, noise_schedule: str = "linear",
              eta: float = 0.0, clip_denoised: bool = False, heun: bool = False, guidance_low: float = 0.0,
              guidance_high: float = 1.0, path_type: str = "linear", cls_cfg_scale: float = 0.0,
-             guided_channels: int | None = None, progress: bool = False) -> torch.Tensor:
+             guided_channels: int | None = None, progress: bool = False, S_churn: float = 0.0, S_min: float = 0.0,
+             S_max: float = float("inf"), S_noise: float = 1.0) -> torch.Tensor:
     """Latents for ``labels`` from ``noise`` with any model and any sampler, in the latents' dtype.
 
     ``ddpm`` / ``ddim``: ``num_steps`` respaced steps of the DDPM process ``noise_schedule`` (a DDPM
@@ -123,6 +170,15 @@ def generate(model, noise: torch.Tensor, labels: torch.Tensor, *, sampler: str, 
         raise ValueError(f"unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
     if heun and sampler != "ode":
         raise ValueError(f"Heun's method is a step of the ODE sampler (ode), not of {sampler}")
+    if sampler == FEW_STEP or is_generator(model):
+        if sampler != FEW_STEP or not is_generator(model):
+            raise ValueError(f"--sampler {FEW_STEP} is how a distilled generator (train_dmd2.py) samples, and such a "
+                             f"generator samples with nothing else; this model {'is' if is_generator(model) else 'is not'} "
+                             "one: " + (f"use --sampler {FEW_STEP}" if is_generator(model) else "choose another sampler"))
+        if cfg_scale > 1.0:
+            raise ValueError("a distilled generator has the teacher's guidance built in: sample it with --cfg-scale 1")
+        den = denoiser_for(model, base_alphas_cumprod(noise_schedule), path_type)
+        return den.denormalize(few_step_sample(den, noise, labels, model.generator_sigmas).to(noise.dtype))
     if cfg_scale > 1.0 and not has_null_class(model):
         raise ValueError(f"--cfg-scale {cfg_scale} needs the null class, which this model never learned (trained "
                          "with --cfg-prob 0); sample it with --cfg-scale 1")
@@ -134,7 +190,12 @@ def generate(model, noise: torch.Tensor, labels: torch.Tensor, *, sampler: str, 
     cls = dict(cls_latents=cls_latents, cls_cfg_scale=cls_cfg_scale if cls_dim else 0.0)
     guidance = dict(cfg_scale=cfg_scale, guidance_low=guidance_low, guidance_high=guidance_high,
                     guided_channels=guided_channels)
-    if sampler in DDPM_SAMPLERS:
+    if sampler == EDM_SAMPLER:
+        if cls_dim is not None:
+            raise ValueError("the EDM sampler does not step REG's class token: sample REG with ddpm, ddim, ode or sde")
+        out = edm_sample(den, noise, labels, num_steps=num_steps, num_classes=num_classes, S_churn=S_churn,
+                         S_min=S_min, S_max=S_max, S_noise=S_noise, **guidance)
+    elif sampler in DDPM_SAMPLERS:
         out = _ddpm_sample(den, noise, labels, sampler=sampler, num_steps=num_steps, num_classes=num_classes,
                            noise_schedule=noise_schedule, eta=eta, clip_denoised=clip_denoised, progress=progress,
                            **guidance, **cls)

@@ -1,4 +1,6 @@
-"""PatchGAN discriminator (Isola et al. 2017, pix2pix), as taming-transformers and REPA-E build it.
+"""GAN discriminators: REPA-E's PatchGAN and DMD2's classifier head.
+
+PatchGAN (Isola et al. 2017, pix2pix), as taming-transformers and REPA-E build it.
 
 ``NLayerDiscriminator(input_nc=3, ndf=64, n_layers=3)``: a 4x4 stride-2 convolution and LeakyReLU(0.2),
 ``n_layers - 1`` more stride-2 convolutions (channels doubling, at most 8 ndf) each with BatchNorm and
@@ -44,3 +46,28 @@ class NLayerDiscriminator(nn.Module):
         if fake is None:
             return self.main(x)
         return self.main(x), self.main(fake)
+
+
+def dmd2_classifier_head(channels: int, resolution: int) -> nn.Sequential:
+    """DMD2's ``cls_pred_branch`` (sec. 4.3): a realism logit from the fake score's (N, channels, r, r)
+    bottleneck. ``log2(r / 4)`` blocks of [4x4 stride-2 convolution, GroupNorm(32), SiLU] bring r to 4
+    (one for EDM's 8x8, three for SDXL's 32x32), then a 4x4 stride-4 convolution block to 1x1 and a 1x1
+    convolution to one logit, in one ``nn.Sequential`` so the names are DMD2's (``0.weight``, ...).
+    GroupNorm has 32 groups, fewer when ``channels`` would leave one channel a group.
+    Grids of another size are first average-pooled to the nearest such size."""
+    if resolution < 1:
+        raise ValueError(f"the bottleneck must be at least 1x1, not {resolution}x{resolution}")
+    downs = max(0, (resolution // 4).bit_length() - 1)
+    # GroupNorm(32) as DMD2, with at least two channels a group (the 1x1 map has one value a channel)
+    groups = next(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0 and (channels // g >= 2 or g == 1))
+
+    def block(stride: int, kernel: int = 4, padding: int = 0) -> list[nn.Module]:
+        return [nn.Conv2d(channels, channels, kernel, stride, padding), nn.GroupNorm(groups, channels), nn.SiLU()]
+
+    layers: list[nn.Module] = []
+    if resolution != 4 * 2**downs:
+        layers.append(nn.AdaptiveAvgPool2d(4 * 2**downs))
+    for _ in range(downs):
+        layers += block(2, padding=1)
+    layers += block(4) + [nn.Conv2d(channels, 1, 1)]
+    return nn.Sequential(*layers)

@@ -42,6 +42,52 @@ def find_official(image_size: int) -> Path:
     return target
 
 
+# DMD2's ImageNet-64 network (main/edm/edm_network.py): EDM's ADM with dropout off; its released generators are
+# raw EDMPrecond state dicts of it, sampled in one step from sigma 80 (DMD2's --conditioning_sigma)
+EDM_IMAGENET64 = dict(img_resolution=64, img_channels=3, label_dim=1000, use_fp16=False, sigma_min=0,
+                      sigma_max=float("inf"), sigma_data=0.5, model_type="DhariwalUNet", augment_dim=0,
+                      model_channels=192, channel_mult=[1, 2, 3, 4], channel_mult_emb=4, num_blocks=3,
+                      attn_resolutions=[32, 16, 8], dropout=0.0, label_dropout=0)
+DMD2_CONDITIONING_SIGMA = 80.0
+
+
+def merge_lora(state_dict: dict, scale: float) -> dict:
+    """A plain state dict from one with peft LoRA adapters (``train_dmd2.py --generator_lora``): each adapted
+    layer's ``W = W_base + scale B A`` (``scale = lora_alpha / lora_rank``; for a convolution, B is 1x1)."""
+    merged = {}
+    for key, value in state_dict.items():
+        if ".lora_A." in key or ".lora_B." in key:
+            continue
+        if ".base_layer." not in key:
+            merged[key] = value
+            continue
+        layer, name = key.split(".base_layer.")
+        merged[f"{layer}.{name}"] = value
+        if name == "weight":
+            down, up = state_dict[f"{layer}.lora_A.default.weight"], state_dict[f"{layer}.lora_B.default.weight"]
+            if value.ndim == 4:  # Conv2d: A is (r, in, k, k), B is (out, r, 1, 1)
+                delta = torch.einsum("or,rikl->oikl", up[:, :, 0, 0].float(), down.float())
+            else:
+                delta = up.float() @ down.float()
+            merged[f"{layer}.{name}"] = (value.float() + scale * delta).to(value.dtype)
+    return merged
+
+
+def is_edm_weights(state_dict: dict) -> bool:
+    """EDMPrecond's names (``model.enc.64x64_conv.weight``, ``model.map_noise``...)."""
+    return any(k.startswith("model.enc.") for k in state_dict) and "model.out_conv.weight" in state_dict
+
+
+def edm_config(path: Path, kwargs: dict, generator_sigmas=None) -> dict:
+    """The sampling config of an EDM network (pixel space, no VAE)."""
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("class_name", "in_channels", "input_size")}
+    cfg = {"model": "EDM", "image_size": kwargs["img_resolution"], "num_classes": kwargs.get("label_dim", 0),
+           "vae": "none", "ckpt": str(path), "dataset": None, "model_kwargs": kwargs}
+    if generator_sigmas:
+        cfg["generator_sigmas"] = [float(s) for s in generator_sigmas]
+    return cfg
+
+
 def resolve_sampling_config(args) -> tuple[dict, dict]:
     """Fill ``model``, ``image_size``, ``num_classes`` and ``vae`` of ``args`` (None = unset)
     from the checkpoint's recorded flags, then from the official defaults.
@@ -55,6 +101,11 @@ def resolve_sampling_config(args) -> tuple[dict, dict]:
         path = find_official(args.image_size or 256)
     else:
         path = Path(args.ckpt)
+    if path.suffix == ".pkl":  # EDM's network pickle (edm-imagenet-64x64-cond-adm.pkl, network-snapshot-*.pkl)
+        from models.edm_pickle import load_edm_pickle
+
+        state_dict, init_kwargs = load_edm_pickle(path)
+        return state_dict, edm_config(path, init_kwargs)
     ckpt = load_checkpoint(path)
     trained = ckpt.get("args", {}) if isinstance(ckpt, dict) and "args" in ckpt else {}
     if not isinstance(trained, dict):
@@ -73,7 +124,16 @@ def resolve_sampling_config(args) -> tuple[dict, dict]:
         raise ValueError(f"{path.name} is the official DiT-XL/2 release, not a SiT: sample it with --model DiT-XL/2 "
                          "and --sampler ddpm or ddim")
     state_dict = model_state_dict(ckpt, prefer="ema")
+    if any(".base_layer." in k for k in state_dict):  # a LoRA generator (train_dmd2.py --generator_lora)
+        state_dict = merge_lora(state_dict, float(trained["lora_alpha"]) / float(trained["lora_rank"]))
+    if recorded == "EDM" or is_edm_weights(state_dict):  # ours (from train_dmd2.py) or DMD2's released generator
+        release = not trained
+        kwargs = EDM_IMAGENET64 if release else ckpt["model_kwargs"]
+        sigmas = [DMD2_CONDITIONING_SIGMA] if release else ckpt.get("generator_sigmas")
+        return state_dict, edm_config(path, kwargs, sigmas)
     cfg["ckpt"], cfg["dataset"] = str(path), trained.get("dataset")
+    if isinstance(ckpt, dict) and ckpt.get("generator_sigmas"):  # a distilled generator (train_dmd2.py)
+        cfg["generator_sigmas"] = [float(s) for s in ckpt["generator_sigmas"]]
     if cfg["vae"] in REPAE_VAES:  # REPA-E: the tuned VAE is in the checkpoint, or (ldm-only) in --vae-ckpt
         cfg["vae_weights"] = ckpt["vae"] if isinstance(ckpt.get("vae"), dict) else trained.get("vae_ckpt")
     if cfg["model"].startswith("SiT-"):
@@ -160,6 +220,15 @@ def recorded_shape(ckpt: dict) -> dict:
 
 def build_for_sampling(state_dict: dict, cfg: dict, codec, device) -> torch.nn.Module:
     """Create the model for ``cfg`` and load ``state_dict`` strictly; error names the mismatch."""
+    if cfg["model"] == "EDM":
+        from models.edm_unet import EDMPrecond
+
+        with torch.device("meta"):
+            model = EDMPrecond(**cfg["model_kwargs"])
+        load_weights(model, state_dict, cfg["ckpt"], assign=True)
+        if cfg.get("generator_sigmas"):
+            model.generator_sigmas = cfg["generator_sigmas"]
+        return model.to(device).eval()
     if cfg["image_size"] % 8 != 0:
         raise ValueError(f"--image-size {cfg['image_size']} is not divisible by 8")
     table = state_dict.get("y_embedder.embedding_table.weight")
@@ -169,4 +238,6 @@ def build_for_sampling(state_dict: dict, cfg: dict, codec, device) -> torch.nn.M
                              num_classes=cfg["num_classes"], in_channels=codec.latent_channels,
                              **{**cfg.get("model_kwargs", {}), **dropout})
     load_weights(model, state_dict, cfg["ckpt"], assign=True)
+    if cfg.get("generator_sigmas"):
+        model.generator_sigmas = cfg["generator_sigmas"]
     return model.to(device).eval()

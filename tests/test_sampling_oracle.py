@@ -33,7 +33,7 @@ from diffusion.pipeline import generate
 # REPA's Euler-Maruyama sampler ends with a step 0.04 -> 0 along the SDE drift, whose score term
 # leaves 0.04 eps of noise in the sample (mean absolute value 0.04 sqrt(2 / pi) = 0.032), as the
 # original does; every other sampler ends on the image itself.
-TOLERANCE = {"ddpm": 0.02, "ddim": 0.02, "ode": 0.02, "sde": 0.06}
+TOLERANCE = {"ddpm": 0.02, "ddim": 0.02, "ode": 0.02, "sde": 0.06, "edm": 0.02}
 
 CASES = {  # name: (model factory, generate() keyword arguments)
     "ddpm50": (lambda: ExactDiT(0.0), dict(sampler="ddpm", num_steps=50, clip_denoised=True)),
@@ -64,6 +64,13 @@ CASES = {  # name: (model factory, generate() keyword arguments)
         dict(sampler="ddpm", num_steps=50, cfg_scale=4.0, guidance_low=0.1, clip_denoised=True),
     ),
     "sit_ddim25_cosine": (lambda: ExactSiT("cosine"), dict(sampler="ddim", num_steps=25, path_type="cosine")),
+    # EDM's Heun sampler (Algorithm 2) on every family
+    "dit_edm18": (lambda: ExactDiT(0.0), dict(sampler="edm", num_steps=18)),
+    "dit_edm18_cfg3": (lambda: ExactDiT(0.0), dict(sampler="edm", num_steps=18, cfg_scale=3.0)),
+    "dit_edm40_churn": (lambda: ExactDiT(0.0), dict(sampler="edm", num_steps=40, S_churn=40, S_min=0.05, S_max=50,
+                                                    S_noise=1.003)),
+    "sit_edm18_cosine": (lambda: ExactSiT("cosine"), dict(sampler="edm", num_steps=18, path_type="cosine")),
+    "unet_edm18": (lambda: ExactEpsOnly(0.0), dict(sampler="edm", num_steps=18)),
 }
 
 

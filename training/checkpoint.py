@@ -66,14 +66,16 @@ def set_rng_state(state: dict) -> None:
 TRAINING_KEYS = ("model", "ema", "opt", "args", "steps")
 
 
-def load_training_checkpoint(path: str | os.PathLike) -> dict:
-    """A checkpoint ``train.py`` can resume: ``load_checkpoint`` plus a one-line error for any other file."""
+def load_training_checkpoint(path: str | os.PathLike, keys: tuple[str, ...] = TRAINING_KEYS,
+                             script: str = "train.py") -> dict:
+    """A checkpoint ``script`` can resume (it holds ``keys``): ``load_checkpoint`` plus a one-line error for any
+    other file."""
     ckpt = load_checkpoint(path)
-    missing = [k for k in TRAINING_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    missing = [k for k in keys if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         keys = [str(k) for k in ckpt] if isinstance(ckpt, dict) else []
         held = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "") if keys else type(ckpt).__name__
-        raise CheckpointError(f"{path} is not a train.py checkpoint (no {', '.join(missing)}; it holds {held}): "
+        raise CheckpointError(f"{path} is not a {script} checkpoint (no {', '.join(missing)}; it holds {held}): "
                               "--resume takes a file from a run's checkpoints/ folder, or the run folder itself")
     return ckpt
 

@@ -13,9 +13,11 @@ import argparse
 import json
 from pathlib import Path
 
-from diffusion.pipeline import DDPM_SAMPLERS, FLOW_SAMPLERS, SAMPLERS
+from diffusion.pipeline import DDPM_SAMPLERS, EDM_SAMPLER, FEW_STEP, FLOW_SAMPLERS, SAMPLERS
 from models import MODEL_NAMES
 
+# EDM sampler flags (stochasticity, Algorithm 2) and their values when not given
+EDM_FLAGS = {"S_churn": 0.0, "S_min": 0.0, "S_max": float("inf"), "S_noise": 1.0}
 # flow-sampler flags and their values when not given
 FLOW_FLAGS = {"heun": False, "guidance_low": 0.0, "guidance_high": 1.0, "cls_cfg_scale": 1.5}
 
@@ -35,7 +37,9 @@ def add_sampling_args(p: argparse.ArgumentParser, *, repa_names: bool, cfg_scale
     p.add_argument(*names("--image-size", "--resolution"), dest="image_size", type=int, default=None,
                    help="default: the checkpoint's")
     p.add_argument("--num-classes", type=int, default=None, help="default: the checkpoint's")
-    p.add_argument("--cfg-scale", type=float, default=cfg_scale, help="classifier-free guidance scale (1: none)")
+    p.add_argument("--cfg-scale", type=float, default=None, help=f"classifier-free guidance scale (1: none; default "
+                   f"{cfg_scale}, and 1 for a distilled generator)")
+    p.set_defaults(cfg_default=cfg_scale)
     p.add_argument("--cfg-channels", type=int, default=None, help="guide the first N channels only (default: "
                    "3 for DiT checkpoints, as official DiT; every channel otherwise)")
     p.add_argument(*names("--num-sampling-steps", "--num-steps"), dest="num_sampling_steps", type=int,
@@ -46,6 +50,10 @@ def add_sampling_args(p: argparse.ArgumentParser, *, repa_names: bool, cfg_scale
     p.add_argument("--guidance-low", type=float, default=None, help="guide only for t >= this (REPA's time "
                    "t = sigma / (1 + sigma), t=1 is noise; default 0)")
     p.add_argument("--guidance-high", type=float, default=None, help="guide only for t <= this (default 1)")
+    edm = p.add_argument_group("the EDM sampler (--sampler edm; EDM's generate.py flags, ImageNet-64: --S_churn 40 "
+                               "--S_min 0.05 --S_max 50 --S_noise 1.003)")
+    for name, default in EDM_FLAGS.items():
+        edm.add_argument(f"--{name}", type=float, default=None, help=f"default {default}")
     sit = p.add_argument_group("ODE / SDE samplers and SiT / REPA / REG checkpoints")
     sit.add_argument("--heun", action="store_true", default=None, help="Heun steps for the ODE sampler")
     sit.add_argument("--cls-cfg-scale", type=float, default=None, help="REG: guidance of the class token, "
@@ -91,7 +99,19 @@ def choose_sampler(args, cfg: dict) -> str:
     """
     flow = is_flow_config(cfg)
     reg = bool(cfg["model_kwargs"].get("cls_token_dim")) if flow else False
-    sampler = args.sampler or (("sde" if reg else args.flow_default) if flow else "ddpm")
+    if cfg.get("generator_sigmas"):  # a distilled generator samples with its own steps only
+        if args.sampler not in (None, FEW_STEP):
+            raise ValueError(f"{cfg['ckpt']} is a distilled {len(cfg['generator_sigmas'])}-step generator "
+                             f"(train_dmd2.py): it samples with its own steps; leave out --sampler {args.sampler}")
+        args.cfg_scale = 1.0 if args.cfg_scale is None else args.cfg_scale
+        if args.cfg_scale > 1.0:
+            raise ValueError(f"{cfg['ckpt']} is a distilled generator with the teacher's guidance built in: "
+                             "leave out --cfg-scale")
+        return FEW_STEP
+    if args.cfg_scale is None:  # EDM's networks learned no null class: they sample unguided
+        args.cfg_scale = 1.0 if cfg["model"] == "EDM" else args.cfg_default
+    family_default = "edm" if cfg["model"] == "EDM" else "ddpm"
+    sampler = args.sampler or (("sde" if reg else args.flow_default) if flow else family_default)
     if args.heun and sampler != "ode":
         raise ValueError(f"--heun is a step of the ODE sampler: it applies with --sampler ode, not {sampler}")
     if args.path_type is not None and sampler in DDPM_SAMPLERS:
@@ -99,6 +119,9 @@ def choose_sampler(args, cfg: dict) -> str:
                          "schedule: leave it out")
     if args.cls_cfg_scale is not None and not reg:
         raise ValueError("--cls-cfg-scale guides REG's class token, which this checkpoint has not: leave it out")
+    given = [f"--{name}" for name in EDM_FLAGS if getattr(args, name, None) is not None]
+    if given and sampler != EDM_SAMPLER:
+        raise ValueError(f"{' '.join(given)}: the EDM sampler's noise settings apply with --sampler edm, not {sampler}")
     if args.eta is not None and sampler != "ddim":
         raise ValueError(f"--eta is DDIM's noise level: it applies with --sampler ddim, not {sampler}")
     return sampler
@@ -111,10 +134,19 @@ def sampling_settings(args, cfg: dict, codec) -> dict:
     flags = {k: default if getattr(args, k) is None else getattr(args, k) for k, default in FLOW_FLAGS.items()}
     kw = dict(sampler=sampler, num_steps=args.num_sampling_steps, cfg_scale=args.cfg_scale,
               num_classes=cfg["num_classes"])
-    name = f"cfg-{args.cfg_scale}-{sampler}{args.num_sampling_steps}"
+    steps = len(cfg["generator_sigmas"]) if sampler == FEW_STEP else args.num_sampling_steps
+    name = f"cfg-{args.cfg_scale}-{sampler}{steps}"
     interval = f"-{flags['guidance_low']}-{flags['guidance_high']}"
     reg = bool(cfg["model_kwargs"].get("cls_token_dim")) if flow else False
-    if sampler in DDPM_SAMPLERS:
+    if sampler == FEW_STEP:  # the generator's own levels, read through its teacher's parameterisation
+        kw.update(noise_schedule=cfg.get("noise_schedule", "linear"), path_type=cfg.get("path_type") or "linear")
+        return {"kwargs": kw, "name": name}
+    if sampler == EDM_SAMPLER:
+        churn = {k: v if getattr(args, k, None) is None else getattr(args, k) for k, v in EDM_FLAGS.items()}
+        kw.update(noise_schedule=cfg.get("noise_schedule", "linear"), path_type=cfg.get("path_type") or "linear",
+                  guidance_low=flags["guidance_low"], guidance_high=flags["guidance_high"], **churn)
+        name += "".join(f"-{k}{v}" for k, v in churn.items() if v != EDM_FLAGS[k]) + interval
+    elif sampler in DDPM_SAMPLERS:
         eta = args.eta or 0.0
         kw.update(noise_schedule=cfg.get("noise_schedule", "linear"), eta=eta, clip_denoised=codec.bounded)
         name += f"-eta{eta}" if sampler == "ddim" else ""

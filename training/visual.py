@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffusion.pipeline import generate, has_null_class, is_flow_model
+from diffusion.pipeline import FEW_STEP, generate, has_null_class, is_flow_model, is_generator
 from training.monitor import row_labels, save_grid, to_uint8
 
 GRID_STEPS = 50        # a quick, comparable view across checkpoints
@@ -17,14 +17,19 @@ GRID_CFG_SCALE = 4.0   # official DiT sample.py default; REPA samples with 4.0 d
 
 def grid_sampler(model) -> str:
     """Deterministic where the family allows: DDIM for DiT, the Euler ODE for SiT / REPA (as REPA's
-    in-training samples), the SDE for REG (REG's own sampler)."""
+    in-training samples), the SDE for REG (REG's own sampler); a distilled generator its own steps."""
+    if is_generator(model):
+        return FEW_STEP
     if not is_flow_model(model):
         return "ddim"
     return "sde" if getattr(model, "cls_token_dim", None) else "ode"
 
 
 def eval_sampler(model) -> str:
-    """The samplers the papers report FID with: DDPM for DiT, Euler-Maruyama for SiT / REPA / REG."""
+    """The samplers the papers report FID with: DDPM for DiT, Euler-Maruyama for SiT / REPA / REG (a distilled
+    generator: its own steps)."""
+    if is_generator(model):
+        return FEW_STEP
     return "sde" if is_flow_model(model) else "ddpm"
 
 
@@ -48,7 +53,8 @@ def sample_grid(ema, codec, noise, labels, num_classes: int, path: Path, nrow: i
     devices = [noise.device] if noise.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(0)
-        scale = GRID_CFG_SCALE if has_null_class(ema) else 1.0  # --cfg-prob 0: no null class to guide with
+        # --cfg-prob 0: no null class to guide with; a distilled generator has the guidance built in
+        scale = GRID_CFG_SCALE if has_null_class(ema) and not is_generator(ema) else 1.0
         z = generate(ema, noise, labels, sampler=grid_sampler(ema), num_steps=GRID_STEPS,
                      cfg_scale=scale, cls_cfg_scale=scale, num_classes=num_classes,
                      clip_denoised=codec.bounded, **sampling)

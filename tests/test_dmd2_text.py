@@ -1,0 +1,104 @@
+"""DMD2 on a text-to-image teacher: a tiny, randomly initialised Stable Diffusion folder (SD1.5 layout: a
+diffusers UNet2DConditionModel, its scheduler, a CLIP text encoder and tokenizer, a VAE), prompts and DMD2's
+LMDB of latents and prompts; and LoRA (peft) generators for any teacher."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import train_dmd2
+from data.lmdb import write_arrays
+from training.checkpoint import load_checkpoint
+
+PROMPTS = ["a red disc", "a blue square", "green stripes", "a cat"]
+
+
+@pytest.fixture(scope="module")
+def sd_folder(tmp_path_factory):
+    """unet/ scheduler/ text_encoder/ tokenizer/ vae/ as ``StableDiffusionPipeline.save_pretrained`` lays them out."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    root = tmp_path_factory.mktemp("sd")
+    torch.manual_seed(0)
+    UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+                         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                         norm_num_groups=8, attention_head_dim=4).save_pretrained(root / "unet")
+    DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).save_pretrained(root / "scheduler")
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in "abcdefghijklmnopqrstuvwxyz":
+        vocab[c], vocab[c + "</w>"] = len(vocab), len(vocab) + 1
+    (root / "vocab.json").write_text(json.dumps(vocab))
+    (root / "merges.txt").write_text("#version: 0.2\n")
+    CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"), model_max_length=77).save_pretrained(root / "tokenizer")
+    CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=1,
+                                 num_attention_heads=4, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+                  ).save_pretrained(root / "text_encoder")
+    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+                  up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 8, 8), latent_channels=4,
+                  layers_per_block=1, norm_num_groups=4, sample_size=64).save_pretrained(root / "vae")
+    (root / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    rng = np.random.default_rng(0)
+    write_arrays(root / "laion_lmdb", {"latents": rng.standard_normal((8, 4, 8, 8)).astype(np.float16),
+                                       "prompts": np.array([PROMPTS[i % 4] for i in range(8)])})
+    return root
+
+
+def test_text_to_image_teacher_distils_few_step_with_gan_and_lora(sd_folder, tmp_path):
+    """Four-step generation with backward simulation, the GAN head on the UNet's mid block, real latents and
+    prompts from DMD2's LMDB, guidance with the empty prompt, LoRA adapters on the generator; the generator
+    is saved as DMD2 saves it (the UNet's own state dict), and the run resumes exactly."""
+    common = ["--teacher", str(sd_folder), "--train_prompt_path", str(sd_folder / "prompts.txt"),
+              "--real_image_path", str(sd_folder / "laion_lmdb"), "--batch_size", "2", "--num_workers", "0",
+              "--real_guidance_scale", "1.75", "--denoising", "--num_denoising_step", "4", "--backward_simulation",
+              "--cls_on_clean_image", "--gen_cls_loss", "--gen_cls_loss_weight", "5e-3",
+              "--guidance_cls_loss_weight", "1e-2", "--generator_lora", "--lora_rank", "4", "--warmup_step", "0",
+              "--generator_lr", "1e-3", "--guidance_lr", "1e-3", "--dfake_gen_update_ratio", "2",
+              "--wandb_iters", "2", "--log_iters", "2"]
+    train_dmd2.main(train_dmd2.parse_args([*common, "--output_path", str(tmp_path / "a"), "--train_iters", "4"]))
+    (run,) = list((tmp_path / "a").iterdir())
+    ckpt = load_checkpoint(run / "checkpoints" / "0000004.pt")
+    assert any(k.startswith("conv_in.") for k in ckpt["model"]) and not any(k.startswith("unet.") for k in ckpt["model"])
+    assert any("lora_A" in k for k in ckpt["model"])
+    assert ckpt["generator_sigmas"] == pytest.approx(sorted(ckpt["generator_sigmas"], reverse=True))
+    assert len(ckpt["generator_sigmas"]) == 4
+    assert {k.split(".")[0] for k in ckpt["guidance"]} == {"fake_unet", "cls_pred_branch"}
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss_dm"]) and np.isfinite(r["guidance_cls_loss"]) for r in records)
+    assert (run / "samples" / "0000004.png").is_file()
+
+    train_dmd2.main(train_dmd2.parse_args([*common, "--output_path", str(tmp_path / "b"), "--train_iters", "2"]))
+    (first,) = list((tmp_path / "b").iterdir())
+    train_dmd2.main(train_dmd2.parse_args([*common, "--output_path", str(tmp_path / "b"), "--train_iters", "4",
+                                           "--checkpoint_path", str(first / "checkpoints" / "0000002.pt")]))
+    resumed = load_checkpoint(first / "checkpoints" / "0000004.pt")
+    for key in ("model", "guidance"):
+        assert all(torch.equal(ckpt[key][k], resumed[key][k]) for k in ckpt[key]), key
+
+
+def test_merged_lora_generator_equals_the_adapted_one():
+    """sample.py reads a LoRA generator by merging W + (alpha / r) B A into each layer: same outputs."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    from models import create_model
+    from models.pretrained import merge_lora
+
+    torch.manual_seed(0)
+    plain = create_model("DiT-Ti/4", input_size=16, num_classes=10, in_channels=3).eval()
+    adapted = create_model("DiT-Ti/4", input_size=16, num_classes=10, in_channels=3).eval()
+    adapted.load_state_dict(plain.state_dict())
+    targets = [n for n, m in adapted.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    inject_adapter_in_model(LoraConfig(r=4, lora_alpha=8, target_modules=targets), adapted)
+    with torch.no_grad():
+        for name, p in adapted.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)  # peft starts B at zero
+    plain.load_state_dict(merge_lora(adapted.state_dict(), 8 / 4))
+    x, t, y = torch.randn(2, 3, 16, 16), torch.tensor([10.0, 500.0]), torch.tensor([1, 2])
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x, t, y), adapted(x, t, y), rtol=1e-4, atol=1e-5)

@@ -1,0 +1,197 @@
+"""train_dmd2.py end to end on a tiny DiT teacher: the two time-scale update rule across an exact resume, the
+generator checkpoint sampled by sample.py, backward simulation, and the one-line refusals."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_script
+
+import train_dmd2
+from training.checkpoint import load_checkpoint
+
+TINY = ["--dataset", "builtin", "--batch_size", "4", "--num_workers", "0", "--generator_lr", "1e-3",
+        "--guidance_lr", "1e-3", "--warmup_step", "2", "--real_guidance_scale", "2", "--gan_classifier",
+        "--gen_cls_loss_weight", "3e-3", "--cls_loss_weight", "1e-2", "--diffusion_gan",
+        "--diffusion_gan_max_timestep", "1000", "--dfake_gen_update_ratio", "3", "--wandb_iters", "1",
+        "--log_iters", "3"]
+
+
+@pytest.fixture(scope="module")
+def teacher(trained_run) -> Path:
+    return trained_run / "checkpoints" / "0000020.pt"
+
+
+def distil(teacher: Path, out: Path, *extra: str) -> Path:
+    train_dmd2.main(train_dmd2.parse_args(["--teacher", str(teacher), "--output_path", str(out), *TINY, *extra]))
+    (run,) = [p for p in out.iterdir() if p.is_dir()]
+    return run
+
+
+def records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_update_ratio_holds_across_an_exact_resume(teacher, tmp_path):
+    """Generator updates at steps 0 and 3 of 6 (ratio 3), the guidance model at every step; resuming the
+    step-3 checkpoint ends bit-identical to the uninterrupted run."""
+    whole = distil(teacher, tmp_path / "whole", "--train_iters", "6")
+    updated = [r["step"] for r in records(whole) if "generator_loss" in r]
+    assert updated == [1, 4] and all("loss_fake_mean" in r for r in records(whole))
+    assert {"guidance_cls_loss", "gen_cls_loss", "loss_dm"} <= set(records(whole)[0])
+
+    first = distil(teacher, tmp_path / "split", "--train_iters", "3")
+    resumed = distil(teacher, tmp_path / "split", "--train_iters", "6", "--checkpoint_path",
+                     str(first / "checkpoints" / "0000003.pt"))
+    assert resumed == first  # the newest checkpoint of a run continues in its folder
+    assert [r["step"] for r in records(resumed) if "generator_loss" in r] == [1, 4]
+    a, b = (load_checkpoint(run / "checkpoints" / "0000006.pt") for run in (whole, resumed))
+    for key in ("model", "guidance"):
+        assert a[key].keys() == b[key].keys()
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+    assert a["opt"]["state"].keys() == b["opt"]["state"].keys()
+    # the generator changed at step 3 (an update) and the guidance model kept training
+    mid = load_checkpoint(whole / "checkpoints" / "0000003.pt")
+    assert any(not torch.equal(mid["model"][k], a["model"][k]) for k in a["model"])
+    assert set(a["guidance"]) >= {"fake_unet.x_embedder.proj.weight", "cls_pred_branch.0.weight"}
+    assert a["generator_sigmas"] == [14.6]  # DiT's step 999 (sigma 157) capped for its eps parameterisation
+
+    # the generator's checkpoint is what sample.py samples: one step, no guidance
+    out = tmp_path / "sample.png"
+    result = run_script("sample.py", "--ckpt", str(whole / "checkpoints" / "0000006.pt"), "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    assert out.is_file() and "fewstep" not in result.stderr
+    refused = run_script("sample.py", "--ckpt", str(whole / "checkpoints" / "0000006.pt"), "--cfg-scale", "4")
+    assert refused.returncode == 2 and "guidance built in" in refused.stderr
+
+
+def test_backward_simulation_lands_on_the_step_list_levels(teacher, monkeypatch):
+    """With --denoising --backward_simulation the generator runs k of its steps from fresh noise at the
+    step list's levels [999, 749, 499, 249], and is then trained at level k."""
+    from training.dmd2_recipe import build_method, load_teacher, parse_args
+
+    args = parse_args(["--teacher", str(teacher), "--denoising", "--num_denoising_step", "4",
+                       "--backward_simulation", "--real_guidance_scale", "1"])
+    device = torch.device("cpu")
+    t, cfg, codec = load_teacher(args, device)
+    cfg.update(latent_channels=3, latent_size=16)
+    method = build_method(args, t, cfg, codec, lambda b: (None, None), lambda n, d: torch.zeros(n, dtype=torch.long),
+                          device, 2)
+    levels = t.sigma(torch.tensor([999, 749, 499, 249]))
+    levels[0] = 14.6  # the top level of an eps teacher, capped by default
+    assert method.generator_sigmas == pytest.approx(levels.tolist())
+    calls = []
+    generate = method.generate
+
+    def spy(net, x_vp, sigma, y):
+        calls.append(float(sigma[0]))
+        return generate(net, x_vp, sigma, y)
+
+    monkeypatch.setattr(method, "generate", spy)
+    seen = set()
+    for seed in range(12):
+        torch.manual_seed(seed)
+        calls.clear()
+        x_vp, sigma = method.generator_input(method.modules["model"], 2, torch.zeros(2, dtype=torch.long), None, device)
+        k = len(calls)
+        assert calls == pytest.approx(levels[:k].tolist())  # k simulated steps, at the list's levels in order
+        assert sigma.tolist() == pytest.approx([float(levels[k])] * 2)  # then trained at the k-th level
+        seen.add(k)
+        if k == 0:  # the first level is pure noise, whatever the simulation returned
+            assert x_vp.std() > 0.8
+    assert seen == {0, 1, 2, 3}
+
+
+def test_generator_levels(teacher):
+    """The conditioning level: the teacher's step 999 capped at sigma 14.6 for an eps teacher unless a level is
+    given; --conditioning_timestep on the teacher's own grid (clamped), --conditioning_sigma on the common
+    scale; an interpolant teacher starts from pure noise (t = 1)."""
+    from exact_denoisers import ExactSiT
+
+    from training.dmd2_recipe import generator_levels, load_teacher, parse_args
+    from training.dmd2_teacher import FlowTeacher
+
+    def levels(*flags, t=None):
+        args = parse_args(["--teacher", str(teacher), *flags])
+        return generator_levels(args, t or load_teacher(args, torch.device("cpu"))[0])
+
+    assert levels() == [14.6]
+    assert levels("--conditioning_timestep", "999") == pytest.approx([157.4073], rel=1e-5)
+    assert levels("--conditioning_timestep", "5000") == levels("--conditioning_timestep", "999")
+    assert levels("--conditioning_sigma", "80") == [80.0]
+    assert levels("--denoising", "--num_denoising_step", "2")[0] == 14.6
+    flow = FlowTeacher(ExactSiT("linear"), "linear", None)
+    assert levels(t=flow) == [float("inf")]
+    assert levels("--conditioning_timestep", "499", t=flow) == pytest.approx([499 / 500])
+
+
+def test_bad_input_is_refused_in_one_line(teacher, tmp_path, monkeypatch):
+    junk = tmp_path / "junk.pt"
+    torch.save({"weights": torch.zeros(3)}, junk)
+    result = run_script("train_dmd2.py", "--teacher", str(junk), "--output_path", str(tmp_path / "out"))
+    assert result.returncode == 2 and "not a teacher this repository can read" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+    # a teacher without a null class cannot guide the real score
+    ckpt = load_checkpoint(teacher)
+    table = ckpt["ema"]["y_embedder.embedding_table.weight"]
+    for key in ("ema", "model"):
+        ckpt[key]["y_embedder.embedding_table.weight"] = table[:-1].clone()
+    no_null = tmp_path / "no-null.pt"
+    torch.save(ckpt, no_null)
+    result = run_script("train_dmd2.py", "--teacher", str(no_null), "--real_guidance_scale", "4",
+                        "--output_path", str(tmp_path / "out"))
+    assert result.returncode == 2 and "null class" in result.stderr and "--real_guidance_scale 1" in result.stderr
+
+    from training.dmd2_recipe import parse_args, validate
+
+    monkeypatch.setitem(sys.modules, "peft", None)  # as if peft were not installed
+    with pytest.raises(ValueError, match="pip install peft"):
+        validate(parse_args(["--teacher", str(teacher), "--generator_lora"]))
+    with pytest.raises(ValueError, match="add --denoising"):
+        validate(parse_args(["--teacher", str(teacher), "--backward_simulation"]))
+
+
+def test_edm_teacher_from_its_pickle(tmp_path):
+    """EDM's network pickle as the teacher (DMD2's ImageNet recipe in miniature): the GAN head on EDM's encoder
+    output, conditioning sigma 80 on the Karras grid, LoRA on the generator; then sample.py reads the generator
+    (one step) and the pickle itself (EDM's sampler)."""
+    from models.pretrained import EDM_IMAGENET64, resolve_sampling_config
+    from training.checkpoint import load_checkpoint
+
+    pkl = Path(__file__).parent / "fixtures" / "edm_tiny_snapshot.pkl"
+    train_dmd2.main(train_dmd2.parse_args(["--teacher", str(pkl), "--output_path", str(tmp_path / "edm"),
+                                           "--dataset", "builtin", "--batch_size", "4", "--num_workers", "0",
+                                           "--train_iters", "2", "--log_iters", "2", "--wandb_iters", "2",
+                                           "--gan_classifier", "--gen_cls_loss_weight", "3e-3",
+                                           "--cls_loss_weight", "1e-2", "--generator_lora", "--lora_rank", "2"]))
+    (run,) = list((tmp_path / "edm").iterdir())
+    ckpt = load_checkpoint(run / "checkpoints" / "0000002.pt")
+    assert ckpt["generator_sigmas"] == [80.0] and ckpt["args"]["real_guidance_scale"] == 1.0  # no null class
+    assert "cls_pred_branch.0.weight" in ckpt["guidance"] and any("lora_A" in k for k in ckpt["model"])
+    for source in (run / "checkpoints" / "0000002.pt", pkl):
+        result = run_script("sample.py", "--ckpt", str(source), "--output", str(tmp_path / "s.png"),
+                            "--num-sampling-steps", "4")
+        assert result.returncode == 0, result.stderr
+    # DMD2's released ImageNet generators are raw EDMPrecond state dicts: read as one step from sigma 80
+    raw = tmp_path / "pytorch_model.bin"
+    torch.save({"model.enc.64x64_conv.weight": torch.zeros(1), "model.out_conv.weight": torch.zeros(1)}, raw)
+    query = argparse.Namespace(ckpt=str(raw), model=None, image_size=None, num_classes=None, vae=None,
+                               default_vae="ema")
+    _, cfg = resolve_sampling_config(query)
+    assert cfg["model"] == "EDM" and cfg["generator_sigmas"] == [80.0] and cfg["model_kwargs"]["label_dim"] == 1000
+    assert {k: v for k, v in cfg["model_kwargs"].items()} == EDM_IMAGENET64
+    import json
+
+    from models.edm_unet import EDMPrecond
+
+    with torch.device("meta"):
+        released = EDMPrecond(**EDM_IMAGENET64)
+    keys = json.loads((Path(__file__).parent / "fixtures" / "edm_adm_keys.json").read_text())["keys"]
+    assert [(k, list(v.shape)) for k, v in released.state_dict().items()] == [(k, s) for k, s in keys]

@@ -1,0 +1,155 @@
+"""DMD2: distil any diffusion teacher of this repository into a one- or few-step generator.
+
+  accelerate launch train_dmd2.py --teacher results/000-DiT-XL-2/checkpoints/0400000.pt --real_image_path \\
+      data/imagenet-256_lmdb --batch_size 32 --generator_lr 2e-6 --guidance_lr 2e-6 --real_guidance_scale 1.5 \\
+      --dfake_gen_update_ratio 5 --gan_classifier --gen_cls_loss_weight 3e-3 --cls_loss_weight 1e-2 \\
+      --diffusion_gan --diffusion_gan_max_timestep 1000 --use_fp16
+  torchrun --nproc_per_node 7 train_dmd2.py --model_id edm-imagenet-64x64-cond-adm.pkl \\
+      --real_image_path imagenet-64x64_lmdb ...      # DMD2's ImageNet-64 recipe (train.sh RECIPE=dmd2-imagenet)
+
+The flags are DMD2's (``main/edm/train_edm.py`` and ``main/train_sd.py``, hyphenated aliases too). The story:
+check the flags; load the teacher (``training/dmd2_recipe.py``) and the real images; build the generator and the
+guidance model into the method (``training/dmd2.py``); only then open the run folder; then the engine trains,
+checkpointing (the generator under ``model``: ``sample.py`` and ``sample_ddp.py`` read it as any model) and
+drawing the generator's samples on the way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from pathlib import Path
+
+import torch
+
+from data import class_names
+from training import checkpoint as ckpt_io
+from training.cli import check_writable_dir, first_paragraph, run_cli
+from training.data import make_loader
+from training.dmd2_recipe import build_method, condition_sampler, load_teacher, validate
+from training.dmd2_recipe import parse_args as recipe_args
+from training.engine import Engine, NonFiniteLoss
+from training.hooks import RunHooks
+from training.methods import Batches
+from training.run import open_run, plan_run_folder
+from training.setup import prepare_tracker, seed_everything, setup_accelerator
+
+CKPT_SUBDIR = "checkpoints"
+CKPT_KEYS = ("model", "guidance", "opt", "opt_guidance", "args", "steps")
+RESUME_KEYS = ("teacher", "batch_size", "real_guidance_scale", "conditioning_sigma", "conditioning_timestep",
+               "denoising", "num_denoising_step", "gan_classifier", "cls_on_clean_image", "generator_lora")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return recipe_args(argv, first_paragraph(__doc__))
+
+
+class GeneratorHooks(RunHooks):
+    """The run's hooks with the generator (no EMA) as the network that samples; a text-to-image generator's
+    grid shows its first 16 training prompts (``prompts``: their embeddings)."""
+
+    def __init__(self, engine, args, run_dir, ckpt_subdir, logger, codec, names, kind, data, prompts=None):
+        grid_args = argparse.Namespace(**{**vars(args), "num_classes": args.num_classes or 1})
+        super().__init__(engine, grid_args, run_dir, ckpt_subdir, logger, codec, names, kind, data)
+        self.args = args
+        if prompts is not None:
+            self.grid_y, self.grid_nrow = prompts[:16].cpu(), 4
+            self.grid_noise = self.grid_noise[: len(self.grid_y)]
+
+    def ema(self) -> torch.nn.Module:
+        return self.engine.module("model")
+
+
+def open_data(args, cfg: dict, device):
+    """``(kind, dataset)`` of ``--real_image_path`` / ``--dataset``, or ``(None, None)`` without real images."""
+    from data import build_dataset, resolve_dataset_kind
+
+    if args.real_image_path is None and args.dataset is None:
+        if args.gan_classifier or args.cls_on_clean_image or (args.denoising and not args.backward_simulation):
+            raise ValueError("the GAN head and --denoising without --backward_simulation need real images: pass "
+                             "--real_image_path (or --dataset builtin)")
+        return None, None
+    if cfg["model"] == "diffusers":  # DMD2's SD LMDB: latents and prompts
+        from data.lmdb import LMDBLatentsPrompts
+
+        return "lmdb-latents", LMDBLatentsPrompts(args.real_image_path)
+    kind = resolve_dataset_kind(args.dataset, args.real_image_path)
+    return kind, build_dataset(kind, args.real_image_path, cfg["image_size"], cfg["num_classes"])
+
+
+def main(args: argparse.Namespace) -> None:
+    validate(args)
+    resume = ckpt_io.load_training_checkpoint(args.checkpoint_path, CKPT_KEYS, "train_dmd2.py") \
+        if args.checkpoint_path else None
+    check_writable_dir(args.output_path, "--output_path")
+    accelerator = setup_accelerator("bf16" if args.use_fp16 else "no", args.report_to)
+    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    seed_everything(args.seed * world + rank)
+
+    # Everything that can fail comes before the run folder: teacher, data, networks.
+    teacher, cfg, codec = load_teacher(args, device)
+    cfg.update(latent_channels=codec.latent_channels, latent_size=cfg["image_size"] // codec.downsample)
+    kind, dataset = open_data(args, cfg, device)
+    num_classes = cfg["num_classes"]
+    draw_labels = condition_sampler(teacher, num_classes)
+    if dataset is not None:
+        batches = Batches(kind, codec, dataset, device)
+
+        def data(batch):
+            if kind == "lmdb-latents":  # DMD2's SD layout: stored latents and their prompts
+                latents, prompts = batch
+                return latents.to(device), teacher.encoder(prompts)
+            _, x, y = batches(batch)
+            return x, y
+        loader, sampler = make_loader(dataset, args.batch_size, world, rank, args.seed, args.num_workers)
+        if len(sampler) < args.batch_size:
+            raise ValueError(f"the dataset has {len(dataset)} items, fewer than one batch; lower --batch_size")
+    else:
+        def data(batch):
+            return None, None
+    method = build_method(args, teacher, cfg, codec, data, draw_labels, device, args.batch_size)
+    for key in RESUME_KEYS if resume else ():
+        if resume["args"].get(key) != getattr(args, key):
+            raise ValueError(f"--checkpoint_path: the checkpoint was trained with --{key} {resume['args'].get(key)}, "
+                             f"not {getattr(args, key)}; pass the same flags")
+    # what sampling reads back from the generator's checkpoint: the teacher's flags
+    args.model, args.image_size, args.num_classes, args.vae = cfg["model"], cfg["image_size"], num_classes, cfg["vae"]
+    args.noise_schedule = {"squaredcos_cap_v2": "cosine"}.get(cfg.get("noise_schedule"), "linear")
+    args.path_type, args.global_seed, args.eval_ref, args.overfit = cfg.get("path_type"), args.seed, None, False
+    steps = resume["steps"] if resume else 0
+    if args.train_iters <= steps:
+        raise ValueError(f"nothing to do: the checkpoint is at step {steps}; raise --train_iters")
+    run_folder = plan_run_folder(args.output_path, f"DMD2-{cfg['model']}", args.exp_name,
+                                 Path(args.checkpoint_path) if resume else None, steps, CKPT_SUBDIR)
+    tracker_note = prepare_tracker(args.report_to)
+    data_note = f"{kind} ({len(dataset):,} items)" if dataset is not None else "none (no GAN head, no --denoising)"
+    run_dir, logger = open_run(accelerator, run_folder, CKPT_SUBDIR, args, data_note, tracker_note)
+    for key, module in method.modules.items():
+        trained = sum(p.numel() for p in module.parameters() if p.requires_grad)
+        logger.info(f"{key}: {sum(p.numel() for p in module.parameters()):,} parameters, {trained:,} trained")
+    logger.info(f"teacher {cfg['ckpt']} ({cfg['model']}, {teacher.family}); generator noise levels "
+                f"{[round(s, 4) for s in method.generator_sigmas]}")
+
+    def schedule(step: int, base: float) -> float:  # diffusers' constant_with_warmup, stepped every iteration
+        return base * min(1.0, step / max(1, args.warmup_step))
+
+    engine = Engine(accelerator, method, lr_at=schedule, shard=args.fsdp)
+    if resume is not None:
+        engine.load_state_dict(resume, logger)
+        engine.saved.append((steps, Path(args.checkpoint_path)))
+    prompts = getattr(teacher, "prompts", None)
+    names = class_names(kind, num_classes, dataset) if prompts is None else None
+    hooks = GeneratorHooks(engine, args, run_dir, CKPT_SUBDIR, logger, codec, names, kind, dataset, prompts)
+    global_batch = args.batch_size * world
+    logger.info(f"training for {args.train_iters:,} steps, batch {global_batch}, from step {steps}")
+    every = {args.log_iters: [hooks.save]}
+    every.setdefault(args.wandb_iters, []).append(hooks.grid)
+    stream = engine.batches(loader, sampler, args.batch_size) if dataset is not None else itertools.repeat(None)
+    engine.train(stream, args.train_iters, log_every=args.wandb_iters, log=hooks.log, every=every,
+                 global_batch=global_batch, mixed_precision="bf16" if args.use_fp16 else "no")
+    hooks.finish()
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    run_cli(main, parse_args(), (NonFiniteLoss,))

@@ -1,0 +1,275 @@
+"""The flags of ``train_dmd2.py`` (the union of DMD2's ``main/edm/train_edm.py`` and ``main/train_sd.py``, in
+their spelling, with hyphenated aliases), the teacher it loads and the method it builds (``training/dmd2.py``)."""
+
+from __future__ import annotations
+
+import argparse
+from copy import deepcopy
+from pathlib import Path
+
+import torch
+
+from training.dmd2_teacher import GRID, DDPMTeacher, FlowTeacher, Teacher
+from training.dmd2_text import is_diffusers_folder, load_text_teacher
+
+# An eps teacher's x0 at sigma is sqrt(1 + sigma^2) x - sigma eps: eps errors grow sigma-fold (157-fold at
+# DiT's step 999). Without an explicit level, such a generator starts at most at SD1.5's step 999, the level
+# DMD2 distils SD at (sigma 14.6); measurements in docs/notes/dmd2.md.
+EPS_CONDITIONING_SIGMA = 14.6
+
+
+def _flag(p, name: str, **kw) -> None:
+    """``--name_with_underscores`` as DMD2 spells it, and ``--name-with-hyphens``."""
+    names = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+    p.add_argument(*names, dest=name, **kw)
+
+
+def parse_args(argv=None, description: str | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=description)
+    _flag(p, "teacher", type=str, default=None, help="the teacher: a train.py checkpoint, an official DiT / REPA release, "
+          "EDM's network pickle (edm-imagenet-64x64-cond-adm.pkl) or a diffusers folder (unet/, scheduler/)")
+    p.add_argument("--model_id", "--model-id", dest="teacher", type=str, help="DMD2's name for --teacher")
+    _flag(p, "output_path", type=str, default="results", help="the run folders' parent")
+    _flag(p, "exp_name", type=str, default=None, help="run folder {output_path}/{exp_name} (default: numbered)")
+    _flag(p, "train_iters", type=int, default=1_000_000)
+    _flag(p, "log_iters", type=int, default=100, help="checkpoint every N steps")
+    _flag(p, "wandb_iters", type=int, default=100, help="log the losses and draw a sample grid every N steps")
+    _flag(p, "batch_size", type=int, default=1, help="per process, as DMD2's")
+    _flag(p, "seed", type=int, default=0)
+    _flag(p, "train_prompt_path", type=str, default=None, help="text-to-image teachers: the training prompts (a "
+          "text file, one a line, or DMD2's captions .pkl)")
+    _flag(p, "real_image_path", type=str, default=None, help="real images for the GAN head and --denoising: an "
+          "LMDB in DMD2's format, an image folder, or a latent cache (default: none, or --dataset builtin)")
+    _flag(p, "dataset", choices=["builtin", "cifar10", "folder", "latents", "lmdb"], default=None,
+          help="default: from what --real_image_path holds")
+    _flag(p, "num_workers", type=int, default=12)
+    _flag(p, "initialie_generator", action=argparse.BooleanOptionalAction, default=True,
+          help="start the generator from the teacher's weights (DMD2's spelling); --no-initialie_generator: from a fresh "
+          "initialisation of the same network")
+    _flag(p, "generator_lr", type=float, default=2e-6)
+    _flag(p, "guidance_lr", type=float, default=2e-6)
+    _flag(p, "warmup_step", type=int, default=500, help="linear warm-up from 0 (diffusers' constant_with_warmup)")
+    _flag(p, "max_grad_norm", type=float, default=10.0)
+    _flag(p, "min_step_percent", type=float, default=0.02)
+    _flag(p, "max_step_percent", type=float, default=0.98)
+    _flag(p, "dfake_gen_update_ratio", type=int, default=1, help="update the generator every N steps (TTUR)")
+    _flag(p, "real_guidance_scale", type=float, default=None, help="the teacher's guidance in the DM loss (1: none; "
+          "default: train_sd.py's 6 for a teacher with a null class, else 1, as train_edm.py)")
+    _flag(p, "conditioning_sigma", type=float, default=None, help="the generator's noise level on the common "
+          "sigma scale (EDM: 80); default: --conditioning_timestep's")
+    _flag(p, "conditioning_timestep", type=int, default=None, help="the generator's noise level as an index into "
+          "the teacher's own 1000 levels (DDPM step; interpolant t = index / 999; EDM: Karras grid); default 999, "
+          f"for eps teachers at most sigma {EPS_CONDITIONING_SIGMA} (docs/notes/dmd2.md)")
+    _flag(p, "sigma_min", type=float, default=0.002, help="EDM teachers: the Karras grid")
+    _flag(p, "sigma_max", type=float, default=80.0)
+    _flag(p, "rho", type=float, default=7.0)
+    _flag(p, "sigma_data", type=float, default=0.5)
+    _flag(p, "gan_classifier", action="store_true", help="DMD2's GAN head on the fake score's bottleneck (EDM)")
+    _flag(p, "cls_on_clean_image", action="store_true", help="the GAN head (train_sd.py's name)")
+    _flag(p, "gen_cls_loss", action="store_true", help="the generator's GAN loss (train_sd.py)")
+    _flag(p, "gen_cls_loss_weight", type=float, default=0.0)
+    _flag(p, "cls_loss_weight", type=float, default=1.0, help="the GAN head's loss weight with --gan_classifier")
+    _flag(p, "guidance_cls_loss_weight", type=float, default=0.0,
+          help="the GAN head's loss weight with --cls_on_clean_image")
+    _flag(p, "diffusion_gan", action="store_true", help="noise real and generated images before the GAN head")
+    _flag(p, "diffusion_gan_max_timestep", type=int, default=0)
+    _flag(p, "denoising", action="store_true", help="a few-step generator (--num_denoising_step)")
+    _flag(p, "num_denoising_step", type=int, default=1)
+    _flag(p, "denoising_timestep", type=int, default=GRID)
+    _flag(p, "backward_simulation", action="store_true", help="train the few-step generator on its own samples")
+    _flag(p, "generator_lora", action="store_true", help="train LoRA adapters of the generator (peft)")
+    _flag(p, "lora_rank", type=int, default=64)
+    _flag(p, "lora_alpha", type=float, default=8)
+    _flag(p, "lora_dropout", type=float, default=0.0)
+    _flag(p, "use_fp16", action="store_true", help="bfloat16 autocast (DMD2's --use_fp16 means bf16)")
+    _flag(p, "fsdp", action="store_true", help="shard the generator, the guidance model and their optimizer states "
+          "over the processes (FSDP2)")
+    _flag(p, "checkpoint_path", type=str, default=None, help="resume exactly from a train_dmd2.py checkpoint")
+    _flag(p, "report_to", choices=["none", "wandb", "tensorboard"], default="none")
+    return p.parse_args(argv)
+
+
+def validate(args: argparse.Namespace) -> None:
+    if not args.teacher:
+        raise ValueError("no teacher: pass --teacher (a checkpoint, EDM's .pkl or a diffusers folder)")
+    if not Path(args.teacher).exists():
+        raise ValueError(f"--teacher {args.teacher} does not exist")
+    if not 0 <= args.min_step_percent < args.max_step_percent <= 1:
+        raise ValueError("--min_step_percent and --max_step_percent must satisfy 0 <= min < max <= 1")
+    for name in ("batch_size", "dfake_gen_update_ratio", "train_iters", "log_iters", "wandb_iters"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be at least 1")
+    if args.backward_simulation and not args.denoising:
+        raise ValueError("--backward_simulation simulates the steps of a few-step generator: add --denoising")
+    if args.num_denoising_step > 1 and not args.denoising:
+        raise ValueError("--num_denoising_step > 1 trains a few-step generator: add --denoising")
+    if args.generator_lora:
+        try:
+            import peft  # noqa: F401
+        except ImportError:
+            raise ValueError("--generator_lora needs the peft package: pip install peft") from None
+    gan = args.gan_classifier or args.cls_on_clean_image
+    if (args.gen_cls_loss or args.diffusion_gan) and not gan:
+        raise ValueError("--gen_cls_loss / --diffusion_gan use the GAN head: add --gan_classifier")
+    if args.diffusion_gan and args.diffusion_gan_max_timestep < 1:
+        raise ValueError("--diffusion_gan needs --diffusion_gan_max_timestep > 0 (DMD2's ImageNet recipe: 1000)")
+
+
+def freeze(model: torch.nn.Module) -> None:
+    """Freeze the teacher, remembering which parameters train by design (``model.trainable_names``) for the
+    fake score and the generator copied from it."""
+    model.trainable_names = {name for name, p in model.named_parameters() if p.requires_grad}
+    model.requires_grad_(False)
+
+
+def load_teacher(args: argparse.Namespace, device) -> tuple[Teacher, dict, object]:
+    """``(teacher, its sampling config, its codec)`` from ``--teacher``; every kind of checkpoint this
+    repository samples, EDM's pickles and diffusers folders."""
+    from diffusion.pipeline import base_alphas_cumprod, diffusion_for, has_null_class
+    from loss.denoising import DDPMObjective, InterpolantObjective
+    from models.pretrained import build_for_sampling, load_codec, resolve_sampling_config
+
+    path = Path(args.teacher)
+    if is_diffusers_folder(path):
+        teacher, cfg, codec, teacher.encoder = load_text_teacher(args, path, device)
+        freeze(teacher.model)
+        return teacher, cfg, codec
+    query = argparse.Namespace(ckpt=str(path), model=None, image_size=None, num_classes=None, vae=None,
+                               default_vae="ema", default_model="DiT-XL/2", encoder_depth=None,
+                               projector_embed_dims=None, cls=None, legacy=False, path_type=None)
+    try:
+        state_dict, cfg = resolve_sampling_config(query)
+        if cfg.get("generator_sigmas"):
+            raise ValueError("it is a distilled generator, not a diffusion model: distil its teacher")
+        if cfg["model"] == "EDM":
+            return load_edm_teacher(args, state_dict, cfg, device)
+        if "y_embedder.embedding_table.weight" not in state_dict:  # DiT, SiT and the U-Net all have it
+            raise ValueError(f"its weights are no class-conditional model of this repository (keys "
+                             f"{', '.join(list(state_dict)[:3])}, ...)")
+        codec = load_codec(cfg, device)
+        model = build_for_sampling(state_dict, cfg, codec, device)
+    except (ValueError, KeyError, RuntimeError) as err:
+        raise ValueError(f"--teacher {path}: not a teacher this repository can read (a train.py checkpoint, an "
+                         f"official DiT / REPA release, EDM's .pkl): {str(err).splitlines()[0]}") from None
+    if getattr(model, "cls_token_dim", None):
+        raise ValueError(f"--teacher {path} is a REG model (class-token entanglement): DMD2 cannot distil REG "
+                         "teachers yet; distil a SiT / REPA teacher")
+    freeze(model)
+    null = cfg["num_classes"] if has_null_class(model) else None
+    if model.prediction == "velocity":
+        objective = InterpolantObjective(cfg["path_type"], proj_coeff=0.0)
+        return FlowTeacher(model, cfg["path_type"], objective, null), cfg, codec
+    schedule = cfg.get("noise_schedule", "linear")
+    objective = DDPMObjective(diffusion_for(model, "", schedule))
+    return DDPMTeacher(model, base_alphas_cumprod(schedule), objective, null), cfg, codec
+
+
+def load_edm_teacher(args, state_dict: dict, cfg: dict, device):
+    """An EDM network (EDM's pickle, or an EDMPrecond checkpoint) with DMD2's Karras grid; pixel space."""
+    from models.pretrained import build_for_sampling
+    from models.vae import load_vae
+    from training.dmd2_teacher import EDMTeacher
+
+    codec = load_vae("none", device)
+    model = build_for_sampling(state_dict, cfg, codec, device)
+    freeze(model)
+    return EDMTeacher(model, args.sigma_min, args.sigma_max, args.rho, args.sigma_data), cfg, codec
+
+
+def fresh_init(net: torch.nn.Module) -> None:
+    """The network's own initialisation (DiT's / SiT's ``initialize_weights``), else every layer's default."""
+    if hasattr(net, "initialize_weights"):
+        net.initialize_weights()
+        return
+    for module in net.modules():
+        if module is not net and hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+
+
+def lora_generator(generator: torch.nn.Module, args) -> torch.nn.Module:
+    """LoRA adapters (peft) on the generator's linear and convolution layers; only they train. EDM's
+    networks have their own layer classes: their fully connected layers (embeddings, each block's
+    affine map) get adapters through peft's custom-module mapping, their convolutions stay frozen."""
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    from models.edm_unet import Linear as EDMLinear
+
+    kinds = (torch.nn.Linear, torch.nn.Conv2d, EDMLinear)
+    targets = [name for name, m in generator.named_modules() if isinstance(m, kinds) and name]
+    generator.requires_grad_(False)
+    config = LoraConfig(r=args.lora_rank, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+                        target_modules=targets)
+    config._register_custom_module({EDMLinear: LoraLinear})
+    return inject_adapter_in_model(config, generator)
+
+
+def generator_levels(args, teacher: Teacher) -> list[float]:
+    """The generator's noise levels: its conditioning level (``--conditioning_sigma``, else the teacher's own
+    ``--conditioning_timestep``, clamped to its range), or with ``--denoising`` the levels of
+    ``denoising_step_list``; by default an eps teacher's top level is capped at ``EPS_CONDITIONING_SIGMA``."""
+    from loss.dmd import denoising_step_list
+
+    if args.denoising:
+        index = torch.tensor(denoising_step_list(args.num_denoising_step, args.denoising_timestep))
+        sigmas = [float(s) for s in teacher.sigma(index)]
+    elif args.conditioning_sigma is not None:
+        sigmas = [float(args.conditioning_sigma)]
+    else:
+        index = GRID - 1 if args.conditioning_timestep is None else args.conditioning_timestep
+        sigmas = [float(teacher.sigma(torch.tensor([min(max(index, 0), GRID - 1)]))[0])]
+    explicit = args.conditioning_sigma is not None or args.conditioning_timestep is not None
+    if teacher.family == "ddpm" and not explicit:
+        sigmas[0] = min(sigmas[0], EPS_CONDITIONING_SIGMA)
+    return sigmas
+
+
+def condition_sampler(teacher: Teacher, num_classes: int):
+    """The generator's conditions, DMD2's: uniformly random classes, or random training prompts' embeddings."""
+    prompts = getattr(teacher, "prompts", None)
+
+    def draw(n: int, device) -> torch.Tensor:
+        if prompts is not None:
+            return prompts[torch.randint(0, len(prompts), (n,))].to(device)
+        return torch.randint(0, num_classes, (n,), device=device)
+
+    return draw
+
+
+def build_method(args, teacher: Teacher, cfg: dict, codec, data, draw_labels, device, batch_size: int):
+    from models.discriminator import dmd2_classifier_head
+    from training.dmd2 import DMD2Method, Guidance
+
+    generator, fake = deepcopy(teacher.model), deepcopy(teacher.model)
+    for net in (generator, fake):  # what trains by design (not a fixed sin-cos position table)
+        for name, p in net.named_parameters():
+            p.requires_grad_(name in teacher.model.trainable_names)
+    if not args.initialie_generator:
+        fresh_init(generator)
+    head = None
+    channels, size = cfg["latent_channels"], cfg["latent_size"]
+    if args.gan_classifier or args.cls_on_clean_image:
+        probe = torch.zeros(1, channels, size, size, device=device)
+        with torch.no_grad():
+            features = teacher.bottleneck(teacher.model, probe, teacher.sigma(torch.zeros(1, dtype=torch.long)),
+                                          draw_labels(1, device))
+        head = dmd2_classifier_head(features.shape[1], features.shape[-1])
+    if args.generator_lora:
+        generator = lora_generator(generator, args)
+    if args.real_guidance_scale is None:
+        args.real_guidance_scale = 6.0 if teacher.null is not None else 1.0
+    if args.real_guidance_scale > 1 and teacher.null is None:
+        raise ValueError(f"--real_guidance_scale {args.real_guidance_scale} needs the teacher's null class, which "
+                         f"{cfg['ckpt']} never learned (no label dropout); distil it with --real_guidance_scale 1")
+    cls_weight = args.guidance_cls_loss_weight if args.cls_on_clean_image else args.cls_loss_weight
+    return DMD2Method(
+        teacher, generator, Guidance(fake, head), data, draw_labels, shape=(channels, size, size), batch_size=batch_size,
+        generator_lr=args.generator_lr, guidance_lr=args.guidance_lr, device=device,
+        dfake_gen_update_ratio=args.dfake_gen_update_ratio, real_guidance_scale=args.real_guidance_scale,
+        generator_sigmas=generator_levels(args, teacher),
+        min_step_percent=args.min_step_percent, max_step_percent=args.max_step_percent,
+        gen_cls_loss_weight=args.gen_cls_loss_weight, cls_loss_weight=cls_weight,
+        gen_cls_loss=args.gen_cls_loss or args.gan_classifier, diffusion_gan=args.diffusion_gan,
+        diffusion_gan_max_timestep=args.diffusion_gan_max_timestep, denoising=args.denoising,
+        backward_simulation=args.backward_simulation, max_grad_norm=args.max_grad_norm,
+        model_kwargs=cfg.get("model_kwargs") or {})
