@@ -3,7 +3,9 @@
 #   RECIPE    reg (SDE 250, cfg 2.3, class-token cfg 2.3, guidance t <= 0.85) |
 #             repa (SDE 250, cfg 1.8, guidance t <= 0.7) | dit (DDPM 250, cfg 1.5) |
 #             repae (SDE 250, cfg 2.2, guidance t <= 0.65: REPA-E + SD-VAE) |
-#             repae-ldm (SDE 250, cfg 2.5, guidance t <= 0.75: SiT-XL/1 on the E2E-VA-VAE)   [reg]
+#             repae-ldm (SDE 250, cfg 2.5, guidance t <= 0.75: SiT-XL/1 on the E2E-VA-VAE) |
+#             dmd2-imagenet (a distilled generator, its own steps; DMD2's evaluation: class-balanced labels,
+#             seed 10, batch 128; REF_BATCH e.g. imagenet-64x64.npz)   [reg]
 #   CKPT      checkpoint (required)       NUM_GPUS [8]     REF_BATCH  ADM reference batch, e.g.
 #             VIRTUAL_imagenet256_labeled.npz (required)   SAMPLE_DIR [samples]   NUM_SAMPLES [50000]
 #   NUM_STEPS / CFG_SCALE / CLS_CFG_SCALE (reg) / GH (reg, repa)  override the recipe's values
@@ -23,7 +25,11 @@ case "$RECIPE" in
   dit)  MODE=ddpm; STEPS=${NUM_STEPS:-250}; CFG=${CFG_SCALE:-1.5}; FLOW=() ;;
   repae) MODE=sde; STEPS=${NUM_STEPS:-250}; CFG=${CFG_SCALE:-2.2}; FLOW=(--guidance-high "${GH:-0.65}") ;;
   repae-ldm) MODE=sde; STEPS=${NUM_STEPS:-250}; CFG=${CFG_SCALE:-2.5}; FLOW=(--guidance-high "${GH:-0.75}") ;;
-  *) echo "error: RECIPE must be reg, repa, dit, repae or repae-ldm, not '$RECIPE'" >&2; exit 2 ;;
+  dmd2-imagenet)
+    exec "$PYTHON" -m torch.distributed.run --nnodes=1 --nproc_per_node="$NUM_GPUS" generate.py \
+      --ckpt "$CKPT" --class-balanced --global-seed 10 --num-fid-samples "${NUM_SAMPLES:-50000}" \
+      --per-proc-batch-size 128 --sample-dir "${SAMPLE_DIR:-samples}" --ref-batch "$REF_BATCH" "$@" ;;
+  *) echo "error: RECIPE must be reg, repa, dit, repae, repae-ldm or dmd2-imagenet, not '$RECIPE'" >&2; exit 2 ;;
 esac
 
 exec "$PYTHON" -m torch.distributed.run --nnodes=1 --nproc_per_node="$NUM_GPUS" generate.py \

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Paper recipes, parameterised by environment variables (defaults in brackets):
 #   RECIPE    reg (SiT-XL/2 + REG, Wu et al. 2025) | repa (SiT-B/2 + REPA, Yu et al. 2025) | dit (DiT-XL/2)
-#             | repae (SiT-XL/2 + SD-VAE end to end, Leng et al. 2025) | repae-ldm (SiT-XL/1 on cached E2E-VAE latents)  [reg]
+#             | repae (SiT-XL/2 + SD-VAE end to end, Leng et al. 2025) | repae-ldm (SiT-XL/1 on cached E2E-VAE latents)
+#             | dmd2-imagenet (DMD2's ImageNet-64 GAN recipe, Yin et al. 2024) | dmd2-sd15 (DMD2's SD1.5 recipe)  [reg]
+#   TEACHER   dmd2-imagenet: [edm-imagenet-64x64-cond-adm.pkl]; dmd2-sd15: a local Stable Diffusion 1.5 folder
+#   PROMPTS   dmd2-sd15: the training prompts (DMD2's captions_laion_score6.25.pkl)
 #   VAE_CKPT  repae: pretrained/sdvae/sdvae-f8d4.pt (+ -latents-stats.pt, -discriminator-ckpt.pt beside it);
 #             repae-ldm: pretrained/e2e-vavae-400k/e2e-vavae-400k.pt   LATENTS  repae-ldm: [e2e-vavae-400k]
-#   NUM_GPUS  processes on this node [8]      DATA_DIR  REG layout (imagenet_256_vae/ + vae-sd/) or, for dit, an ImageNet train folder
+#   NUM_GPUS  processes on this node [8]      DATA_DIR  REG layout (imagenet_256_vae/ + vae-sd/) or, for dit, an ImageNet train folder;
+#             dmd2-imagenet: DMD2's imagenet-64x64_lmdb; dmd2-sd15: its LMDB of SD latents and prompts
 #   OUTPUT_DIR / EXP_NAME  run folder {OUTPUT_DIR}/{EXP_NAME} [exps / the recipe]
 #   ENC_TYPE  [dinov2-vit-b]   MAX_STEPS [4000000 reg, 400000 repa/dit]   REPORT_TO [wandb]
 # Extra arguments go to train.py, e.g.  RECIPE=repa DATA_DIR=data/ bash train.sh --resume-step 100000
@@ -57,5 +61,20 @@ case "$RECIPE" in
       --weighting uniform --model SiT-XL/1 --checkpointing-steps 50000 --vae f16d32 --vae-ckpt "$VAE_CKPT" \
       --vae-latents-name "${LATENTS:-e2e-vavae-400k}" --enc-type "$ENC_TYPE" --proj-coeff 0.5 --encoder-depth 8 \
       --exp-name "${EXP_NAME:-sit-xl-1-dinov2-b-enc8-ldm-e2e-vavae}" "$@" ;;
-  *) echo "error: RECIPE must be reg, repa, dit, repae or repae-ldm, not '$RECIPE'" >&2; exit 2 ;;
+  dmd2-imagenet) # DMD2 experiments/imagenet: GAN head, diffusion GAN, TTUR 5, lr 2e-6, batch 40 per GPU (7 GPUs), bf16
+    exec "$PYTHON" -m torch.distributed.run --nnodes=1 --nproc_per_node="$NUM_GPUS" train_dmd2.py \
+      --teacher "${TEACHER:-edm-imagenet-64x64-cond-adm.pkl}" --real_image_path "$DATA_DIR" \
+      --generator_lr 2e-6 --guidance_lr 2e-6 --train_iters "${MAX_STEPS:-10000000}" --batch_size 40 --log_iters 500 \
+      --seed 10 --wandb_iters 100 --use_fp16 --dfake_gen_update_ratio 5 --gan_classifier --cls_loss_weight 1e-2 \
+      --gen_cls_loss_weight 3e-3 --diffusion_gan --diffusion_gan_max_timestep 1000 --report_to "$REPORT_TO" \
+      --output_path "$OUTPUT_DIR" --exp_name "${EXP_NAME:-imagenet_gan_classifier_genloss3e-3_diffusion1000_lr2e-6}" "$@" ;;
+  dmd2-sd15) # DMD2 experiments/sdv1.5: guidance 1.75, TTUR 10, lr 1e-5, batch 32 per GPU (64 GPUs), bf16, no GAN
+    exec "$PYTHON" -m accelerate.commands.launch "${MULTI_GPU[@]}" --num_processes "$NUM_GPUS" train_dmd2.py \
+      --teacher "${TEACHER:?set TEACHER to a local Stable Diffusion 1.5 folder}" \
+      --train_prompt_path "${PROMPTS:?set PROMPTS to the training prompts}" --real_image_path "$DATA_DIR" \
+      --generator_lr 1e-5 --guidance_lr 1e-5 --train_iters "${MAX_STEPS:-100000000}" --batch_size 32 --log_iters 1000 \
+      --seed 10 --real_guidance_scale 1.75 --max_grad_norm 10 --wandb_iters 50 --use_fp16 \
+      --dfake_gen_update_ratio 10 --report_to "$REPORT_TO" --output_path "$OUTPUT_DIR" \
+      --exp_name "${EXP_NAME:-laion6.25_sd_baseline_guidance1.75_lr1e-5_seed10_dfake10}" "$@" ;;
+  *) echo "error: RECIPE must be reg, repa, dit, repae, repae-ldm, dmd2-imagenet or dmd2-sd15, not '$RECIPE'" >&2; exit 2 ;;
 esac

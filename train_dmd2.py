@@ -57,7 +57,7 @@ class GeneratorHooks(RunHooks):
             self.grid_noise = self.grid_noise[: len(self.grid_y)]
 
     def ema(self) -> torch.nn.Module:
-        return self.engine.module("model")
+        return self.engine.gathered("model")
 
 
 def open_data(args, cfg: dict, device):

@@ -57,3 +57,16 @@ def test_compile_flag_runs_the_compiled_step():
                              "--compile"])
     (record,) = bench.main(args)
     assert record["compile"] and math.isfinite(record["loss"]) and record["images_per_sec"] > 0
+
+
+def test_dmd2_step_benchmark_times_both_kinds_of_step():
+    """benchmarks/dmd2_step.py (the GPU measurement of docs/benchmarks.md) on a tiny teacher: generator and
+    guidance-only steps, finite times, the peak memory."""
+    import math
+
+    from benchmarks.dmd2_step import main, parse_args
+
+    rows = main(parse_args(["--model", "DiT-Ti/4", "--image-size", "32", "--batch-size", "2", "--steps", "2",
+                            "--warmup", "0", "--dfake-gen-update-ratio", "2", "--mixed-precision", "no"]))
+    assert [r["step"] for r in rows] == ["generator", "guidance"]
+    assert all(math.isfinite(r["mean_s"]) and r["mean_s"] > 0 and r["peak_gib"] > 0 for r in rows)

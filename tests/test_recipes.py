@@ -8,6 +8,7 @@ from conftest import ROOT
 
 import generate
 import train
+import train_dmd2
 import train_ldm_only
 import train_repae
 
@@ -22,7 +23,8 @@ def run_recipe(script, tmp_path, full_argv=False, **env):
     argv = (tmp_path / "argv").read_text().splitlines()
     if full_argv:
         return argv
-    scripts = ("train.py", "train_repae.py", "train_ldm_only.py") if script == "train.sh" else ("generate.py",)
+    scripts = ("train.py", "train_repae.py", "train_ldm_only.py", "train_dmd2.py") if script == "train.sh" \
+        else ("generate.py",)
     start = next(i for i, a in enumerate(argv) if a in scripts)
     return argv[start + 1:]
 
@@ -56,7 +58,24 @@ def test_train_sh_repae_recipes_parse_with_the_papers_values(recipe, command, ex
         assert getattr(args, key) == value, key
 
 
+@pytest.mark.parametrize("recipe, env, expected", [
+    ("dmd2-imagenet", {}, dict(teacher="edm-imagenet-64x64-cond-adm.pkl", real_image_path="data", batch_size=40,
+                               generator_lr=2e-6, guidance_lr=2e-6, dfake_gen_update_ratio=5, gan_classifier=True,
+                               cls_loss_weight=1e-2, gen_cls_loss_weight=3e-3, diffusion_gan=True,
+                               diffusion_gan_max_timestep=1000, use_fp16=True, seed=10, real_guidance_scale=None)),
+    ("dmd2-sd15", dict(TEACHER="sd15", PROMPTS="captions.pkl"),
+     dict(teacher="sd15", train_prompt_path="captions.pkl", batch_size=32, generator_lr=1e-5, guidance_lr=1e-5,
+          real_guidance_scale=1.75, dfake_gen_update_ratio=10, use_fp16=True, seed=10, gan_classifier=False)),
+])
+def test_train_sh_dmd2_recipes_parse_with_the_papers_values(recipe, env, expected, tmp_path):
+    args = train_dmd2.parse_args(run_recipe("train.sh", tmp_path, RECIPE=recipe, DATA_DIR="data", **env))
+    for key, value in expected.items():
+        assert getattr(args, key) == value, key
+
+
 @pytest.mark.parametrize("recipe, expected", [
+    ("dmd2-imagenet", dict(class_balanced=True, global_seed=10, per_proc_batch_size=128, sampler=None,
+                           cfg_scale=None)),
     ("repae", dict(sampler="sde", num_sampling_steps=250, cfg_scale=2.2, guidance_high=0.65)),
     ("repae-ldm", dict(sampler="sde", num_sampling_steps=250, cfg_scale=2.5, guidance_high=0.75)),
     ("reg", dict(sampler="sde", num_sampling_steps=250, cfg_scale=2.3, cls_cfg_scale=2.3, guidance_high=0.85)),

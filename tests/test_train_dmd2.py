@@ -14,6 +14,7 @@ from conftest import run_script
 
 import train_dmd2
 from training.checkpoint import load_checkpoint
+from training.dmd2_recipe import EPS_CONDITIONING_SIGMA
 
 TINY = ["--dataset", "builtin", "--batch_size", "4", "--num_workers", "0", "--generator_lr", "1e-3",
         "--guidance_lr", "1e-3", "--warmup_step", "2", "--real_guidance_scale", "2", "--gan_classifier",
@@ -59,7 +60,7 @@ def test_update_ratio_holds_across_an_exact_resume(teacher, tmp_path):
     mid = load_checkpoint(whole / "checkpoints" / "0000003.pt")
     assert any(not torch.equal(mid["model"][k], a["model"][k]) for k in a["model"])
     assert set(a["guidance"]) >= {"fake_unet.x_embedder.proj.weight", "cls_pred_branch.0.weight"}
-    assert a["generator_sigmas"] == [14.6]  # DiT's step 999 (sigma 157) capped for its eps parameterisation
+    assert a["generator_sigmas"] == pytest.approx([14.6146], rel=1e-4)  # DiT's step 999 (sigma 157), capped
 
     # the generator's checkpoint is what sample.py samples: one step, no guidance
     out = tmp_path / "sample.png"
@@ -73,7 +74,7 @@ def test_update_ratio_holds_across_an_exact_resume(teacher, tmp_path):
 def test_backward_simulation_lands_on_the_step_list_levels(teacher, monkeypatch):
     """With --denoising --backward_simulation the generator runs k of its steps from fresh noise at the
     step list's levels [999, 749, 499, 249], and is then trained at level k."""
-    from training.dmd2_recipe import build_method, load_teacher, parse_args
+    from training.dmd2_recipe import EPS_CONDITIONING_SIGMA, build_method, load_teacher, parse_args
 
     args = parse_args(["--teacher", str(teacher), "--denoising", "--num_denoising_step", "4",
                        "--backward_simulation", "--real_guidance_scale", "1"])
@@ -83,7 +84,7 @@ def test_backward_simulation_lands_on_the_step_list_levels(teacher, monkeypatch)
     method = build_method(args, t, cfg, codec, lambda b: (None, None), lambda n, d: torch.zeros(n, dtype=torch.long),
                           device, 2)
     levels = t.sigma(torch.tensor([999, 749, 499, 249]))
-    levels[0] = 14.6  # the top level of an eps teacher, capped by default
+    levels[0] = EPS_CONDITIONING_SIGMA  # the top level of an eps teacher, capped by default
     assert method.generator_sigmas == pytest.approx(levels.tolist())
     calls = []
     generate = method.generate
@@ -113,18 +114,18 @@ def test_generator_levels(teacher):
     scale; an interpolant teacher starts from pure noise (t = 1)."""
     from exact_denoisers import ExactSiT
 
-    from training.dmd2_recipe import generator_levels, load_teacher, parse_args
+    from training.dmd2_recipe import EPS_CONDITIONING_SIGMA, generator_levels, load_teacher, parse_args
     from training.dmd2_teacher import FlowTeacher
 
     def levels(*flags, t=None):
         args = parse_args(["--teacher", str(teacher), *flags])
         return generator_levels(args, t or load_teacher(args, torch.device("cpu"))[0])
 
-    assert levels() == [14.6]
+    assert levels() == [EPS_CONDITIONING_SIGMA] and abs(EPS_CONDITIONING_SIGMA - 14.6146) < 1e-4
     assert levels("--conditioning_timestep", "999") == pytest.approx([157.4073], rel=1e-5)
     assert levels("--conditioning_timestep", "5000") == levels("--conditioning_timestep", "999")
     assert levels("--conditioning_sigma", "80") == [80.0]
-    assert levels("--denoising", "--num_denoising_step", "2")[0] == 14.6
+    assert levels("--denoising", "--num_denoising_step", "2")[0] == EPS_CONDITIONING_SIGMA
     flow = FlowTeacher(ExactSiT("linear"), "linear", None)
     assert levels(t=flow) == [float("inf")]
     assert levels("--conditioning_timestep", "499", t=flow) == pytest.approx([499 / 500])
@@ -195,3 +196,46 @@ def test_edm_teacher_from_its_pickle(tmp_path):
         released = EDMPrecond(**EDM_IMAGENET64)
     keys = json.loads((Path(__file__).parent / "fixtures" / "edm_adm_keys.json").read_text())["keys"]
     assert [(k, list(v.shape)) for k, v in released.state_dict().items()] == [(k, s) for k, s in keys]
+
+
+def test_two_gloo_processes_shard_both_networks(teacher, tmp_path):
+    """--fsdp over two processes: the generator and the guidance model (the fake score's blocks, the head) sharded,
+    the generator turn reading the guidance model through its forward, grids from the gathered generator, and a
+    checkpoint of whole weights that sample.py reads."""
+    out = tmp_path / "fsdp"
+    result = run_script("-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541", "train_dmd2.py",
+                        "--teacher", str(teacher), "--output_path", str(out), *TINY, "--train_iters", "3",
+                        "--backward_simulation", "--denoising", "--num_denoising_step", "2", "--fsdp")
+    assert result.returncode == 0, result.stderr[-2000:]
+    (run,) = list(out.iterdir())
+    assert (run / "samples" / "0000003.png").is_file()
+    ckpt = load_checkpoint(run / "checkpoints" / "0000003.pt")
+    single = load_checkpoint(teacher)["ema"]
+    assert {k: tuple(v.shape) for k, v in ckpt["model"].items()} == {k: tuple(v.shape) for k, v in single.items()}
+    sampled = run_script("sample.py", "--ckpt", str(run / "checkpoints" / "0000003.pt"), "--output",
+                         str(tmp_path / "s.png"))
+    assert sampled.returncode == 0, sampled.stderr
+
+
+@pytest.mark.parametrize("model, flags", [("UNet-Ti", []), ("SiT-Ti/4", ["--proj-coeff", "0", "--cls", "0"])])
+def test_unet_and_sit_teachers(model, flags, tmp_path):
+    """A U-Net teacher (cosine schedule; the GAN head on its middle block) and a SiT teacher (velocity; pure noise at
+    t = 1; the head on its tokens after block depth / 2) distil and sample like the DiT."""
+    from conftest import TINY_TRAIN
+
+    import train
+
+    tiny = [*TINY_TRAIN]
+    tiny[tiny.index("DiT-Ti/4")] = model
+    train.main(train.parse_args([*tiny, *flags, "--results-dir", str(tmp_path / "t"), "--max-steps", "2",
+                                 "--ckpt-every", "2", "--log-every", "2"]))
+    (teacher_run,) = list((tmp_path / "t").iterdir())
+    out = tmp_path / "d"
+    distil(teacher_run / "checkpoints" / "0000002.pt", out, "--train_iters", "2")
+    (run,) = list(out.iterdir())
+    ckpt = load_checkpoint(run / "checkpoints" / "0000002.pt")
+    expected = {"UNet-Ti": ("cosine", EPS_CONDITIONING_SIGMA), "SiT-Ti/4": ("linear", float("inf"))}[model]
+    assert (ckpt["args"]["noise_schedule"], ckpt["generator_sigmas"][0]) == expected
+    result = run_script("sample.py", "--ckpt", str(run / "checkpoints" / "0000002.pt"), "--output",
+                        str(tmp_path / "s.png"))
+    assert result.returncode == 0, result.stderr

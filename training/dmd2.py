@@ -35,11 +35,18 @@ from training.engine import Method
 
 class Guidance(nn.Module):
     """DMD2's guidance model: the fake score ``fake_unet`` and the GAN head ``cls_pred_branch`` (or None).
-    ``forward`` is the guidance turn, one call (one DDP forward) per step."""
+    ``forward`` is the guidance turn, one call (one DDP forward) per step; ``forward(mode="x0")`` and
+    ``forward(mode="logits")`` are what the generator turn reads of it (every use goes through ``forward``,
+    so FSDP gathers the weights for it)."""
 
     def __init__(self, fake_unet: nn.Module, cls_pred_branch: nn.Module | None = None):
         super().__init__()
         self.fake_unet, self.cls_pred_branch = fake_unet, cls_pred_branch
+
+    @property
+    def fsdp_units(self) -> list[nn.Module]:
+        """FSDP units inside the guidance model (``--fsdp``): the fake score (with its blocks) and the head."""
+        return [m for m in (self.fake_unet, self.cls_pred_branch) if m is not None]
 
     def logits(self, teacher: Teacher, x: torch.Tensor, y, index: torch.Tensor, eps: torch.Tensor | None) -> torch.Tensor:
         """Realism logits of clean ``x`` (index 0, no noise) or of ``x`` noised at grid ``index``."""
@@ -49,22 +56,22 @@ class Guidance(nn.Module):
         return self.cls_pred_branch(features).flatten(1)
 
     def forward(self, teacher: Teacher, fake: torch.Tensor, y_fake, real=None, y_real=None, gan=None,
-                cls_weight: float = 0.0) -> dict[str, torch.Tensor]:
+                cls_weight: float = 0.0, mode: str = "guidance", sigma=None, index=None, eps=None):
+        if mode == "x0":  # the fake score's x0 of noised ``fake`` at ``sigma``
+            return teacher.x0(self.fake_unet, fake, sigma, y_fake)
+        if mode == "logits":
+            return self.logits(teacher, fake, y_fake, index, eps)
         losses = {"loss_fake_mean": teacher.fake_score_loss(self.fake_unet, fake, y_fake)}
         losses["guidance_loss"] = losses["loss_fake_mean"]
         if self.cls_pred_branch is not None:
             index, eps = gan(2 * len(fake), fake)
-            both = self.logits(teacher, torch.cat([real, fake]), _cat(y_real, y_fake), index, eps)
+            both = self.logits(teacher, torch.cat([real, fake]), torch.cat([y_real, y_fake]), index, eps)
             logits_real, logits_fake = both[: len(real)], both[len(real):]
             losses["guidance_cls_loss"] = gan_discriminator_loss(logits_real, logits_fake)
             losses["pred_realism_on_real"] = torch.sigmoid(logits_real).mean().detach()
             losses["pred_realism_on_fake"] = torch.sigmoid(logits_fake).mean().detach()
             losses["guidance_loss"] = losses["guidance_loss"] + cls_weight * losses["guidance_cls_loss"]
         return losses
-
-
-def _cat(a, b):
-    return torch.cat([a, b])
 
 
 class DMD2Method(Method):
@@ -82,7 +89,8 @@ class DMD2Method(Method):
                  model_kwargs: dict | None = None, sampling: dict | None = None):
         """``shape``: one sample's (C, H, W); ``batch_size``: the generator's batch when there are no real
         images (``data`` returns ``(None, None)``); ``generator_sigmas``: the noise levels it generates from
-        (one: its conditioning level; with ``denoising``, its steps, the first at the top)."""
+        (one: its conditioning level; with ``denoising``, its steps, the first at the top); ``sampling``: the
+        ``generate`` arguments that read the teacher's family (noise schedule, path type) for the grids."""
         self.teacher, self.data, self.draw_labels, self.shape = teacher, data, draw_labels, tuple(shape)
         self.batch_size, self.device = batch_size, device
         self.modules = {"model": generator.to(device), "guidance": guidance.to(device)}
@@ -95,6 +103,7 @@ class DMD2Method(Method):
 
         self.optimizers = {"opt": adamw(generator, generator_lr), "opt_guidance": adamw(guidance, guidance_lr)}
         self.emas = {}
+        self.sampled = ("model",)  # no EMA: samples come from the generator itself (gathered with --fsdp)
         self.ratio, self.cfg_scale, self.max_grad_norm = dfake_gen_update_ratio, real_guidance_scale, max_grad_norm
         self.min_step, self.max_step = int(min_step_percent * GRID), int(max_step_percent * GRID)
         self.gen_cls_weight, self.cls_weight = gen_cls_loss_weight, cls_loss_weight
@@ -104,9 +113,9 @@ class DMD2Method(Method):
         self.generator_sigmas = [float(s) for s in generator_sigmas]
         self.levels = torch.tensor(self.generator_sigmas, dtype=torch.float64)
         generator.generator_sigmas = self.generator_sigmas  # how it samples (diffusion.pipeline.few_step_sample)
-        self.trainable = {id(p) for p in guidance.parameters() if p.requires_grad}
+        self.trainable = {name for name, p in guidance.named_parameters() if p.requires_grad}
         self.model_kwargs = {"in_channels": shape[0], "input_size": shape[-1], **(model_kwargs or {})}
-        self.sampling = sampling or {}
+        self.sampling = sampling or {}  # the teacher's noise schedule / path, which the generator is read on
 
     # ----- pieces -----
     def generate(self, generator: nn.Module, x_vp: torch.Tensor, sigma: torch.Tensor, y) -> torch.Tensor:
@@ -160,8 +169,9 @@ class DMD2Method(Method):
         return torch.where(top.view(-1, *[1] * len(self.shape)), noised(torch.zeros_like(eps), sigma, eps), x), sigma
 
     def set_guidance_trainable(self, guidance: nn.Module, flag: bool) -> None:
-        for p in guidance.parameters():
-            if id(p) in self.trainable:
+        """Freeze (or unfreeze) what trains by design, by name: sharding replaces the parameter objects."""
+        for name, p in guidance.named_parameters():
+            if name in self.trainable:
                 p.requires_grad_(flag)
 
     # ----- the step -----
@@ -207,12 +217,13 @@ class DMD2Method(Method):
             sigma = self.teacher.sigma(index)
             x_t = noised(x.detach(), sigma, torch.randn_like(x))
             x0_real = self.teacher.x0(self.teacher.model, x_t, sigma, y, self.cfg_scale)
-            x0_fake = self.teacher.x0(guidance.fake_unet, x_t, sigma, y)
+            x0_fake = guidance(self.teacher, x_t, y, mode="x0", sigma=sigma)
         losses = {"loss_dm": distribution_matching_loss(x, x0_real, x0_fake)}
         total = losses["loss_dm"]
         if self.gen_gan:
             index, eps = self.gan_noise(n, x)
-            losses["gen_cls_loss"] = gan_generator_loss(guidance.logits(self.teacher, x, y, index, eps))
+            logits = guidance(self.teacher, x, y, mode="logits", index=index, eps=eps)
+            losses["gen_cls_loss"] = gan_generator_loss(logits)
             total = total + self.gen_cls_weight * losses["gen_cls_loss"]
         losses["generator_loss"] = total
         return total, losses

@@ -12,10 +12,19 @@ import torch
 from training.dmd2_teacher import GRID, DDPMTeacher, FlowTeacher, Teacher
 from training.dmd2_text import is_diffusers_folder, load_text_teacher
 
+
+def sd15_top_sigma() -> float:
+    """sigma of SD1.5's step 999 (scaled-linear betas 0.00085 to 0.012): 14.61, where DMD2 distils SD."""
+    import numpy as np
+
+    abar = np.cumprod(1 - np.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=np.float64) ** 2)
+    return float(np.sqrt((1 - abar[-1]) / abar[-1]))
+
+
 # An eps teacher's x0 at sigma is sqrt(1 + sigma^2) x - sigma eps: eps errors grow sigma-fold (157-fold at
 # DiT's step 999). Without an explicit level, such a generator starts at most at SD1.5's step 999, the level
-# DMD2 distils SD at (sigma 14.6); measurements in docs/notes/dmd2.md.
-EPS_CONDITIONING_SIGMA = 14.6
+# DMD2 distils SD at; measurements in docs/notes/dmd2.md.
+EPS_CONDITIONING_SIGMA = sd15_top_sigma()
 
 
 def _flag(p, name: str, **kw) -> None:
@@ -59,7 +68,7 @@ def parse_args(argv=None, description: str | None = None) -> argparse.Namespace:
           "sigma scale (EDM: 80); default: --conditioning_timestep's")
     _flag(p, "conditioning_timestep", type=int, default=None, help="the generator's noise level as an index into "
           "the teacher's own 1000 levels (DDPM step; interpolant t = index / 999; EDM: Karras grid); default 999, "
-          f"for eps teachers at most sigma {EPS_CONDITIONING_SIGMA} (docs/notes/dmd2.md)")
+          f"for eps teachers at most sigma {EPS_CONDITIONING_SIGMA:.2f}, SD1.5's step 999 (docs/notes/dmd2.md)")
     _flag(p, "sigma_min", type=float, default=0.002, help="EDM teachers: the Karras grid")
     _flag(p, "sigma_max", type=float, default=80.0)
     _flag(p, "rho", type=float, default=7.0)
@@ -272,4 +281,5 @@ def build_method(args, teacher: Teacher, cfg: dict, codec, data, draw_labels, de
         gen_cls_loss=args.gen_cls_loss or args.gan_classifier, diffusion_gan=args.diffusion_gan,
         diffusion_gan_max_timestep=args.diffusion_gan_max_timestep, denoising=args.denoising,
         backward_simulation=args.backward_simulation, max_grad_norm=args.max_grad_norm,
-        model_kwargs=cfg.get("model_kwargs") or {})
+        model_kwargs=cfg.get("model_kwargs") or {},
+        sampling={"noise_schedule": cfg.get("noise_schedule", "linear"), "path_type": cfg.get("path_type") or "linear"})

@@ -101,6 +101,8 @@ class Engine:
             from training.sharding import owner, shard_module
 
             self.full = {key: deepcopy(ema).cpu() for key, ema in self.emas.items()}
+            # networks a method samples from directly (no EMA: DMD2's generator), gathered the same way
+            self.full.update({key: deepcopy(method.modules[key]).cpu().eval() for key in getattr(method, "sampled", ())})
             for module in method.modules.values():
                 shard_module(module, method.optimizers.values())
             for ema in self.emas.values():
@@ -140,6 +142,8 @@ class Engine:
         opt = self.method.optimizers[key]
         params = [p for group in opt.param_groups for p in group["params"]]
         norm = self.accelerator.clip_grad_norm_(params, max_grad_norm) if max_grad_norm is not None else None
+        if norm is not None and hasattr(norm, "full_tensor"):  # sharded parameters give a DTensor norm
+            norm = norm.full_tensor()
         for group, base in zip(opt.param_groups, self.base_lr[key]):
             group["lr"] = self.lr_at(self.steps, base)
         inner = getattr(opt, "optimizer", opt)  # accelerate wraps optimizers
@@ -217,13 +221,15 @@ class Engine:
                         "continuing with fresh random streams (not bit-exact)")
 
     def gathered(self, key: str) -> torch.nn.Module:
-        """EMA ``key`` as a whole network on every process, to sample from. With sharding its weights
-        are all-gathered into an unsharded copy, so every process must call it."""
+        """EMA ``key`` (or a module the method lists in ``sampled``) as a whole network on every process, to
+        sample from. With sharding its weights are all-gathered into an unsharded copy, so every process
+        must call it."""
+        source = self.emas[key] if key in self.emas else self.module(key)
         if not self.shard:
-            return self.emas[key]
+            return source
         from training.sharding import gathered_state_dict
 
-        self.full[key].load_state_dict(gathered_state_dict(self.emas[key]))
+        self.full[key].load_state_dict(gathered_state_dict(source))
         return self.full[key].to(self.accelerator.device)
 
     def init_emas(self) -> None:

@@ -26,13 +26,16 @@ FULL_IN = StateDictOptions(full_state_dict=True)  # every process holds the whol
 
 def shard_module(module: torch.nn.Module, optimizers=()) -> None:
     """``fully_shard`` the blocks of ``module`` and then ``module`` over all processes, in place; the
-    ``optimizers`` that hold its parameters are pointed at the sharded ones (same order)."""
+    ``optimizers`` that hold its parameters are pointed at the sharded ones (same order). Sub-networks a
+    module lists in ``fsdp_units`` (called on their own, not only through the module's forward: DMD2's
+    fake score and GAN head) become shard units first, each with its blocks."""
     device = next(module.parameters()).device
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     before = list(module.parameters())
-    for block in getattr(module, "blocks", []):
-        fully_shard(block, mesh=mesh)
-    fully_shard(module, mesh=mesh)
+    for unit in [*getattr(module, "fsdp_units", []), module]:
+        for block in getattr(unit, "blocks", []):
+            fully_shard(block, mesh=mesh)
+        fully_shard(unit, mesh=mesh)
     sharded = {id(old): new for old, new in zip(before, module.parameters())}
     for opt in optimizers:
         for group in opt.param_groups:
