@@ -67,3 +67,14 @@ def tiny_vae(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("vae") / "tiny-vae"
     vae.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def quick_grids():
+    """Sample grids drawn with 2 Euler steps instead of 50, for tests that check that a run draws its
+    grids (the file, the fork of the RNG around it), not what they show."""
+    from training import visual
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(visual, "GRID_STEPS", 2)
+        yield

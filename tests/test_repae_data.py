@@ -103,21 +103,27 @@ def test_cache_latents_over_two_processes_matches_one(data_dir, tmp_path):
             np.testing.assert_allclose(np.array(a[name]), np.array(b[name]), atol=1e-6)
 
 
-def test_ldm_only_trains_the_sit_on_cached_latents_with_its_batchnorm_fixed(data_dir, tmp_path):
+@pytest.fixture(scope="module")
+def ldm_run(data_dir, quick_grids, tmp_path_factory):
+    """train_ldm_only.py for 2 steps on the latents cache_latents.py wrote into ``data_dir``: its run folder."""
     cache(data_dir, data_dir)
-    assert len(H5ImagesAndLatents(data_dir, "tiny")) == N
-    out = tmp_path / "exps"
+    out = tmp_path_factory.mktemp("exps")
     train_ldm_only.main(train_ldm_only.parse_args([
         "--exp-name", "ldm", "--output-dir", str(out), "--data-dir", str(data_dir), "--num-classes", "10",
         "--resolution", "32", "--model", "SiT-Ti/1", "--vae", "tiny-f4d4", "--vae-ckpt", str(data_dir / "tiny.pt"),
         "--vae-latents-name", "tiny", "--enc-type", "tiny-vit", "--encoder-depth", "1", "--batch-size", "4",
         "--max-train-steps", "2", "--checkpointing-steps", "2", "--sampling-steps", "1000", "--no-compile",
         "--mixed-precision", "no", "--report-to", "none", "--num-workers", "0", "--log-every", "1"]))
-    ckpt = torch.load(out / "ldm" / "checkpoints" / "0000002.pt", weights_only=False)
+    return out / "ldm"
+
+
+def test_ldm_only_trains_the_sit_on_cached_latents_with_its_batchnorm_fixed(data_dir, ldm_run):
+    assert len(H5ImagesAndLatents(data_dir, "tiny")) == N
+    ckpt = torch.load(ldm_run / "checkpoints" / "0000002.pt", weights_only=False)
     assert {"model", "ema", "opt"} <= set(ckpt) and "vae" not in ckpt
     torch.testing.assert_close(ckpt["model"]["bn.running_var"], torch.full((4,), 0.25))  # the VAE's statistics
     assert ckpt["model"]["bn.num_batches_tracked"] == 0
-    assert (out / "ldm" / "samples" / "0000002.png").is_file()
+    assert (ldm_run / "samples" / "0000002.png").is_file()
 
 
 def test_pretrain_vae_writes_the_released_format_and_is_a_cache(data_dir, tmp_path, capsys):
@@ -134,13 +140,12 @@ def test_pretrain_vae_writes_the_released_format_and_is_a_cache(data_dir, tmp_pa
     assert "nothing to do" in capsys.readouterr().out and weights.stat().st_mtime_ns == before
 
 
-def test_the_report_puts_runs_side_by_side(data_dir, tmp_path):
+def test_the_report_puts_runs_side_by_side(data_dir, ldm_run, tmp_path):
     from evaluations import repae_report
 
-    test_ldm_only_trains_the_sit_on_cached_latents_with_its_batchnorm_fixed(data_dir, tmp_path)
     report = repae_report.main(repae_report.parse_args([
         "--data-dir", str(data_dir), "--start-vae", str(data_dir / "tiny.pt"), "--vae-arch", "tiny-f4d4",
-        "--run", f"frozen={tmp_path / 'exps' / 'ldm'}", "--out", str(tmp_path / "report")]))
+        "--run", f"frozen={ldm_run}", "--out", str(tmp_path / "report")]))
     lines = report.read_text().splitlines()
     assert lines[2].startswith("| start VAE | 0 |") and lines[3].startswith("| frozen | 2 |")
     start_l1, frozen_l1 = float(lines[2].split("|")[3]), float(lines[3].split("|")[3])

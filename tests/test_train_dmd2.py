@@ -73,7 +73,8 @@ def test_update_ratio_holds_across_an_exact_resume(teacher, tmp_path):
 
 def test_backward_simulation_lands_on_the_step_list_levels(teacher, monkeypatch):
     """With --denoising --backward_simulation the generator runs k of its steps from fresh noise at the
-    step list's levels [999, 749, 499, 249], and is then trained at level k."""
+    step list's levels (DiT: [726, 545, 364, 183], the levels up to the cap), and is then trained at level k."""
+    from loss.dmd import denoising_step_list
     from training.dmd2_recipe import EPS_CONDITIONING_SIGMA, build_method, load_teacher, parse_args
 
     args = parse_args(["--teacher", str(teacher), "--denoising", "--num_denoising_step", "4",
@@ -83,8 +84,9 @@ def test_backward_simulation_lands_on_the_step_list_levels(teacher, monkeypatch)
     cfg.update(latent_channels=3, latent_size=16)
     method = build_method(args, t, cfg, codec, lambda b: (None, None), lambda n, d: torch.zeros(n, dtype=torch.long),
                           device, 2)
-    levels = t.sigma(torch.tensor([999, 749, 499, 249]))
-    levels[0] = EPS_CONDITIONING_SIGMA  # the top level of an eps teacher, capped by default
+    top = int((t.sigmas <= EPS_CONDITIONING_SIGMA).sum())  # an eps teacher's steps stay below the cap
+    levels = t.sigma(torch.tensor(denoising_step_list(4, top)))
+    assert top == 727 and levels.tolist() == sorted(levels.tolist(), reverse=True)
     assert method.generator_sigmas == pytest.approx(levels.tolist())
     calls = []
     generate = method.generate
@@ -125,7 +127,10 @@ def test_generator_levels(teacher):
     assert levels("--conditioning_timestep", "999") == pytest.approx([157.4073], rel=1e-5)
     assert levels("--conditioning_timestep", "5000") == levels("--conditioning_timestep", "999")
     assert levels("--conditioning_sigma", "80") == [80.0]
-    assert levels("--denoising", "--num_denoising_step", "2")[0] == EPS_CONDITIONING_SIGMA
+    steps = levels("--denoising", "--num_denoising_step", "4")
+    assert steps == sorted(steps, reverse=True) and steps[0] <= EPS_CONDITIONING_SIGMA
+    dmd2 = levels("--denoising", "--num_denoising_step", "4", "--conditioning_timestep", "999")
+    assert dmd2 == pytest.approx([157.4073, 17.2470, 3.4241, 0.9529], rel=1e-4)  # DMD2's [999, 749, 499, 249]
     flow = FlowTeacher(ExactSiT("linear"), "linear", None)
     assert levels(t=flow) == [float("inf")]
     assert levels("--conditioning_timestep", "499", t=flow) == pytest.approx([499 / 500])

@@ -17,6 +17,8 @@ from training.engine import Engine
 from training.repae_recipe import build_method, validate
 from training.setup import setup_accelerator
 
+pytestmark = pytest.mark.usefixtures("quick_grids")  # the runs' sample grids take 2 Euler steps
+
 
 @pytest.fixture(scope="module")
 def tiny_vae(tmp_path_factory):
@@ -35,6 +37,20 @@ def flags(vae_ckpt, out, *extra):
             "--enc-type", "tiny-vit", "--encoder-depth", "1", "--batch-size", "4", "--no-compile",
             "--mixed-precision", "no", "--report-to", "none", "--lpips-random", "--num-workers", "0",
             "--log-every", "1", "--sampling-steps", "1000", *extra]
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_vae, quick_grids, tmp_path_factory):
+    """``a``: a run of 2 steps straight; ``b``: the same run stopped after step 1, then resumed from its
+    checkpoint by re-running the command with ``--resume-step 1``."""
+    out = tmp_path_factory.mktemp("runs")
+    train_repae.main(train_repae.parse_args(flags(tiny_vae, out / "a", "--max-train-steps", "2",
+                                                  "--checkpointing-steps", "2")))
+    train_repae.main(train_repae.parse_args(flags(tiny_vae, out / "b", "--max-train-steps", "1",
+                                                  "--checkpointing-steps", "2")))
+    train_repae.main(train_repae.parse_args(flags(tiny_vae, out / "b", "--max-train-steps", "2",
+                                                  "--checkpointing-steps", "2", "--resume-step", "1")))
+    return out
 
 
 def test_gradients_reach_the_vae_only_through_the_alignment_and_the_sit_only_in_its_own_step(tiny_vae, tmp_path):
@@ -71,32 +87,26 @@ def test_gradients_reach_the_vae_only_through_the_alignment_and_the_sit_only_in_
         assert any(seen["opt_vae"]["vae"]) == expect
 
 
-def test_a_run_checkpoints_repaes_keys_and_resumes_exactly(tiny_vae, tmp_path):
-    train_repae.main(train_repae.parse_args(flags(tiny_vae, tmp_path / "a", "--max-train-steps", "4",
-                                                  "--checkpointing-steps", "2")))
-    straight = torch.load(tmp_path / "a" / "run" / "checkpoints" / "0000004.pt", weights_only=False)
+def test_a_run_checkpoints_repaes_keys_and_resumes_exactly(runs, tmp_path):
+    straight = torch.load(runs / "a" / "run" / "checkpoints" / "0000002.pt", weights_only=False)
     assert {"model", "ema", "vae", "discriminator", "opt", "opt_vae", "opt_disc", "args", "steps"} <= set(straight)
-    assert "bn.running_var" in straight["ema"] and (tmp_path / "a" / "run" / "samples" / "0000004.png").is_file()
+    assert "bn.running_var" in straight["ema"] and (runs / "a" / "run" / "samples" / "0000002.png").is_file()
     assert "encoder.down.0.block.0.conv1.weight" in straight["vae"]  # REPA-E's (LDM) names
 
-    train_repae.main(train_repae.parse_args(flags(tiny_vae, tmp_path / "b", "--max-train-steps", "2",
-                                                  "--checkpointing-steps", "2")))
-    train_repae.main(train_repae.parse_args(flags(tiny_vae, tmp_path / "b", "--max-train-steps", "4",
-                                                  "--checkpointing-steps", "2", "--resume-step", "2")))
-    resumed = torch.load(tmp_path / "b" / "run" / "checkpoints" / "0000004.pt", weights_only=False)
+    resumed = torch.load(runs / "b" / "run" / "checkpoints" / "0000002.pt", weights_only=False)
     for key in ("model", "ema", "vae", "discriminator"):
         for name, value in straight[key].items():
             assert torch.equal(value, resumed[key][name]), f"{key}.{name} differs after resume"
 
     # generate.py samples the run with its own tuned VAE and the EMA's latent statistics
     npz = generate.main(generate.parse_args([
-        "--exp-path", str(tmp_path / "a" / "run"), "--train-steps", "4", "--num-fid-samples", "4",
+        "--exp-path", str(runs / "a" / "run"), "--train-steps", "2", "--num-fid-samples", "4",
         "--pproc-batch-size", "4", "--num-steps", "3", "--sample-dir", str(tmp_path / "samples")]))
     assert "vae-tiny-f4d4" in npz.name and np.load(npz)["arr_0"].shape == (4, 32, 32, 3)
 
     # save_vae_weights.py: the tuned VAE, its statistics and the discriminator feed a new run
     files = save_vae_weights.main(save_vae_weights.parse_args([
-        "--repae-ckpt", str(tmp_path / "a" / "run" / "checkpoints" / "0000004.pt"), "--vae-name", "e2e",
+        "--repae-ckpt", str(runs / "a" / "run" / "checkpoints" / "0000002.pt"), "--vae-name", "e2e",
         "--save-dir", str(tmp_path / "pretrained")]))
     assert [f.name for f in files] == ["e2e.pt", "e2e-latents-stats.pt", "e2e-discriminator-ckpt.pt"]
     stats = torch.load(files[1])
@@ -134,14 +144,13 @@ def test_missing_latent_statistics_are_named(tiny_vae, tmp_path):
         train_repae.main(train_repae.parse_args(flags(lone, tmp_path / "out", "--max-train-steps", "1")))
 
 
-def test_a_checkpoint_of_repaes_own_code_resumes_with_fresh_vae_and_discriminator_optimizers(tiny_vae, tmp_path):
+def test_a_checkpoint_of_repaes_own_code_resumes_with_fresh_vae_and_discriminator_optimizers(tiny_vae, runs,
+                                                                                             tmp_path):
     """REPA-E's checkpoints have no RNG or data position, and their VAE and discriminator optimizers list
     parameters in another order: the weights and the SiT's optimizer load, the other two start afresh."""
     import argparse
 
-    train_repae.main(train_repae.parse_args(flags(tiny_vae, tmp_path / "ours", "--max-train-steps", "1",
-                                                  "--checkpointing-steps", "1")))
-    ckpt = torch.load(tmp_path / "ours" / "run" / "checkpoints" / "0000001.pt", weights_only=False)
+    ckpt = torch.load(runs / "b" / "run" / "checkpoints" / "0000001.pt", weights_only=False)  # one of ours
     theirs = {k: ckpt[k] for k in ("model", "ema", "vae", "discriminator", "opt", "opt_vae", "opt_disc", "steps")}
     theirs["args"] = argparse.Namespace(**ckpt["args"])
     (tmp_path / "released" / "checkpoints").mkdir(parents=True)

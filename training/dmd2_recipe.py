@@ -27,6 +27,11 @@ def sd15_top_sigma() -> float:
 EPS_CONDITIONING_SIGMA = sd15_top_sigma()
 
 
+def within_cap(sigma):
+    """``sigma <= EPS_CONDITIONING_SIGMA``, with room for SD's own table (float32: 4e-7 above the float64 value)."""
+    return sigma <= EPS_CONDITIONING_SIGMA * (1 + 1e-5)
+
+
 def _flag(p, name: str, **kw) -> None:
     """``--name_with_underscores`` as DMD2 spells it, and ``--name-with-hyphens``."""
     names = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
@@ -216,20 +221,27 @@ def lora_generator(generator: torch.nn.Module, args) -> torch.nn.Module:
 def generator_levels(args, teacher: Teacher) -> list[float]:
     """The generator's noise levels: its conditioning level (``--conditioning_sigma``, else the teacher's own
     ``--conditioning_timestep``, clamped to its range), or with ``--denoising`` the levels of
-    ``denoising_step_list``; by default an eps teacher's top level is capped at ``EPS_CONDITIONING_SIGMA``."""
+    ``denoising_step_list``. By default an eps teacher's top level is capped at ``EPS_CONDITIONING_SIGMA``, and its
+    denoising steps span the levels up to the cap (DiT: steps [726, 545, 364, 183] of the 727 at most 14.6, instead
+    of [999, 749, 499, 249], whose first two levels, 157 and 17.2, lie above it). A level given explicitly
+    (``--conditioning_timestep``, ``--conditioning_sigma``, ``--denoising_timestep``) lifts the cap."""
     from loss.dmd import denoising_step_list
 
+    explicit = args.conditioning_sigma is not None or args.conditioning_timestep is not None
+    capped = teacher.family == "ddpm" and not explicit
     if args.denoising:
-        index = torch.tensor(denoising_step_list(args.num_denoising_step, args.denoising_timestep))
+        top = args.denoising_timestep
+        if capped and top == GRID:  # the steps span the levels up to the cap, in the teacher's own grid
+            top = int(within_cap(teacher.sigmas).sum())
+        index = torch.tensor(denoising_step_list(args.num_denoising_step, top))
         sigmas = [float(s) for s in teacher.sigma(index)]
     elif args.conditioning_sigma is not None:
         sigmas = [float(args.conditioning_sigma)]
     else:
         index = GRID - 1 if args.conditioning_timestep is None else args.conditioning_timestep
         sigmas = [float(teacher.sigma(torch.tensor([min(max(index, 0), GRID - 1)]))[0])]
-    explicit = args.conditioning_sigma is not None or args.conditioning_timestep is not None
-    if teacher.family == "ddpm" and not explicit:
-        sigmas[0] = min(sigmas[0], EPS_CONDITIONING_SIGMA)
+    if capped:
+        sigmas[0] = sigmas[0] if within_cap(sigmas[0]) else EPS_CONDITIONING_SIGMA
     return sigmas
 
 
