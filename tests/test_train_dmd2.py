@@ -244,3 +244,46 @@ def test_unet_and_sit_teachers(model, flags, tmp_path):
     result = run_script("sample.py", "--ckpt", str(run / "checkpoints" / "0000002.pt"), "--output",
                         str(tmp_path / "s.png"))
     assert result.returncode == 0, result.stderr
+
+
+def test_generator_starts_from_the_teacher_unless_told_otherwise(teacher):
+    """--initialie_generator (DMD2's spelling; the default): the generator and the fake score are copies of the
+    teacher, fixed tables stay fixed; --no-initialie_generator: the generator is freshly initialised (DiT's own
+    initialisation: its output layer starts at zero), the fake score is still the teacher's copy."""
+    from training.dmd2_recipe import build_method, load_teacher, parse_args
+
+    def build(*flags):
+        args = parse_args(["--teacher", str(teacher), "--real_guidance_scale", "1", *flags])
+        t, cfg, codec = load_teacher(args, torch.device("cpu"))
+        cfg.update(latent_channels=3, latent_size=16)
+        method = build_method(args, t, cfg, codec, lambda b: (None, None),
+                              lambda n, d: torch.zeros(n, dtype=torch.long), torch.device("cpu"), 2)
+        return t.model.state_dict(), method.modules["model"], method.modules["guidance"].fake_unet
+
+    taught, generator, fake = build()
+    for net in (generator, fake):
+        assert all(torch.equal(taught[k], v) for k, v in net.state_dict().items())
+        assert not net.pos_embed.requires_grad and net.blocks[0].attn.qkv.weight.requires_grad
+    taught, generator, fake = build("--no-initialie_generator")
+    assert not torch.equal(generator.final_layer.linear.weight, taught["final_layer.linear.weight"])
+    assert generator.final_layer.linear.weight.abs().max() == 0
+    assert all(torch.equal(taught[k], v) for k, v in fake.state_dict().items())
+
+
+def test_dm_levels_span_the_step_percent_range(teacher, monkeypatch):
+    """The DM loss draws its level from grid indices [min_step_percent, max_step_percent] x 1000 (DMD2's 20..980)."""
+    from training.dmd2_recipe import build_method, load_teacher, parse_args
+
+    args = parse_args(["--teacher", str(teacher), "--real_guidance_scale", "2", "--min_step_percent", "0.3",
+                       "--max_step_percent", "0.31"])
+    t, cfg, codec = load_teacher(args, torch.device("cpu"))
+    cfg.update(latent_channels=3, latent_size=16)
+    method = build_method(args, t, cfg, codec, lambda b: (None, None), lambda n, d: torch.zeros(n, dtype=torch.long),
+                          torch.device("cpu"), 64)
+    seen = []
+    sigma = t.sigma
+    monkeypatch.setattr(t, "sigma", lambda index: seen.append(index.clone()) or sigma(index))
+    x = torch.randn(64, 3, 16, 16, requires_grad=True)
+    method.generator_losses(method.modules["guidance"], x, torch.zeros(64, dtype=torch.long))
+    drawn = torch.cat(seen)
+    assert drawn.min() >= 300 and drawn.max() <= 310 and len(drawn.unique()) > 5
