@@ -118,7 +118,7 @@ demo-dmd2: $(NEEDS)
 		--sample-dir $(DMD2_DIR)/samples/teacher
 	$(PYTHON) generate.py --ckpt $(DMD2_DIR)/one-step/$(DMD2_CKPT) $(DMD2_GENERATE) --sample-dir $(DMD2_DIR)/samples/one-step
 	$(PYTHON) generate.py --ckpt $(DMD2_DIR)/four-step/$(DMD2_CKPT) $(DMD2_GENERATE) --sample-dir $(DMD2_DIR)/samples/four-step
-	$(PYTHON) evaluations/dmd2_report.py --out $(DMD2_DIR) \
+	$(PYTHON) evaluations/dmd2_report.py --out $(DMD2_DIR) --dataset builtin \
 		--run "teacher, DDPM 50 steps, cfg 4=$$(ls $(DMD2_DIR)/samples/teacher/*.npz)" \
 		--run "one-step generator=$$(ls $(DMD2_DIR)/samples/one-step/*.npz)" \
 		--run "four-step generator, backward simulation=$$(ls $(DMD2_DIR)/samples/four-step/*.npz)"

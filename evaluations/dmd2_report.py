@@ -6,8 +6,8 @@
 
 Each ``--run`` names the ``.npz`` that ``generate.py --proxy`` wrote (its metrics are the ``.json`` beside it).
 Writes ``report.md`` (proxy class accuracy and Frechet distance of each, and each one's accuracy as a fraction of
-the first run's) and ``samples.png`` (the first four samples of every class, a block of rows per run, in
-``--run`` order).
+the first run's) and ``samples.png`` (the first four samples of every class, fewer if a class has fewer, a block of rows per
+run, in ``--run`` order).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=first_paragraph(__doc__))
     p.add_argument("--run", action="append", required=True, metavar="NAME=NPZ",
                    help="a sample file of generate.py --proxy (repeat; the first is the reference)")
+    p.add_argument("--dataset", default=None, help="builtin: name the rows by the built-in classes")
     p.add_argument("--out", required=True)
     return p.parse_args(argv)
 
@@ -56,13 +57,17 @@ def main(args: argparse.Namespace) -> None:
         acc = m["proxy_class_accuracy"]
         lines.append(f"| {name} | {len(images)} | {acc:.3f} | {acc / reference:.0%} | {m['proxy_fd']:.1f} |")
     (out / "report.md").write_text("\n".join(lines) + "\n")
+    from data import class_names
+
+    per = min(PER_CLASS, *(np.bincount(labels)[np.unique(labels)].min() for _, _, labels, _ in runs))
     blocks, names = [], []
     for name, images, labels, _ in runs:
+        classes = class_names(args.dataset, int(labels.max()) + 1)
         for c in np.unique(labels):
-            chosen = images[labels == c][:PER_CLASS]
+            chosen = images[labels == c][:per]
             blocks.append(torch.from_numpy(chosen).permute(0, 3, 1, 2).float() / 127.5 - 1)
-            names.append(f"{name}: {c}")
-    save_grid(torch.cat(blocks), out / "samples.png", nrow=PER_CLASS, row_labels=names)
+            names.append(f"{name}: {classes[c] if c < len(classes) else c}")
+    save_grid(torch.cat(blocks), out / "samples.png", nrow=per, row_labels=names)
     print("\n".join(lines))
     print(f"wrote {out / 'report.md'} and {out / 'samples.png'}")
 

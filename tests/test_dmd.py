@@ -160,3 +160,26 @@ def test_noised_is_the_variance_preserving_marginal():
     sigma = torch.tensor([0.0, 1.0, math.inf])
     out = noised(x0, sigma, eps).flatten()
     torch.testing.assert_close(out, torch.tensor([1.0, 3 / math.sqrt(2), 2.0]))
+
+
+def test_dmd2_report_puts_teacher_and_generators_side_by_side(tmp_path):
+    """evaluations/dmd2_report.py (make demo-dmd2's last step): each run's metrics as a fraction of the first
+    run's accuracy, and a grid with the first samples of every class of every run, rows named by class."""
+    import json
+
+    import numpy as np
+
+    from evaluations.dmd2_report import main, parse_args
+
+    specs = []
+    for name, acc, fd in (("teacher", 0.5, 50.0), ("one-step", 0.4, 150.0)):
+        npz = tmp_path / f"{name}.npz"
+        np.savez(npz, arr_0=np.zeros((20, 8, 8, 3), dtype=np.uint8), arr_1=np.arange(20) % 10)
+        npz.with_suffix(".json").write_text(json.dumps({"proxy_class_accuracy": acc, "proxy_fd": fd}))
+        specs += ["--run", f"{name}={npz}"]
+    main(parse_args([*specs, "--dataset", "builtin", "--out", str(tmp_path / "out")]))
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| teacher | 20 | 0.500 | 100% | 50.0 |" in report and "| one-step | 20 | 0.400 | 80% | 150.0 |" in report
+    assert (tmp_path / "out" / "samples.png").is_file()
+    with pytest.raises(ValueError, match="generate.py --proxy writes both"):
+        main(parse_args(["--run", f"missing={tmp_path / 'nope.npz'}", "--out", str(tmp_path / "out")]))

@@ -156,7 +156,7 @@ def create_logger(run_dir: Path | None, is_main: bool = True) -> logging.Logger:
 
 RUN_FILES = {  # what a person opens in a run folder, and what it shows
     "loss.png": "the training loss and learning rate against steps",
-    "samples": "EMA sample grids, one per checkpoint, one row per class",
+    "samples": "sample grids of fixed noise over training (the EMA's; a distilled generator's own), a row a class",
     "eval_samples.png": "the EMA samples the proxy metrics scored, one row per class",
     "overfit_samples.png": "each class's samples beside their nearest training images",
     "overfit_report.json": "pixel error of the samples to their training images",
