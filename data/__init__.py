@@ -57,20 +57,14 @@ def build_dataset(kind: str, data_path: str | None, image_size: int, num_classes
             raise ValueError(f"latent cache {data_path} was made at --image-size {ds.image_size}, "
                              f"not {image_size}")
         return ds
-    if kind == "repa":
-        from .repa import REPADataset
-
-        ds = REPADataset(data_path)
+    if kind in ("repa", "lmdb"):  # stored at one resolution: it must be the one asked for
+        if kind == "repa":
+            from .repa import REPADataset as Stored
+        else:
+            from .lmdb import LMDBImages as Stored
+        ds = Stored(data_path)
         if ds.image_size != image_size:
             raise ValueError(f"the images in {data_path} are {ds.image_size} px, not --image-size {image_size}")
-        return ds
-    if kind == "lmdb":
-        from .lmdb import LMDBImages
-
-        ds = LMDBImages(data_path)
-        if ds.image_size != image_size:
-            raise ValueError(f"the images in the LMDB {data_path} are {ds.image_size} px, "
-                             f"not --image-size {image_size}")
         return ds
     from .folder import ImageFolderDataset, validate_image_folder
 
