@@ -21,6 +21,7 @@ from models import create_model, hub
 from models.weights import load_checkpoint, load_weights, model_state_dict
 
 OFFICIAL = {256: "DiT-XL-2-256x256.pt", 512: "DiT-XL-2-512x512.pt"}
+SIT_PATH_TYPES = {"Linear": "linear", "GVP": "cosine"}  # SiT's train.py --path-type -> REPA's path of that shape
 REPAE_VAES = ("f8d4", "f16d32", "tiny-f4d4")  # the trainable VAEs of models/vae.py (REPA-E)
 OFFICIAL_URL = "https://dl.fbaipublicfiles.com/DiT/models/{}"
 PRETRAINED_DIR = Path(os.environ.get("DIFFUSION_LAB_PRETRAINED", "pretrained_models"))
@@ -139,7 +140,8 @@ def resolve_sampling_config(args) -> tuple[dict, dict]:
     if cfg["model"].startswith("SiT-"):
         state_dict = legacy_blocks(state_dict, trained, args)
         cfg["model_kwargs"] = sit_kwargs(state_dict, trained, args)
-        cfg["path_type"] = getattr(args, "path_type", None) or trained.get("path_type", "linear")
+        cfg["model_kwargs"]["time_convention"] = sit_time_convention(ckpt, trained, cfg["model_kwargs"])
+        cfg["path_type"] = getattr(args, "path_type", None) or trained_path_type(trained, path)
     else:
         cfg["model_kwargs"] = recorded_shape(ckpt) if cfg["model"].startswith("UNet") else {}
         cfg["noise_schedule"] = NOISE_SCHEDULES[trained.get("noise_schedule") or "linear"]
@@ -210,6 +212,34 @@ def sit_kwargs(state_dict: dict, trained: dict, args) -> dict:
     if depth is not None:
         kwargs["encoder_depth"] = int(depth)
     return kwargs
+
+
+def trained_path_type(trained: dict, path: Path) -> str:
+    """The interpolant path a SiT was trained on: REPA's ``--path-type`` (linear, cosine) or SiT's
+    ``train.py`` ones (Linear, GVP: the same paths in SiT's time), linear when unrecorded."""
+    if trained.get("prediction", "v") not in ("v", "velocity"):  # REPA's --prediction v, SiT's velocity
+        raise ValueError(f"{path} is a SiT trained with --prediction {trained['prediction']}; only velocity "
+                         "prediction can be sampled here")
+    path_type = trained.get("path_type") or "linear"
+    if path_type == "VP":
+        raise ValueError(f"{path} is a SiT trained on SiT's VP path, which this repository does not sample; "
+                         "sample a Linear or GVP one")
+    return SIT_PATH_TYPES.get(path_type, path_type)
+
+
+def sit_time_convention(ckpt, trained: dict, kwargs: dict) -> str:
+    """The time a SiT's weights were trained in (``models.sit``): ``"sit"`` (t=1 data) for checkpoints of
+    SiT's own ``train.py`` (its capitalised ``--path-type``) and for the SiT release (a raw state dict with
+    the learned-sigma half and no projectors: REPA's raw ``last.pt`` has projectors and no such half);
+    what ``train_dmd2.py`` records for a generator (``model_kwargs``); else REPA's, ``"repa"``."""
+    recorded = (ckpt.get("model_kwargs") or {}).get("time_convention") if isinstance(ckpt, dict) else None
+    if recorded is not None:
+        return recorded
+    if trained.get("path_type") in SIT_PATH_TYPES:
+        return "sit"
+    if not trained and kwargs["learn_sigma"] and not kwargs["z_dims"]:
+        return "sit"
+    return "repa"
 
 
 def recorded_shape(ckpt: dict) -> dict:

@@ -8,6 +8,13 @@
 - REG (Wu et al., 2025): the encoder's class token, noised like the latent, enters as token 0
   (``cls_projectors2`` then ``wg_norm``) and is denoised by ``final_layer.linear_cls``.
 
+Time: REPA and REG train with t=0 data, t=1 noise and predict ``v = noise - data`` (linear path);
+the original SiT code (its ``transport/``) runs the other way, t=1 data, and predicts
+``u = data - noise``. ``time_convention="sit"`` reads a network trained the SiT way (the released
+``SiT-XL-2-256x256.pt``, checkpoints of SiT's ``train.py``) in REPA's time, which every sampler and
+loss here uses: ``forward(x, t) = -u(x, 1 - t)``, the same velocity field, so the weights stay SiT's
+and training this model trains them in SiT's own convention.
+
 Parameter names, shapes and order are those of REPA @ 67f7145 and REG @ 021ea2e ``models/sit.py``,
 so their checkpoints (and optimizer states, which follow parameter order) load with ``strict=True``.
 """
@@ -20,8 +27,11 @@ from functools import partial
 import torch
 from torch import nn
 
+from diffusion.guidance import DIT_GUIDED_CHANNELS
 from models.dit import DiT, DiTBlock
 from models.layers import FinalLayer, LabelEmbedder, PatchEmbed, TimestepEmbedder, init_dit_weights
+
+TIME_CONVENTIONS = ("repa", "sit")
 
 
 def build_mlp(hidden_size: int, projector_dim: int, z_dim: int) -> nn.Sequential:
@@ -42,8 +52,11 @@ class SiT(nn.Module):
     - ``cls_token_dim``: REG. As in REG, the class token is the first target encoder's [CLS]
       feature, so it must equal ``z_dims[0]`` (REG reads its size from ``z_dims[0]``), and the
       projector outputs cover all T+1 tokens (the class token first).
-    - ``t`` is the flow time in [0, 1] (REPA/REG: t=0 data, t=1 noise), fed to the embedder as is.
+    - ``t`` is the flow time in [0, 1] (REPA/REG: t=0 data, t=1 noise), fed to the embedder as is
+      (as ``1 - t`` with ``time_convention="sit"``).
     - ``learn_sigma``: the original SiT's unused variance half (state dict only; not returned).
+    - ``time_convention``: ``"repa"`` (t=0 data) or ``"sit"`` (the network's own t=1 is data; see the
+      module docstring). A ``"sit"`` model is guided on three channels, as SiT's ``forward_with_cfg``.
 
     REPA's ``decoder_hidden_size`` is not an argument: it only sizes ``final_layer``, which reads
     the ``hidden_size`` tokens and conditioning, so any other value fails in ``forward`` (REPA's
@@ -71,8 +84,11 @@ class SiT(nn.Module):
         qk_norm: bool = False,
         learn_sigma: bool = False,
         bn_momentum: float | None = None,
+        time_convention: str = "repa",
     ):
         super().__init__()
+        if time_convention not in TIME_CONVENTIONS:
+            raise ValueError(f"unknown time_convention {time_convention!r}; use one of {', '.join(TIME_CONVENTIONS)}")
         z_dims = tuple(z_dims)
         if any(z <= 0 for z in z_dims):
             raise ValueError(
@@ -97,6 +113,9 @@ class SiT(nn.Module):
         self.z_dims = z_dims
         self.encoder_depth = encoder_depth
         self.cls_token_dim = cls_token_dim
+        self.time_convention = time_convention
+        if time_convention == "sit":
+            self.guided_channels = DIT_GUIDED_CHANNELS
 
         # Registration order is REPA/REG's: it fixes the parameter order that optimizer states follow.
         self.x_embedder = PatchEmbed(input_size, patch_size, in_channels, hidden_size)
@@ -161,7 +180,8 @@ class SiT(nn.Module):
         if cls_token is not None:
             x = torch.cat([self.wg_norm(self.cls_projectors2(cls_token)).unsqueeze(1), x], dim=1)
         x = x + self.pos_embed
-        c = self.t_embedder(t) + self.y_embedder(y)  # (N, D)
+        data_at_one = self.time_convention == "sit"
+        c = self.t_embedder(1 - t if data_at_one else t) + self.y_embedder(y)  # (N, D)
         zs = []
         for depth, block in enumerate(self.blocks, start=1):
             x = block(x, c)
@@ -173,6 +193,9 @@ class SiT(nn.Module):
         if cls_token is not None:
             out, cls_out = out
         out = self.unpatchify(out)[:, : self.in_channels]  # the original SiT drops the learned-sigma half
+        if data_at_one:  # v(x, t) = -u(x, 1 - t)
+            out = -out
+            cls_out = -cls_out if cls_token is not None else None
         return (out, zs) if cls_token is None else (out, zs, cls_out)
 
 

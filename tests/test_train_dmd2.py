@@ -246,6 +246,32 @@ def test_unet_and_sit_teachers(model, flags, tmp_path):
     assert result.returncode == 0, result.stderr
 
 
+def test_a_teacher_in_sits_own_time_gives_a_generator_in_that_time(tmp_path):
+    """A checkpoint of SiT's own train.py (t = 1 data; its args spell the path "Linear", weights with the
+    learned-sigma half) distils; the generator keeps plain SiT keys and records SiT's time, so sample.py and
+    the sampling loader read it in the time its weights were trained in."""
+    from models import create_model
+    from models.pretrained import resolve_sampling_config
+
+    net = create_model("SiT-Ti/4", input_size=16, in_channels=3, num_classes=10, learn_sigma=True, z_dims=[])
+    sit_args = argparse.Namespace(model="SiT-Ti/4", image_size=16, num_classes=10, vae="none", path_type="Linear",
+                                  prediction="velocity")
+    teacher_ckpt = tmp_path / "0010000.pt"
+    torch.save({"model": net.state_dict(), "ema": net.state_dict(), "opt": {}, "args": sit_args}, teacher_ckpt)
+    run = distil(teacher_ckpt, tmp_path / "d", "--train_iters", "1", "--real_guidance_scale", "1")
+    generator = run / "checkpoints" / "0000001.pt"
+    ckpt = load_checkpoint(generator)
+    assert ckpt["model_kwargs"]["time_convention"] == "sit"
+    assert ckpt["model"].keys() == net.state_dict().keys()
+    query = argparse.Namespace(ckpt=str(generator), model=None, image_size=None, num_classes=None, vae=None,
+                               default_vae="ema", encoder_depth=None, projector_embed_dims=None, cls=None,
+                               legacy=False, path_type=None)
+    _, cfg = resolve_sampling_config(query)
+    assert (cfg["model_kwargs"]["time_convention"], cfg["path_type"]) == ("sit", "linear")
+    result = run_script("sample.py", "--ckpt", str(generator), "--output", str(tmp_path / "s.png"))
+    assert result.returncode == 0, result.stderr
+
+
 def test_generator_starts_from_the_teacher_unless_told_otherwise(teacher):
     """--initialie_generator (DMD2's spelling; the default): the generator and the fake score are copies of the
     teacher, fixed tables stay fixed; --no-initialie_generator: the generator is freshly initialised (DiT's own

@@ -7,7 +7,8 @@ score, the generator) through ``diffusion.denoiser`` on the variance-preserving 
 - ``sigmas``: the teacher's own time range as ``GRID`` = 1000 noise levels, ascending. DMD2 draws
   the DM loss's level from indices [2%, 98%] of it and the fake score's from all of it; the generator's
   conditioning level is one of it (``--conditioning_timestep``, index 999 by default). DDPM teachers:
-  their abar table; interpolant teachers: t = i / 999 (index 999 is pure noise, t = 1); EDM: the
+  their abar table; interpolant teachers: REPA's t = i / 999 (index 999 is pure noise, t = 1; a SiT
+  trained in SiT's own time reads it through ``time_convention``); EDM: the
   Karras grid (sigma_min 0.002, sigma_max 80, rho 7), flipped so that index 0 is the smallest, as
   DMD2's ``EDMGuidance.karras_sigmas``.
 - ``x0``: the denoised estimate in float64, with classifier-free guidance through the null class
