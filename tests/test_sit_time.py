@@ -137,3 +137,16 @@ def test_dmd2_reads_a_sit_time_teacher_in_its_own_terms():
         u = raw(x_t.float(), tau, y)[0].double()
     expected = x_t + t.view(-1, 1, 1, 1) * u
     torch.testing.assert_close(x0, expected, atol=1e-4, rtol=1e-4)  # times rounded to float32 on either side
+
+
+def test_sampling_scripts_take_sits_path_names(capsys):
+    """--path-type in SiT's spelling: Linear and GVP are the linear and cosine paths; VP is refused by argparse."""
+    import generate
+    import sample
+
+    assert sample.parse_args(["--path-type", "GVP"]).path_type == "cosine"
+    assert generate.parse_args(["--ckpt", "c.pt", "--path-type", "Linear"]).path_type == "linear"
+    assert sample.parse_args(["--path-type", "cosine"]).path_type == "cosine"
+    with pytest.raises(SystemExit):
+        sample.parse_args(["--path-type", "VP"])
+    assert "invalid choice: 'VP'" in capsys.readouterr().err

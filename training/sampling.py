@@ -15,6 +15,7 @@ from pathlib import Path
 
 from diffusion.pipeline import DDPM_SAMPLERS, EDM_SAMPLER, FEW_STEP, FLOW_SAMPLERS, SAMPLERS
 from models import MODEL_NAMES
+from models.pretrained import SIT_PATH_TYPES
 
 # EDM sampler flags (stochasticity, Algorithm 2) and their values when not given
 EDM_FLAGS = {"S_churn": 0.0, "S_min": 0.0, "S_max": float("inf"), "S_noise": 1.0}
@@ -58,8 +59,9 @@ def add_sampling_args(p: argparse.ArgumentParser, *, repa_names: bool, cfg_scale
     sit.add_argument("--heun", action="store_true", default=None, help="Heun steps for the ODE sampler")
     sit.add_argument("--cls-cfg-scale", type=float, default=None, help="REG: guidance of the class token, "
                      "any sampler (default 1.5)")
-    sit.add_argument("--path-type", choices=["linear", "cosine"], default=None, help="the ODE / SDE sampler's "
-                     "path (default: a SiT checkpoint's own, else linear)")
+    sit.add_argument("--path-type", type=lambda name: SIT_PATH_TYPES.get(name, name), choices=["linear", "cosine"],
+                     default=None, help="the ODE / SDE sampler's path (default: a SiT checkpoint's own, else linear; "
+                     "SiT's names Linear and GVP are linear and cosine)")
     sit.add_argument("--encoder-depth", type=int, default=None, help="default: the checkpoint's args, else 8")
     sit.add_argument("--projector-embed-dims", type=str, default=None,
                      help="checked against the checkpoint's projectors (e.g. 768)")
