@@ -195,8 +195,9 @@ class SiT(nn.Module):
         out = self.unpatchify(out)[:, : self.in_channels]  # the original SiT drops the learned-sigma half
         if data_at_one:  # v(x, t) = -u(x, 1 - t)
             out = -out
-            cls_out = -cls_out if cls_token is not None else None
-        return (out, zs) if cls_token is None else (out, zs, cls_out)
+        if cls_token is None:
+            return out, zs
+        return out, zs, (-cls_out if data_at_one else cls_out)
 
 
 def sit_config(depth: int, hidden_size: int, patch_size: int, num_heads: int, **defaults):
