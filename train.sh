@@ -61,20 +61,24 @@ case "$RECIPE" in
       --weighting uniform --model SiT-XL/1 --checkpointing-steps 50000 --vae f16d32 --vae-ckpt "$VAE_CKPT" \
       --vae-latents-name "${LATENTS:-e2e-vavae-400k}" --enc-type "$ENC_TYPE" --proj-coeff 0.5 --encoder-depth 8 \
       --exp-name "${EXP_NAME:-sit-xl-1-dinov2-b-enc8-ldm-e2e-vavae}" "$@" ;;
-  dmd2-imagenet) # DMD2 experiments/imagenet: GAN head, diffusion GAN, TTUR 5, lr 2e-6, batch 40 per GPU (7 GPUs), bf16
+  dmd2-imagenet) # DMD2 experiments/imagenet: GAN head, diffusion GAN, TTUR 5, lr 2e-6, batch 40 per GPU (7 GPUs), bf16,
+                 # only the newest checkpoint kept
     exec "$PYTHON" -m torch.distributed.run --nnodes=1 --nproc_per_node="$NUM_GPUS" train_dmd2.py \
       --teacher "${TEACHER:-edm-imagenet-64x64-cond-adm.pkl}" --real_image_path "$DATA_DIR" \
       --generator_lr 2e-6 --guidance_lr 2e-6 --train_iters "${MAX_STEPS:-10000000}" --batch_size 40 --log_iters 500 \
       --seed 10 --wandb_iters 100 --use_fp16 --dfake_gen_update_ratio 5 --gan_classifier --cls_loss_weight 1e-2 \
       --gen_cls_loss_weight 3e-3 --diffusion_gan --diffusion_gan_max_timestep 1000 --report_to "$REPORT_TO" \
+      --resolution 64 --label_dim 1000 --delete_ckpts \
       --output_path "$OUTPUT_DIR" --exp_name "${EXP_NAME:-imagenet_gan_classifier_genloss3e-3_diffusion1000_lr2e-6}" "$@" ;;
-  dmd2-sd15) # DMD2 experiments/sdv1.5: guidance 1.75, TTUR 10, lr 1e-5, batch 32 per GPU (64 GPUs), bf16, no GAN
+  dmd2-sd15) # DMD2 experiments/sdv1.5: guidance 1.75, TTUR 10, lr 1e-5, batch 32 per GPU (64 GPUs), bf16, no GAN,
+             # activation checkpointing
     exec "$PYTHON" -m accelerate.commands.launch "${MULTI_GPU[@]}" --num_processes "$NUM_GPUS" train_dmd2.py \
       --teacher "${TEACHER:?set TEACHER to a local Stable Diffusion 1.5 folder}" \
       --train_prompt_path "${PROMPTS:?set PROMPTS to the training prompts}" --real_image_path "$DATA_DIR" \
       --generator_lr 1e-5 --guidance_lr 1e-5 --train_iters "${MAX_STEPS:-100000000}" --batch_size 32 --log_iters 1000 \
       --seed 10 --real_guidance_scale 1.75 --max_grad_norm 10 --wandb_iters 50 --use_fp16 \
-      --dfake_gen_update_ratio 10 --report_to "$REPORT_TO" --output_path "$OUTPUT_DIR" \
+      --dfake_gen_update_ratio 10 --resolution 512 --latent_resolution 64 --grid_size 2 --log_loss \
+      --gradient_checkpointing --report_to "$REPORT_TO" --output_path "$OUTPUT_DIR" \
       --exp_name "${EXP_NAME:-laion6.25_sd_baseline_guidance1.75_lr1e-5_seed10_dfake10}" "$@" ;;
   *) echo "error: RECIPE must be reg, repa, dit, repae, repae-ldm, dmd2-imagenet or dmd2-sd15, not '$RECIPE'" >&2; exit 2 ;;
 esac

@@ -26,13 +26,14 @@ from data import class_names
 from training import checkpoint as ckpt_io
 from training.cli import check_writable_dir, first_paragraph, run_cli
 from training.data import make_loader
-from training.dmd2_recipe import build_method, condition_sampler, load_teacher, validate
+from training.dmd2_recipe import build_method, check_teacher_shape, condition_sampler, load_teacher, validate
 from training.dmd2_recipe import parse_args as recipe_args
 from training.engine import Engine, NonFiniteLoss
 from training.hooks import RunHooks
 from training.methods import Batches
 from training.run import open_run, plan_run_folder
 from training.setup import prepare_tracker, seed_everything, setup_accelerator
+from training.visual import grid_labels
 
 CKPT_SUBDIR = "checkpoints"
 CKPT_KEYS = ("model", "guidance", "opt", "opt_guidance", "args", "steps")
@@ -45,19 +46,41 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 class GeneratorHooks(RunHooks):
-    """The run's hooks with the generator (no EMA) as the network that samples; a text-to-image generator's
-    grid shows its first 16 training prompts (``prompts``: their embeddings)."""
+    """The run's hooks with the generator (no EMA) as the network that samples, on grids of
+    ``--grid_size`` squared samples (a text-to-image generator's: its first training prompts, ``prompts``
+    their embeddings); checkpoints as DMD2 keeps them (``--no_save``, ``--delete_ckpts``, ``--cache_dir``)."""
 
     def __init__(self, engine, args, run_dir, ckpt_subdir, logger, codec, names, kind, data, prompts=None):
         grid_args = argparse.Namespace(**{**vars(args), "num_classes": args.num_classes or 1})
         super().__init__(engine, grid_args, run_dir, ckpt_subdir, logger, codec, names, kind, data)
-        self.args = args
+        self.args, size = args, args.grid_size**2
         if prompts is not None:
-            self.grid_y, self.grid_nrow = prompts[:16].cpu(), 4
-            self.grid_noise = self.grid_noise[: len(self.grid_y)]
+            self.grid_y, self.grid_nrow = prompts[:size].cpu(), args.grid_size
+        else:
+            self.grid_y, self.grid_nrow = grid_labels(args.num_classes, size)
+            if args.num_classes > size:
+                self.grid_nrow = args.grid_size
+        self.grid_noise = torch.randn(len(self.grid_y), *self.grid_noise.shape[1:],
+                                      generator=torch.Generator().manual_seed(args.global_seed))
 
     def ema(self) -> torch.nn.Module:
         return self.engine.gathered("model")
+
+    def save(self, step: int) -> None:
+        if self.args.no_save:
+            return
+        super().save(step)
+        if not self.is_main:
+            return
+        path = self.run_dir / self.ckpt_subdir / f"{step:07d}.pt"
+        if self.args.delete_ckpts:  # DMD2: only the newest checkpoint stays in the run folder
+            for stale in ckpt_io.keep_newest(path.parent, 1):
+                self.logger.info(f"removed {stale} (--delete_ckpts)")
+        if self.args.cache_dir:  # DMD2: a copy in the cache, which keeps the newest --max_checkpoint
+            cache = Path(self.args.cache_dir) / self.run_dir.name
+            ckpt_io.copy_atomic(path, cache / path.name)
+            ckpt_io.keep_newest(cache, self.args.max_checkpoint)
+            self.logger.info(f"copied {path.name} to {cache}")
 
 
 def open_data(args, cfg: dict, device):
@@ -81,7 +104,9 @@ def main(args: argparse.Namespace) -> None:
     validate(args)
     resume = ckpt_io.load_training_checkpoint(args.checkpoint_path, CKPT_KEYS, "train_dmd2.py") \
         if args.checkpoint_path else None
-    check_writable_dir(args.output_path, "--output_path")
+    for flag in ("output_path", "cache_dir", "log_path"):
+        if getattr(args, flag):
+            check_writable_dir(getattr(args, flag), f"--{flag}")
     accelerator = setup_accelerator("bf16" if args.use_fp16 else "no", args.report_to)
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     seed_everything(args.seed * world + rank)
@@ -89,6 +114,7 @@ def main(args: argparse.Namespace) -> None:
     # Everything that can fail comes before the run folder: teacher, data, networks.
     teacher, cfg, codec = load_teacher(args, device)
     cfg.update(latent_channels=codec.latent_channels, latent_size=cfg["image_size"] // codec.downsample)
+    check_teacher_shape(args, cfg)
     kind, dataset = open_data(args, cfg, device)
     num_classes = cfg["num_classes"]
     draw_labels = condition_sampler(teacher, num_classes)
@@ -108,6 +134,14 @@ def main(args: argparse.Namespace) -> None:
         def data(batch):
             return None, None
     method = build_method(args, teacher, cfg, codec, data, draw_labels, device, args.batch_size)
+    start = 0  # --ckpt_only_path: the step its weights were saved at; the learning rates warm up from there
+    if args.ckpt_only_path:
+        from training.dmd2_weights import load_into, weights_only
+
+        generator, guidance, start = weights_only(args.ckpt_only_path)
+        load_into(method.modules["model"], generator, f"--ckpt_only_path {args.ckpt_only_path} (the generator)")
+        load_into(method.modules["guidance"], guidance, f"--ckpt_only_path {args.ckpt_only_path} (the guidance model)")
+    args.warmup_from = resume["args"].get("warmup_from", 0) if resume else start
     for key in RESUME_KEYS if resume else ():
         if resume["args"].get(key) != getattr(args, key):
             raise ValueError(f"--checkpoint_path: the checkpoint was trained with --{key} {resume['args'].get(key)}, "
@@ -116,14 +150,20 @@ def main(args: argparse.Namespace) -> None:
     args.model, args.image_size, args.num_classes, args.vae = cfg["model"], cfg["image_size"], num_classes, cfg["vae"]
     args.noise_schedule = {"squaredcos_cap_v2": "cosine"}.get(cfg.get("noise_schedule"), "linear")
     args.path_type, args.global_seed, args.eval_ref, args.overfit = cfg.get("path_type"), args.seed, None, False
-    steps = resume["steps"] if resume else 0
+    steps = resume["steps"] if resume else start
     if args.train_iters <= steps:
         raise ValueError(f"nothing to do: the checkpoint is at step {steps}; raise --train_iters")
-    run_folder = plan_run_folder(args.output_path, f"DMD2-{cfg['model']}", args.exp_name,
+    name = f"DMD2-{cfg['model']}" + (f"-{args.dataset_name}" if args.dataset_name else "")
+    run_folder = plan_run_folder(args.output_path, name, args.exp_name,
                                  Path(args.checkpoint_path) if resume else None, steps, CKPT_SUBDIR)
     tracker_note = prepare_tracker(args.report_to)
     data_note = f"{kind} ({len(dataset):,} items)" if dataset is not None else "none (no GAN head, no --denoising)"
-    run_dir, logger = open_run(accelerator, run_folder, CKPT_SUBDIR, args, data_note, tracker_note)
+    if args.dataset_name:
+        data_note = f"{args.dataset_name}: {data_note}"
+    wandb = {"entity": args.wandb_entity, "name": args.wandb_name}
+    run_dir, logger = open_run(accelerator, run_folder, CKPT_SUBDIR, args, data_note, tracker_note,
+                               logging_dir=str(Path(args.log_path).absolute()) if args.log_path else None,
+                               project=args.wandb_project, wandb={k: v for k, v in wandb.items() if v})
     for key, module in method.modules.items():
         trained = sum(p.numel() for p in module.parameters() if p.requires_grad)
         logger.info(f"{key}: {sum(p.numel() for p in module.parameters()):,} parameters, {trained:,} trained")
@@ -131,12 +171,16 @@ def main(args: argparse.Namespace) -> None:
                 f"{[round(s, 4) for s in method.generator_sigmas]}")
 
     def schedule(step: int, base: float) -> float:  # diffusers' constant_with_warmup, stepped every iteration
-        return base * min(1.0, step / max(1, args.warmup_step))
+        return base * min(1.0, (step - args.warmup_from) / max(1, args.warmup_step))
 
     engine = Engine(accelerator, method, lr_at=schedule, shard=args.fsdp)
     if resume is not None:
         engine.load_state_dict(resume, logger)
         engine.saved.append((steps, Path(args.checkpoint_path)))
+    elif start:
+        engine.steps = start
+        logger.info(f"--ckpt_only_path {args.ckpt_only_path}: the generator's and the guidance model's weights at "
+                    f"step {start}, fresh optimizer states")
     prompts = getattr(teacher, "prompts", None)
     names = class_names(kind, num_classes, dataset) if prompts is None else None
     hooks = GeneratorHooks(engine, args, run_dir, CKPT_SUBDIR, logger, codec, names, kind, dataset, prompts)
@@ -145,7 +189,8 @@ def main(args: argparse.Namespace) -> None:
     every = {args.log_iters: [hooks.save]}
     every.setdefault(args.wandb_iters, []).append(hooks.grid)
     stream = engine.batches(loader, sampler, args.batch_size) if dataset is not None else itertools.repeat(None)
-    engine.train(stream, args.train_iters, log_every=args.wandb_iters, log=hooks.log, every=every,
+    engine.train(stream, args.train_iters, log_every=1 if args.log_loss else args.wandb_iters, log=hooks.log,
+                 every=every,
                  global_batch=global_batch, mixed_precision="bf16" if args.use_fp16 else "no")
     hooks.finish()
     accelerator.end_training()

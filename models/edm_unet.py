@@ -88,6 +88,8 @@ class UNetBlock(nn.Module):
     a skip path (1x1 projection if the width changes; resampling if up/down), then optional
     self-attention with one head per 64 channels."""
 
+    takes_embedding = True  # called as block(x, emb), also behind an activation-checkpointing wrapper
+
     def __init__(self, in_channels: int, out_channels: int, emb_channels: int, up: bool = False, down: bool = False,
                  attention: bool = False, channels_per_head: int = 64, dropout: float = 0.0, eps: float = 1e-5):
         super().__init__()
@@ -202,7 +204,7 @@ class DhariwalUNet(nn.Module):
 
         skips = []
         for layer in self.enc.values():
-            x = layer(x, emb) if isinstance(layer, UNetBlock) else layer(x)
+            x = layer(x, emb) if getattr(layer, "takes_embedding", False) else layer(x)
             skips.append(x)
         if return_bottleneck:  # DMD2: the encoder output feeds the GAN classifier
             return x

@@ -39,6 +39,8 @@ def _zero(module: nn.Module) -> nn.Module:
 class ResBlock(nn.Module):
     """``x + conv(act(norm(h) * (1 + scale) + shift))`` with ``h = conv(act(norm(x)))`` (ADM)."""
 
+    takes_embedding = True  # called as block(h, emb), also behind an activation-checkpointing wrapper
+
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float):
         super().__init__()
         self.in_layers = nn.Sequential(_norm(in_ch), nn.SiLU(), nn.Conv2d(in_ch, out_ch, 3, padding=1))
@@ -161,7 +163,7 @@ class UNet(nn.Module):
     @staticmethod
     def _run(layers: nn.ModuleList, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         for layer in layers:
-            h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+            h = layer(h, emb) if getattr(layer, "takes_embedding", False) else layer(h)
         return h
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -36,8 +36,12 @@ def model_state_dict(ckpt, prefer: str = "ema") -> dict:
     raise CheckpointError("checkpoint holds neither a state dict nor 'ema'/'model' weights")
 
 
-def load_weights(model: torch.nn.Module, state_dict: dict, source: str, assign: bool = False) -> None:
-    """``load_state_dict(strict=True)`` with a one-line error naming the mismatch."""
+FLAGS_HINT = "Check --model, --image-size, --num-classes and --vae against the checkpoint"
+
+
+def load_weights(model: torch.nn.Module, state_dict: dict, source: str, assign: bool = False,
+                 hint: str = FLAGS_HINT) -> None:
+    """``load_state_dict(strict=True)`` with a one-line error naming the mismatch and ``hint``."""
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
@@ -52,6 +56,5 @@ def load_weights(model: torch.nn.Module, state_dict: dict, source: str, assign: 
             parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
-        raise CheckpointError(f"{source} does not fit this model: {'; '.join(parts)}. "
-                              "Check --model, --image-size, --num-classes and --vae against the checkpoint")
+        raise CheckpointError(f"{source} does not fit this model: {'; '.join(parts)}. {hint}")
     model.load_state_dict(state_dict, strict=True, assign=assign)

@@ -52,14 +52,16 @@ def sd_folder(tmp_path_factory):
 def test_text_to_image_teacher_distils_few_step_with_gan_and_lora(sd_folder, tmp_path):
     """Four-step generation with backward simulation, the GAN head on the UNet's mid block, real latents and
     prompts from DMD2's LMDB, guidance with the empty prompt, LoRA adapters on the generator; the generator
-    is saved as DMD2 saves it (the UNet's own state dict), and the run resumes exactly."""
+    is saved as DMD2 saves it (the UNet's own state dict), and the run resumes exactly, with the UNets' gradient
+    checkpointing on; a DMD2 checkpoint folder of it (the UNets' own names) continues with --ckpt_only_path."""
     common = ["--teacher", str(sd_folder), "--train_prompt_path", str(sd_folder / "prompts.txt"),
               "--real_image_path", str(sd_folder / "laion_lmdb"), "--batch_size", "2", "--num_workers", "0",
               "--real_guidance_scale", "1.75", "--denoising", "--num_denoising_step", "4", "--backward_simulation",
               "--cls_on_clean_image", "--gen_cls_loss", "--gen_cls_loss_weight", "5e-3",
               "--guidance_cls_loss_weight", "1e-2", "--generator_lora", "--lora_rank", "4", "--warmup_step", "0",
               "--generator_lr", "1e-3", "--guidance_lr", "1e-3", "--dfake_gen_update_ratio", "2",
-              "--wandb_iters", "2", "--log_iters", "2"]
+              "--wandb_iters", "2", "--log_iters", "2", "--gradient_checkpointing", "--resolution", "64",
+              "--latent_resolution", "8", "--latent_channel", "4"]
     train_dmd2.main(train_dmd2.parse_args([*common, "--output_path", str(tmp_path / "a"), "--train_iters", "4"]))
     (run,) = list((tmp_path / "a").iterdir())
     ckpt = load_checkpoint(run / "checkpoints" / "0000004.pt")
@@ -79,6 +81,17 @@ def test_text_to_image_teacher_distils_few_step_with_gan_and_lora(sd_folder, tmp
     resumed = load_checkpoint(first / "checkpoints" / "0000004.pt")
     for key in ("model", "guidance"):
         assert all(torch.equal(ckpt[key][k], resumed[key][k]) for k in ckpt[key]), key
+
+    folder = tmp_path / "dmd2" / "checkpoint_model_000004"  # DMD2's layout: UNet names, the teacher beside
+    folder.mkdir(parents=True)
+    torch.save(ckpt["model"], folder / "pytorch_model.bin")
+    guidance = {k.replace("fake_unet.unet.", "fake_unet."): v for k, v in ckpt["guidance"].items()}
+    real = {k.replace("fake_unet.", "real_unet."): v for k, v in guidance.items() if k.startswith("fake_unet.")}
+    torch.save({**guidance, **real}, folder / "pytorch_model_1.bin")
+    train_dmd2.main(train_dmd2.parse_args([*common, "--output_path", str(tmp_path / "c"), "--train_iters", "5",
+                                           "--ckpt_only_path", str(folder), "--no_save"]))
+    (continued,) = list((tmp_path / "c").iterdir())
+    assert [json.loads(line)["step"] for line in (continued / "metrics.jsonl").read_text().splitlines()] == [5]
 
 
 def test_merged_lora_generator_equals_the_adapted_one():

@@ -62,10 +62,12 @@ def test_train_sh_repae_recipes_parse_with_the_papers_values(recipe, command, ex
     ("dmd2-imagenet", {}, dict(teacher="edm-imagenet-64x64-cond-adm.pkl", real_image_path="data", batch_size=40,
                                generator_lr=2e-6, guidance_lr=2e-6, dfake_gen_update_ratio=5, gan_classifier=True,
                                cls_loss_weight=1e-2, gen_cls_loss_weight=3e-3, diffusion_gan=True,
-                               diffusion_gan_max_timestep=1000, use_fp16=True, seed=10, real_guidance_scale=None)),
+                               diffusion_gan_max_timestep=1000, use_fp16=True, seed=10, real_guidance_scale=None,
+                               resolution=64, label_dim=1000, delete_ckpts=True)),
     ("dmd2-sd15", dict(TEACHER="sd15", PROMPTS="captions.pkl"),
      dict(teacher="sd15", train_prompt_path="captions.pkl", batch_size=32, generator_lr=1e-5, guidance_lr=1e-5,
-          real_guidance_scale=1.75, dfake_gen_update_ratio=10, use_fp16=True, seed=10, gan_classifier=False)),
+          real_guidance_scale=1.75, dfake_gen_update_ratio=10, use_fp16=True, seed=10, gan_classifier=False,
+          resolution=512, latent_resolution=64, grid_size=2, log_loss=True, gradient_checkpointing=True)),
 ])
 def test_train_sh_dmd2_recipes_parse_with_the_papers_values(recipe, env, expected, tmp_path):
     args = train_dmd2.parse_args(run_recipe("train.sh", tmp_path, RECIPE=recipe, DATA_DIR="data", **env))

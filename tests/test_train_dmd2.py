@@ -205,12 +205,13 @@ def test_edm_teacher_from_its_pickle(tmp_path):
 
 def test_two_gloo_processes_shard_both_networks(teacher, tmp_path):
     """--fsdp over two processes: the generator and the guidance model (the fake score's blocks, the head) sharded,
-    the generator turn reading the guidance model through its forward, grids from the gathered generator, and a
-    checkpoint of whole weights that sample.py reads."""
+    their blocks checkpointed (--gradient_checkpointing), the generator turn reading the guidance model through its
+    forward, grids from the gathered generator, and a checkpoint of whole weights that sample.py reads."""
     out = tmp_path / "fsdp"
     result = run_script("-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541", "train_dmd2.py",
                         "--teacher", str(teacher), "--output_path", str(out), *TINY, "--train_iters", "3",
-                        "--backward_simulation", "--denoising", "--num_denoising_step", "2", "--fsdp")
+                        "--backward_simulation", "--denoising", "--num_denoising_step", "2", "--fsdp",
+                        "--gradient_checkpointing")
     assert result.returncode == 0, result.stderr[-2000:]
     (run,) = list(out.iterdir())
     assert (run / "samples" / "0000003.png").is_file()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,28 @@ def save_atomic(obj, path: str | os.PathLike) -> None:
     except BaseException:  # an interrupted write leaves nothing behind (a killed process: remove_partial_writes)
         tmp.unlink(missing_ok=True)
         raise
+
+
+def copy_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Copy a file to ``dst`` through a temporary file and an atomic rename."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def keep_newest(folder: str | os.PathLike, keep: int) -> list[Path]:
+    """Delete all but the ``keep`` newest ``NNNNNNN.pt`` checkpoints in ``folder``; returns what was removed."""
+    found = sorted(Path(folder).glob("[0-9]*.pt"), key=lambda p: int(p.stem))
+    stale = found[: max(0, len(found) - keep)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def remove_partial_writes(folder: str | os.PathLike) -> list[Path]:

@@ -9,7 +9,7 @@ One step, in DMD2's order (``main/edm/train_edm.py`` / ``main/train_sd.py`` ``tr
    ``step % dfake_gen_update_ratio == 0`` (step 0 included) the generator is updated with the
    distribution-matching loss (t in [min_step_percent, max_step_percent] of the teacher's 1000 levels,
    the teacher guided by ``real_guidance_scale``) plus ``gen_cls_loss_weight`` x the GAN generator loss;
-   the guidance model is frozen meanwhile.
+   the guidance model is frozen meanwhile. ``dm_loss_weight`` weighs the DM loss; ``gan_alone`` drops it.
 2. The guidance turn, every step, on the same generated batch (detached): the fake score's own
    denoising loss plus the weighted GAN classifier loss on real and generated images
    (``diffusion_gan``: both noised at a level below ``diffusion_gan_max_timestep``).
@@ -84,6 +84,7 @@ class DMD2Method(Method):
                  generator_sigmas: list[float], dfake_gen_update_ratio: int = 1, real_guidance_scale: float = 1.0,
                  min_step_percent: float = 0.02,
                  max_step_percent: float = 0.98, gen_cls_loss_weight: float = 0.0, cls_loss_weight: float = 0.0,
+                 dm_loss_weight: float = 1.0, gan_alone: bool = False,
                  gen_cls_loss: bool = False, diffusion_gan: bool = False, diffusion_gan_max_timestep: int = 0,
                  denoising: bool = False, backward_simulation: bool = False, max_grad_norm: float | None = 10.0,
                  model_kwargs: dict | None = None, sampling: dict | None = None):
@@ -107,6 +108,7 @@ class DMD2Method(Method):
         self.ratio, self.cfg_scale, self.max_grad_norm = dfake_gen_update_ratio, real_guidance_scale, max_grad_norm
         self.min_step, self.max_step = int(min_step_percent * GRID), int(max_step_percent * GRID)
         self.gen_cls_weight, self.cls_weight = gen_cls_loss_weight, cls_loss_weight
+        self.dm_weight, self.gan_alone = dm_loss_weight, gan_alone
         self.gen_gan = guidance.cls_pred_branch is not None and (gen_cls_loss or gen_cls_loss_weight > 0)
         self.diffusion_gan, self.gan_max = diffusion_gan, diffusion_gan_max_timestep
         self.denoising, self.backward_simulation = denoising, backward_simulation
@@ -210,16 +212,18 @@ class DMD2Method(Method):
         return {**record, **losses, "loss": losses["guidance_loss"]}
 
     def generator_losses(self, guidance: Guidance, x: torch.Tensor, y) -> tuple[torch.Tensor, dict]:
-        """DMD2's ``generator_forward``: the DM loss (and the GAN generator loss) of generated ``x``."""
-        n = x.shape[0]
-        with torch.no_grad():
-            index = torch.randint(self.min_step, min(self.max_step + 1, GRID), (n,), device=x.device)
-            sigma = self.teacher.sigma(index)
-            x_t = noised(x.detach(), sigma, torch.randn_like(x))
-            x0_real = self.teacher.x0(self.teacher.model, x_t, sigma, y, self.cfg_scale)
-            x0_fake = guidance(self.teacher, x_t, y, mode="x0", sigma=sigma)
-        losses = {"loss_dm": distribution_matching_loss(x, x0_real, x0_fake)}
-        total = losses["loss_dm"]
+        """DMD2's ``generator_forward``: ``dm_loss_weight`` x the DM loss (none with ``gan_alone``, and the
+        teacher does not run) plus ``gen_cls_loss_weight`` x the GAN generator loss of generated ``x``."""
+        n, losses, total = x.shape[0], {}, x.new_zeros(())
+        if not self.gan_alone:
+            with torch.no_grad():
+                index = torch.randint(self.min_step, min(self.max_step + 1, GRID), (n,), device=x.device)
+                sigma = self.teacher.sigma(index)
+                x_t = noised(x.detach(), sigma, torch.randn_like(x))
+                x0_real = self.teacher.x0(self.teacher.model, x_t, sigma, y, self.cfg_scale)
+                x0_fake = guidance(self.teacher, x_t, y, mode="x0", sigma=sigma)
+            losses["loss_dm"] = distribution_matching_loss(x, x0_real, x0_fake)
+            total = self.dm_weight * losses["loss_dm"]
         if self.gen_gan:
             index, eps = self.gan_noise(n, x)
             logits = guidance(self.teacher, x, y, mode="logits", index=index, eps=eps)

@@ -4,6 +4,7 @@ their spelling, with hyphenated aliases), the teacher it loads and the method it
 from __future__ import annotations
 
 import argparse
+import os
 from copy import deepcopy
 from pathlib import Path
 
@@ -98,9 +99,63 @@ def parse_args(argv=None, description: str | None = None) -> argparse.Namespace:
     _flag(p, "use_fp16", action="store_true", help="bfloat16 autocast (DMD2's --use_fp16 means bf16)")
     _flag(p, "fsdp", action="store_true", help="shard the generator, the guidance model and their optimizer states "
           "over the processes (FSDP2)")
-    _flag(p, "checkpoint_path", type=str, default=None, help="resume exactly from a train_dmd2.py checkpoint")
-    _flag(p, "report_to", choices=["none", "wandb", "tensorboard"], default="none")
+    _flag(p, "gradient_checkpointing", action="store_true", help="recompute the generator's and the fake score's "
+          "block activations in the backward pass instead of storing them (less memory, about a third more compute)")
+    _flag(p, "dm_loss_weight", type=float, default=1.0, help="the distribution-matching loss's weight")
+    _flag(p, "gan_alone", action="store_true", help="train the generator with the GAN loss only (no DM loss, the "
+          "teacher is never run)")
+    _flag(p, "fake_guidance_scale", type=float, default=1.0, help="guidance of the fake score: 1 (none), as DMD2 "
+          "requires")
+    _flag(p, "gradient_accumulation_steps", type=int, default=1, help="1: DMD2 accumulates no gradients")
+    _flag(p, "num_train_timesteps", type=int, default=GRID, help="the teacher's grid of levels: 1000, as DMD2's")
+    shape = p.add_argument_group("checks against the teacher (default: the teacher's own)")
+    _flag(shape, "resolution", type=int, default=None, help="image resolution")
+    _flag(shape, "label_dim", type=int, default=None, help="number of classes (class-conditional teachers)")
+    _flag(shape, "latent_resolution", type=int, default=None, help="resolution of the generated latents")
+    _flag(shape, "latent_channel", type=int, default=None, help="channels of the generated latents")
+    run = p.add_argument_group("checkpoints and logging")
+    _flag(run, "checkpoint_path", type=str, default=None, help="resume exactly from a train_dmd2.py checkpoint")
+    _flag(run, "ckpt_only_path", type=str, default=None, help="continue from the generator's and the guidance model's "
+          "weights without their optimizer states (the learning rates warm up again): a DMD2 checkpoint folder "
+          "(pytorch_model.bin, pytorch_model_1.bin; the step from its name, checkpoint_model_NNNNNN) or a "
+          "train_dmd2.py checkpoint")
+    _flag(run, "generator_ckpt_path", type=str, default=None, help="start the generator from these weights: a "
+          "state dict file, a DMD2 checkpoint folder (its pytorch_model.bin) or a train_dmd2.py checkpoint")
+    _flag(run, "no_save", action="store_true", help="write no checkpoints (debugging)")
+    _flag(run, "delete_ckpts", action="store_true", help="keep only the newest checkpoint in the run folder")
+    _flag(run, "cache_dir", type=str, default="", help="also copy every checkpoint to {cache_dir}/{run folder name}/, "
+          "which keeps the newest --max_checkpoint")
+    _flag(run, "max_checkpoint", type=int, default=200, help="checkpoints kept in --cache_dir")
+    _flag(run, "dataset_name", type=str, default=None, help="the data's name, in the run folder's name")
+    _flag(run, "report_to", choices=["none", "wandb", "tensorboard"], default="none",
+          help="default: wandb when a --wandb_* flag is given")
+    _flag(run, "wandb_project", type=str, default=None, help="wandb project (default: the run folder's name)")
+    _flag(run, "wandb_entity", type=str, default=None, help="wandb user or team")
+    _flag(run, "wandb_name", type=str, default=None, help="wandb run name")
+    _flag(run, "log_path", type=str, default=None, help="the trackers' folder (default: the run folder)")
+    _flag(run, "log_loss", action="store_true", help="log the losses at every step (the grids stay every "
+          "--wandb_iters)")
+    _flag(run, "grid_size", type=int, default=4, help="the sample grids show grid_size^2 samples")
+    _flag(run, "local_rank", type=int, default=-1, help="torch.distributed.launch's rank on this node (torchrun and "
+          "accelerate launch set LOCAL_RANK instead)")
+    refused = p.add_argument_group("DMD2 flags train_dmd2.py refuses with the reason")
+    for name, kw in (("sdxl", {"action": "store_true"}), ("tiny_vae", {"action": "store_true"}),
+                     ("revision", {"type": str}), ("lr", {"type": float}), ("denoising_loss_weight", {"type": float})):
+        _flag(refused, name, default=None, help=argparse.SUPPRESS, **kw)
     return p.parse_args(argv)
+
+
+# DMD2 flags with no place here, each refused in one line that says what to do instead.
+REFUSED = {
+    "sdxl": "SDXL teachers (two text encoders, added time ids) are not supported: distil an SD1.5-layout folder "
+            "or a class-conditional teacher",
+    "tiny_vae": "--tiny_vae decodes SDXL's grids with TAESD; SDXL teachers are not supported, and SD1.5-layout "
+                "teachers decode with their own vae/",
+    "revision": "--revision picks a Hugging Face Hub revision; train_dmd2.py reads local folders only: download "
+                "that revision and pass its folder to --model_id",
+    "lr": "DMD2 never reads --lr: set --generator_lr and --guidance_lr",
+    "denoising_loss_weight": "DMD2 never reads --denoising_loss_weight; the fake score's loss has weight 1",
+}
 
 
 def validate(args: argparse.Namespace) -> None:
@@ -127,6 +182,48 @@ def validate(args: argparse.Namespace) -> None:
         raise ValueError("--gen_cls_loss / --diffusion_gan use the GAN head: add --gan_classifier")
     if args.diffusion_gan and args.diffusion_gan_max_timestep < 1:
         raise ValueError("--diffusion_gan needs --diffusion_gan_max_timestep > 0 (DMD2's ImageNet recipe: 1000)")
+    for name, reason in REFUSED.items():
+        if getattr(args, name) not in (None, False):
+            raise ValueError(f"--{name}: {reason}")
+    if args.gan_alone and not (gan and (args.gen_cls_loss or args.gan_classifier) and args.gen_cls_loss_weight > 0):
+        raise ValueError("--gan_alone trains the generator with the GAN loss only: add --gan_classifier (or "
+                         "--cls_on_clean_image --gen_cls_loss) and --gen_cls_loss_weight > 0")
+    if args.fake_guidance_scale != 1:
+        raise ValueError(f"--fake_guidance_scale {args.fake_guidance_scale}: the fake score is unguided in DMD2 "
+                         "(its scripts assert 1); guide the real score with --real_guidance_scale")
+    if args.gradient_accumulation_steps != 1:
+        raise ValueError("--gradient_accumulation_steps must be 1, as in DMD2 (every step updates the guidance "
+                         "model); raise --batch_size or the number of processes instead")
+    if args.num_train_timesteps != GRID:
+        raise ValueError(f"--num_train_timesteps {args.num_train_timesteps}: every teacher here is read on a grid "
+                         f"of {GRID} levels, as DMD2's")
+    for name in ("max_checkpoint", "grid_size"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be at least 1")
+    for name in ("ckpt_only_path", "generator_ckpt_path"):
+        given = getattr(args, name)
+        if given is not None and args.checkpoint_path is not None:
+            raise ValueError(f"--{name} and --checkpoint_path: the checkpoint already holds the weights; pass one")
+        if given is not None and not Path(given).exists():
+            raise ValueError(f"--{name} {given} does not exist")
+    if args.ckpt_only_path is not None and args.generator_ckpt_path is not None:
+        raise ValueError("--ckpt_only_path already holds the generator's weights: drop --generator_ckpt_path")
+    if args.report_to == "none" and (args.wandb_project or args.wandb_entity or args.wandb_name):
+        args.report_to = "wandb"  # DMD2 always logs to wandb; its flags ask for it here
+    if args.local_rank >= 0:
+        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+
+
+def check_teacher_shape(args: argparse.Namespace, cfg: dict) -> None:
+    """``--resolution``, ``--label_dim``, ``--latent_resolution`` and ``--latent_channel`` (DMD2 builds its
+    networks from them; here the teacher does) must agree with the teacher, else one line says its values."""
+    teacher = {"resolution": cfg["image_size"], "label_dim": cfg["num_classes"],
+               "latent_resolution": cfg["latent_size"], "latent_channel": cfg["latent_channels"]}
+    for name, value in teacher.items():
+        given = getattr(args, name)
+        if given is not None and given != value:
+            raise ValueError(f"--{name} {given}: the teacher {cfg['ckpt']} has {name} {value}; drop the flag or "
+                             "pass another teacher")
 
 
 def freeze(model: torch.nn.Module) -> None:
@@ -267,6 +364,10 @@ def build_method(args, teacher: Teacher, cfg: dict, codec, data, draw_labels, de
             p.requires_grad_(name in teacher.model.trainable_names)
     if not args.initialie_generator:
         fresh_init(generator)
+    if args.generator_ckpt_path:
+        from training.dmd2_weights import generator_weights, load_into
+
+        load_into(generator, generator_weights(args.generator_ckpt_path), f"--generator_ckpt_path {args.generator_ckpt_path}")
     head = None
     channels, size = cfg["latent_channels"], cfg["latent_size"]
     if args.gan_classifier or args.cls_on_clean_image:
@@ -277,6 +378,12 @@ def build_method(args, teacher: Teacher, cfg: dict, codec, data, draw_labels, de
         head = dmd2_classifier_head(features.shape[1], features.shape[-1])
     if args.generator_lora:
         generator = lora_generator(generator, args)
+    if args.gradient_checkpointing:
+        from models.activation_checkpointing import enable_activation_checkpointing
+
+        for net in (generator, fake):
+            if not enable_activation_checkpointing(net):
+                raise ValueError(f"--gradient_checkpointing: {type(net).__name__} has no blocks to checkpoint")
     if args.real_guidance_scale is None:
         args.real_guidance_scale = 6.0 if teacher.null is not None else 1.0
     if args.real_guidance_scale > 1 and teacher.null is None:
@@ -290,6 +397,7 @@ def build_method(args, teacher: Teacher, cfg: dict, codec, data, draw_labels, de
         generator_sigmas=generator_levels(args, teacher),
         min_step_percent=args.min_step_percent, max_step_percent=args.max_step_percent,
         gen_cls_loss_weight=args.gen_cls_loss_weight, cls_loss_weight=cls_weight,
+        dm_loss_weight=args.dm_loss_weight, gan_alone=args.gan_alone,
         gen_cls_loss=args.gen_cls_loss or args.gan_classifier, diffusion_gan=args.diffusion_gan,
         diffusion_gan_max_timestep=args.diffusion_gan_max_timestep, denoising=args.denoising,
         backward_simulation=args.backward_simulation, max_grad_norm=args.max_grad_norm,

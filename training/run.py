@@ -181,10 +181,12 @@ def summary(run_dir: Path, steps: int, num_classes: int) -> list[str]:
 
 
 def open_run(accelerator, run_folder: RunFolder, ckpt_subdir: str, args, data: str, tracker_note: str | None,
-             logging_dir: str | None = None) -> tuple[Path, logging.Logger]:
+             logging_dir: str | None = None, project: str | None = None,
+             wandb: dict | None = None) -> tuple[Path, logging.Logger]:
     """Open the planned run folder (on the main process), record ``args``, start the log and the trackers
-    (their files in ``{run folder}/{logging_dir}``, default the run folder); every process gets the folder
-    and a logger. ``data`` describes the training data for the first log line."""
+    (their files in ``{run folder}/{logging_dir}``, default the run folder; the project ``project``, default
+    the run's name; ``wandb``: more of ``wandb.init``'s arguments, e.g. entity and name); every process gets
+    the folder and a logger. ``data`` describes the training data for the first log line."""
     from accelerate.utils import gather_object
 
     is_main = accelerator.is_main_process
@@ -202,8 +204,9 @@ def open_run(accelerator, run_folder: RunFolder, ckpt_subdir: str, args, data: s
         tracker_dir.mkdir(parents=True, exist_ok=True)
         accelerator.project_configuration.project_dir = str(run_dir)
         accelerator.project_configuration.logging_dir = str(tracker_dir)
-        accelerator.init_trackers(args.exp_name or run_dir.name, config={k: str(v) for k, v in vars(args).items()},
-                                  init_kwargs={"wandb": {"dir": str(tracker_dir)}})
+        accelerator.init_trackers(project or args.exp_name or run_dir.name,
+                                  config={k: str(v) for k, v in vars(args).items()},
+                                  init_kwargs={"wandb": {"dir": str(tracker_dir), **(wandb or {})}})
     return run_dir, logger
 
 

@@ -1,0 +1,188 @@
+"""train_dmd2.py takes every flag of DMD2's two training scripts: run management (--ckpt_only_path,
+--generator_ckpt_path, --delete_ckpts, --cache_dir / --max_checkpoint, --no_save), logging (--wandb_*,
+--log_path, --log_loss, --grid_size, --dataset_name), the loss weights (--dm_loss_weight, --gan_alone),
+--gradient_checkpointing, the checks against the teacher, and one-line refusals for the rest."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import train_dmd2
+from training.checkpoint import load_checkpoint
+from training.dmd2_recipe import build_method, check_teacher_shape, load_teacher, parse_args, validate
+
+# Every flag of tianweiy/DMD2 @ 8d8fa55 main/edm/train_edm.py and main/train_sd.py (their argparse option names).
+DMD2_FLAGS = """backward_simulation batch_size cache_dir checkpoint_path ckpt_only_path cls_loss_weight cls_on_clean_image
+conditioning_sigma conditioning_timestep dataset_name delete_ckpts denoising denoising_loss_weight denoising_timestep
+dfake_gen_update_ratio diffusion_gan diffusion_gan_max_timestep dm_loss_weight fake_guidance_scale fsdp gan_alone
+gan_classifier gen_cls_loss gen_cls_loss_weight generator_ckpt_path generator_lora generator_lr
+gradient_accumulation_steps gradient_checkpointing grid_size guidance_cls_loss_weight guidance_lr initialie_generator
+label_dim latent_channel latent_resolution local_rank log_iters log_loss log_path lora_alpha lora_dropout lora_rank
+lr max_checkpoint max_grad_norm max_step_percent min_step_percent model_id no_save num_denoising_step
+num_train_timesteps num_workers output_path real_guidance_scale real_image_path resolution revision rho sdxl seed
+sigma_data sigma_max sigma_min tiny_vae train_iters train_prompt_path use_fp16 wandb_entity wandb_iters wandb_name
+wandb_project warmup_step""".split()
+
+TINY = ["--dataset", "builtin", "--batch_size", "4", "--num_workers", "0", "--generator_lr", "1e-3",
+        "--guidance_lr", "1e-3", "--warmup_step", "2", "--real_guidance_scale", "2", "--gan_classifier",
+        "--gen_cls_loss_weight", "3e-3", "--cls_loss_weight", "1e-2", "--wandb_iters", "2"]
+
+
+@pytest.fixture(scope="module")
+def teacher(trained_run) -> Path:
+    return trained_run / "checkpoints" / "0000020.pt"
+
+
+def test_every_dmd2_flag_is_known():
+    parser_flags = set()
+    import argparse
+
+    original = argparse.ArgumentParser.parse_args
+    try:  # the parser train_dmd2.py builds, read off its options
+        argparse.ArgumentParser.parse_args = lambda self, argv=None: parser_flags.update(self._option_string_actions)
+        parse_args([])
+    finally:
+        argparse.ArgumentParser.parse_args = original
+    assert len(DMD2_FLAGS) == 73
+    assert [f for f in DMD2_FLAGS if f"--{f}" not in parser_flags] == []
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--sdxl"], "SDXL teachers"), (["--tiny_vae"], "TAESD"), (["--revision", "fp16"], "local folders only"),
+    (["--lr", "1e-5"], "--generator_lr and --guidance_lr"), (["--denoising_loss_weight", "2"], "weight 1"),
+    (["--fake_guidance_scale", "2"], "--real_guidance_scale"), (["--gradient_accumulation_steps", "2"], "must be 1"),
+    (["--num_train_timesteps", "500"], "1000 levels"), (["--gan_alone"], "add --gan_classifier"),
+    (["--gan_alone", "--gan_classifier"], "--gen_cls_loss_weight > 0"), (["--grid_size", "0"], "at least 1"),
+    (["--ckpt_only_path", "{t}", "--checkpoint_path", "{t}"], "pass one"),
+    (["--ckpt_only_path", "{t}", "--generator_ckpt_path", "{t}"], "drop --generator_ckpt_path"),
+    (["--generator_ckpt_path", "missing.pt"], "does not exist"),
+])
+def test_refusals_are_one_line(teacher, flags, message):
+    args = parse_args(["--teacher", str(teacher), *[f.format(t=teacher) for f in flags]])
+    with pytest.raises(ValueError, match=message):
+        validate(args)
+
+
+def test_wandb_flags_ask_for_wandb_and_local_rank_sets_the_environment(teacher, monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", "")  # restored when the test ends, whatever validate sets
+    monkeypatch.delenv("LOCAL_RANK")
+    args = parse_args(["--teacher", str(teacher), "--wandb_project", "p", "--local_rank", "3"])
+    validate(args)
+    assert args.report_to == "wandb" and os.environ["LOCAL_RANK"] == "3"
+    args = parse_args(["--teacher", str(teacher), "--wandb_name", "n", "--report_to", "tensorboard"])
+    validate(args)
+    assert args.report_to == "tensorboard"
+
+
+def test_shape_flags_must_agree_with_the_teacher():
+    cfg = {"image_size": 64, "num_classes": 1000, "latent_size": 64, "latent_channels": 3, "ckpt": "edm.pkl"}
+    check_teacher_shape(parse_args(["--resolution", "64", "--label_dim", "1000", "--latent_channel", "3"]), cfg)
+    with pytest.raises(ValueError, match="--label_dim 10: the teacher edm.pkl has label_dim 1000"):
+        check_teacher_shape(parse_args(["--label_dim", "10"]), cfg)
+    with pytest.raises(ValueError, match="--latent_resolution 32"):
+        check_teacher_shape(parse_args(["--latent_resolution", "32"]), cfg)
+
+
+def build(teacher: Path, *flags: str):
+    args = parse_args(["--teacher", str(teacher), "--real_guidance_scale", "2", *flags])
+    validate(args)
+    t, cfg, codec = load_teacher(args, torch.device("cpu"))
+    cfg.update(latent_channels=3, latent_size=16)
+    return t, build_method(args, t, cfg, codec, lambda b: (None, None), lambda n, d: torch.zeros(n, dtype=torch.long),
+                           torch.device("cpu"), 4)
+
+
+def test_loss_weights_and_gan_alone(teacher, monkeypatch):
+    """--dm_loss_weight scales the DM loss; --gan_alone drops it and never runs the teacher."""
+    x, y = torch.randn(4, 3, 16, 16, requires_grad=True), torch.zeros(4, dtype=torch.long)
+    t, method = build(teacher, "--gan_classifier", "--gen_cls_loss_weight", "0.1", "--dm_loss_weight", "0.5")
+    total, losses = method.generator_losses(method.modules["guidance"], x, y)
+    torch.testing.assert_close(total, 0.5 * losses["loss_dm"] + 0.1 * losses["gen_cls_loss"])
+
+    t, method = build(teacher, "--gan_classifier", "--gen_cls_loss_weight", "0.1", "--gan_alone")
+    monkeypatch.setattr(t, "x0", lambda *a, **k: pytest.fail("the teacher ran"))
+    total, losses = method.generator_losses(method.modules["guidance"], x, y)
+    assert "loss_dm" not in losses
+    torch.testing.assert_close(total, 0.1 * losses["gen_cls_loss"])
+    total.backward()
+    assert x.grad.abs().sum() > 0
+
+
+def test_generator_ckpt_path_starts_the_generator_from_its_weights(teacher, tmp_path):
+    """A plain state dict file, a DMD2 checkpoint folder (pytorch_model.bin) or a train_dmd2.py checkpoint."""
+    weights = {k: v + 1 for k, v in load_checkpoint(teacher)["ema"].items()}
+    torch.save(weights, tmp_path / "generator.pt")
+    (tmp_path / "checkpoint_model_000100").mkdir()
+    torch.save(weights, tmp_path / "checkpoint_model_000100" / "pytorch_model.bin")
+    torch.save({"model": weights, "guidance": {}, "steps": 100}, tmp_path / "ours.pt")
+    for source in ("generator.pt", "checkpoint_model_000100", "ours.pt"):
+        _, method = build(teacher, "--generator_ckpt_path", str(tmp_path / source))
+        assert all(torch.equal(weights[k], v) for k, v in method.modules["model"].state_dict().items()), source
+    torch.save({k: v for k, v in list(weights.items())[1:]}, tmp_path / "short.pt")
+    with pytest.raises(ValueError, match="1 missing keys .*distilled from this --teacher"):
+        build(teacher, "--generator_ckpt_path", str(tmp_path / "short.pt"))
+
+
+def test_run_management_and_logging_flags_end_to_end(teacher, tmp_path, monkeypatch):
+    """One run with DMD2's run flags: only the newest checkpoint stays (--delete_ckpts), the cache keeps the newest
+    --max_checkpoint, losses at every step (--log_loss), 2 x 2 grids, the dataset in the folder's name, wandb's
+    project, entity, name and folder as given, checkpointed blocks. Then --ckpt_only_path from the run's weights in
+    DMD2's folder layout: the step continues, the optimizers start afresh and the learning rates warm up from 0
+    again (the first step, at learning rate 0, leaves the weights as they were)."""
+    from accelerate import Accelerator
+
+    import training.hooks
+
+    trackers, grids = [], []
+    monkeypatch.setattr(Accelerator, "init_trackers", lambda self, project, config=None, init_kwargs=None:
+                        trackers.append((project, init_kwargs)))
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    sample_grid = training.hooks.sample_grid
+    monkeypatch.setattr(training.hooks, "sample_grid", lambda ema, codec, noise, labels, *a, nrow, **k:
+                        grids.append((len(noise), nrow)) or sample_grid(ema, codec, noise, labels, *a, nrow=nrow, **k))
+    out, cache, logs = tmp_path / "out", tmp_path / "cache", tmp_path / "logs"
+    train_dmd2.main(train_dmd2.parse_args([
+        "--teacher", str(teacher), "--output_path", str(out), *TINY, "--train_iters", "4", "--log_iters", "2",
+        "--delete_ckpts", "--cache_dir", str(cache), "--max_checkpoint", "1", "--log_loss", "--grid_size", "2",
+        "--dataset_name", "builtin10", "--wandb_project", "proj", "--wandb_entity", "team", "--wandb_name", "first",
+        "--log_path", str(logs), "--gradient_checkpointing", "--resolution", "16", "--label_dim", "10"]))
+    (run,) = list(out.iterdir())
+    assert run.name.endswith("-DMD2-DiT-Ti-4-builtin10")
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["0000004.pt"]
+    assert sorted(p.name for p in (cache / run.name).iterdir()) == ["0000004.pt"]
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    assert grids and set(grids) == {(4, 2)}
+    assert trackers == [("proj", {"wandb": {"dir": str(logs), "entity": "team", "name": "first"}})]
+    assert "removed" in (run / "log.txt").read_text()
+
+    first = load_checkpoint(run / "checkpoints" / "0000004.pt")
+    folder = tmp_path / "dmd2" / "checkpoint_model_000004"
+    folder.mkdir(parents=True)
+    torch.save(first["model"], folder / "pytorch_model.bin")
+    real = {f"real_unet.{k}": v for k, v in first["model"].items()}  # DMD2's guidance file holds the teacher too
+    torch.save({**real, **first["guidance"]}, folder / "pytorch_model_1.bin")
+    out2 = tmp_path / "out2"
+    train_dmd2.main(train_dmd2.parse_args([
+        "--teacher", str(teacher), "--output_path", str(out2), *TINY, "--train_iters", "5", "--log_iters", "5",
+        "--dfake_gen_update_ratio", "1", "--ckpt_only_path", str(folder), "--no_save"]))
+    (run2,) = list(out2.iterdir())
+    assert not list((run2 / "checkpoints").iterdir())  # --no_save
+    assert [json.loads(line)["step"] for line in (run2 / "metrics.jsonl").read_text().splitlines()] == [5]
+
+    out3 = tmp_path / "out3"
+    train_dmd2.main(train_dmd2.parse_args([
+        "--teacher", str(teacher), "--output_path", str(out3), *TINY, "--train_iters", "5", "--log_iters", "5",
+        "--dfake_gen_update_ratio", "1", "--ckpt_only_path", str(run / "checkpoints" / "0000004.pt")]))
+    (run3,) = list(out3.iterdir())
+    after = load_checkpoint(run3 / "checkpoints" / "0000005.pt")
+    assert after["args"]["warmup_from"] == 4
+    for key in ("model", "guidance"):  # learning rate 0 at the first step after the warm-up restarts
+        assert all(torch.equal(first[key][k], after[key][k]) for k in first[key]), key
+    assert all(int(s["step"]) == 1 for s in after["opt"]["state"].values())  # fresh optimizer states
+    assert "--ckpt_only_path" in (run3 / "log.txt").read_text()

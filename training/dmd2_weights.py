@@ -1,0 +1,69 @@
+"""Weights a DMD2 run starts from besides the teacher: ``--ckpt_only_path`` (the generator and the guidance
+model, without optimizer states) and ``--generator_ckpt_path`` (the generator). Both read DMD2's checkpoint
+folders (``checkpoint_model_NNNNNN/`` with ``pytorch_model.bin``, the generator, and ``pytorch_model_1.bin``,
+the guidance model) as well as ``train_dmd2.py`` checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from models.weights import CheckpointError, load_checkpoint, load_weights
+from training.checkpoint import load_training_checkpoint
+
+HINT = "Pass weights distilled from this --teacher, with the same --generator_lora and GAN head flags"
+GUIDANCE_PARTS = ("fake_unet.", "cls_pred_branch.")  # DMD2's guidance file also holds the teacher (real_unet.)
+
+
+def dmd2_folder_file(folder: Path, name: str, flag: str) -> dict:
+    path = folder / name
+    if not path.is_file():
+        raise CheckpointError(f"{flag} {folder}: no {name} in this folder; pass a DMD2 checkpoint folder "
+                              "(checkpoint_model_NNNNNN/) or a train_dmd2.py checkpoint")
+    return load_checkpoint(path)
+
+
+def dmd2_folder_step(folder: Path, flag: str) -> int:
+    """The step in a DMD2 checkpoint folder's name, ``checkpoint_model_NNNNNN``, as DMD2 reads it."""
+    tail = folder.name.split("_")[-1]
+    if not tail.isdigit():
+        raise CheckpointError(f"{flag} {folder}: DMD2 checkpoint folders are named checkpoint_model_NNNNNN (the "
+                              "step); rename the folder so its name ends in the step")
+    return int(tail)
+
+
+def weights_only(path: str) -> tuple[dict, dict, int]:
+    """``(generator, guidance, step)`` of ``--ckpt_only_path``."""
+    path = Path(path)
+    if path.is_dir():
+        generator = dmd2_folder_file(path, "pytorch_model.bin", "--ckpt_only_path")
+        guidance = dmd2_folder_file(path, "pytorch_model_1.bin", "--ckpt_only_path")
+        guidance = {k: v for k, v in guidance.items() if k.startswith(GUIDANCE_PARTS)}
+        return generator, guidance, dmd2_folder_step(path, "--ckpt_only_path")
+    ckpt = load_training_checkpoint(path, ("model", "guidance", "steps"), "train_dmd2.py")
+    return ckpt["model"], ckpt["guidance"], int(ckpt["steps"])
+
+
+def generator_weights(path: str) -> dict:
+    """The generator's weights of ``--generator_ckpt_path``: a state dict file, a DMD2 checkpoint folder or a
+    ``train_dmd2.py`` checkpoint (its ``model``)."""
+    path = Path(path)
+    ckpt = dmd2_folder_file(path, "pytorch_model.bin", "--generator_ckpt_path") if path.is_dir() \
+        else load_checkpoint(path)
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict) and "guidance" in ckpt:
+        return ckpt["model"]
+    if not isinstance(ckpt, dict) or not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        raise CheckpointError(f"--generator_ckpt_path {path}: neither a state dict nor a train_dmd2.py checkpoint")
+    return ckpt
+
+
+def load_into(module: torch.nn.Module, weights: dict, source: str) -> None:
+    """A strict load; DMD2's diffusers UNets (keys without our ``DiffusersEps`` ``unet.`` level) are matched."""
+    own = module.state_dict()
+    for inner in ("unet.", "fake_unet.unet."):
+        outer = inner.removesuffix("unet.")
+        if any(k.startswith(inner) for k in own) and not any(k.startswith(inner) for k in weights):
+            weights = {(inner + k[len(outer):] if k.startswith(outer) and inner + k[len(outer):] in own else k): v
+                       for k, v in weights.items()}
+    load_weights(module, weights, source, hint=HINT)
