@@ -1,6 +1,7 @@
 """DMD2 step time and peak memory with any DiT / SiT teacher (random weights; synthetic latents, no VAE).
 
   python benchmarks/dmd2_step.py --model DiT-XL/2 --image-size 256 --batch-size 32 --mixed-precision bf16
+  python benchmarks/dmd2_step.py --model DiT-XL/2 --image-size 256 --batch-size 32 --gradient-checkpointing
   python benchmarks/dmd2_step.py --model DiT-Ti/4 --image-size 32 --batch-size 4 --steps 3   # CPU smoke run
 
 The steps are train_dmd2.py's (``training/dmd2.py`` on the training engine), with DMD2's ImageNet settings:
@@ -44,6 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dfake-gen-update-ratio", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds of --dfake-gen-update-ratio steps")
     p.add_argument("--steps", type=int, default=10, help="timed steps")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="train_dmd2.py's --gradient_checkpointing: "
+                   "the generator's and the fake score's blocks recompute their activations")
     return p.parse_args(argv)
 
 
@@ -61,7 +64,8 @@ def main(args: argparse.Namespace) -> list[dict]:
     teacher = teacher_for(args.model, size, device)
     flags = dmd2_args(["--teacher", "-", "--real_guidance_scale", "1.5", "--gan_classifier", "--gen_cls_loss_weight",
                        "3e-3", "--cls_loss_weight", "1e-2", "--diffusion_gan", "--diffusion_gan_max_timestep", "1000",
-                       "--dfake_gen_update_ratio", str(args.dfake_gen_update_ratio), "--warmup_step", "0"])
+                       "--dfake_gen_update_ratio", str(args.dfake_gen_update_ratio), "--warmup_step", "0",
+                       *(["--gradient_checkpointing"] if args.gradient_checkpointing else [])])
     cfg = {"latent_channels": 4, "latent_size": size, "model_kwargs": {}, "ckpt": args.model}
     draw = condition_sampler(teacher, 1000)
 
@@ -87,15 +91,17 @@ def main(args: argparse.Namespace) -> list[dict]:
         engine.steps += 1
     peak = peak_memory_bytes(device) / 2**30
     rows = []
-    print("| teacher | batch | precision | step | step time (s, mean / median) | img/s | peak memory (GiB) |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    checkpointing = "yes" if args.gradient_checkpointing else "no"
+    print("| teacher | batch | precision | checkpointing | step | step time (s, mean / median) | img/s | peak memory (GiB) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for kind, values in times.items():
         if not values:
             continue
         mean, median = statistics.mean(values), statistics.median(values)
         rows.append({"model": args.model, "batch_size": args.batch_size, "precision": args.mixed_precision,
-                     "step": kind, "mean_s": mean, "median_s": median, "peak_gib": peak, "steps": len(values)})
-        print(f"| {args.model} {args.image_size}px | {args.batch_size} | {args.mixed_precision} | {kind} | "
+                     "step": kind, "mean_s": mean, "median_s": median, "peak_gib": peak, "steps": len(values),
+                     "gradient_checkpointing": args.gradient_checkpointing})
+        print(f"| {args.model} {args.image_size}px | {args.batch_size} | {args.mixed_precision} | {checkpointing} | {kind} | "
               f"{mean:.3f} / {median:.3f} | {args.batch_size / mean:.1f} | {peak:.2f} |")
     print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, torch "
           f"{torch.__version__}; {args.steps} timed steps after {args.warmup * ratio} untimed")

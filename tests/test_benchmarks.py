@@ -70,3 +70,6 @@ def test_dmd2_step_benchmark_times_both_kinds_of_step():
                             "--warmup", "0", "--dfake-gen-update-ratio", "2", "--mixed-precision", "no"]))
     assert [r["step"] for r in rows] == ["generator", "guidance"]
     assert all(math.isfinite(r["mean_s"]) and r["mean_s"] > 0 and r["peak_gib"] > 0 for r in rows)
+    rows = main(parse_args(["--model", "DiT-Ti/4", "--image-size", "32", "--batch-size", "2", "--steps", "1",
+                            "--warmup", "0", "--mixed-precision", "no", "--gradient-checkpointing"]))
+    assert rows[0]["gradient_checkpointing"] and math.isfinite(rows[0]["mean_s"])
