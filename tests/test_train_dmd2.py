@@ -14,7 +14,9 @@ from conftest import run_script
 
 import train_dmd2
 from training.checkpoint import load_checkpoint
+from training.cli import run_cli
 from training.dmd2_recipe import EPS_CONDITIONING_SIGMA
+from training.engine import NonFiniteLoss
 
 TINY = ["--dataset", "builtin", "--batch_size", "4", "--num_workers", "0", "--generator_lr", "1e-3",
         "--guidance_lr", "1e-3", "--warmup_step", "2", "--real_guidance_scale", "2", "--gan_classifier",
@@ -136,12 +138,20 @@ def test_generator_levels(teacher):
     assert levels("--conditioning_timestep", "499", t=flow) == pytest.approx([499 / 500])
 
 
-def test_bad_input_is_refused_in_one_line(teacher, tmp_path, monkeypatch):
+def refused(capsys, *flags: str) -> str:
+    """train_dmd2.py's command line run in this process: exit status 2 and one line on stderr, returned."""
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(train_dmd2.main, train_dmd2.parse_args(list(flags)), (NonFiniteLoss,))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def test_bad_input_is_refused_in_one_line(teacher, tmp_path, monkeypatch, capsys):
     junk = tmp_path / "junk.pt"
     torch.save({"weights": torch.zeros(3)}, junk)
-    result = run_script("train_dmd2.py", "--teacher", str(junk), "--output_path", str(tmp_path / "out"))
-    assert result.returncode == 2 and "not a teacher this repository can read" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+    assert "not a teacher this repository can read" in refused(capsys, "--teacher", str(junk), "--output_path",
+                                                               str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
 
     # a teacher without a null class cannot guide the real score
@@ -151,9 +161,9 @@ def test_bad_input_is_refused_in_one_line(teacher, tmp_path, monkeypatch):
         ckpt[key]["y_embedder.embedding_table.weight"] = table[:-1].clone()
     no_null = tmp_path / "no-null.pt"
     torch.save(ckpt, no_null)
-    result = run_script("train_dmd2.py", "--teacher", str(no_null), "--real_guidance_scale", "4",
-                        "--output_path", str(tmp_path / "out"))
-    assert result.returncode == 2 and "null class" in result.stderr and "--real_guidance_scale 1" in result.stderr
+    err = refused(capsys, "--teacher", str(no_null), "--real_guidance_scale", "4", "--output_path",
+                  str(tmp_path / "out"))
+    assert "null class" in err and "--real_guidance_scale 1" in err and not (tmp_path / "out").exists()
 
     from training.dmd2_recipe import parse_args, validate
 

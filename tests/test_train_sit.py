@@ -21,7 +21,7 @@ def read_metrics(run_dir):
 
 
 @pytest.fixture(scope="module")
-def reg_run(tmp_path_factory):
+def reg_run(tmp_path_factory, quick_grids):
     """A tiny REG run: SiT-Ti/4 aligned to the tiny random ViT, 80 steps, named as REPA names runs."""
     results = tmp_path_factory.mktemp("exps")
     train.main(train.parse_args([*TINY_SIT, *REG, "--output-dir", str(results), "--exp-name", "reg",
@@ -47,7 +47,7 @@ def test_reg_checkpoint_holds_args_and_the_class_token_weights(reg_run):
     assert (reg_run / "samples" / "0000080.png").is_file()
 
 
-def test_resume_step_continues_the_named_run_identically(tmp_path):
+def test_resume_step_continues_the_named_run_identically(tmp_path, quick_grids):
     common = [*TINY_SIT, *REG, "--output-dir", str(tmp_path), "--log-every", "1", "--checkpointing-steps", "2",
               "--global-batch-size", "4"]
     train.main(train.parse_args([*common, "--exp-name", "a", "--max-train-steps", "4"]))
