@@ -51,17 +51,17 @@ class GeneratorHooks(RunHooks):
     their embeddings); checkpoints as DMD2 keeps them (``--no_save``, ``--delete_ckpts``, ``--cache_dir``)."""
 
     def __init__(self, engine, args, run_dir, ckpt_subdir, logger, codec, names, kind, data, prompts=None):
+        self.prompts = prompts
         grid_args = argparse.Namespace(**{**vars(args), "num_classes": args.num_classes or 1})
         super().__init__(engine, grid_args, run_dir, ckpt_subdir, logger, codec, names, kind, data)
-        self.args, size = args, args.grid_size**2
-        if prompts is not None:
-            self.grid_y, self.grid_nrow = prompts[:size].cpu(), args.grid_size
-        else:
-            self.grid_y, self.grid_nrow = grid_labels(args.num_classes, size)
-            if args.num_classes > size:
-                self.grid_nrow = args.grid_size
-        self.grid_noise = torch.randn(len(self.grid_y), *self.grid_noise.shape[1:],
-                                      generator=torch.Generator().manual_seed(args.global_seed))
+        self.args = args
+
+    def grid_layout(self, args) -> tuple[torch.Tensor, int]:
+        size = args.grid_size**2
+        if self.prompts is not None:
+            return self.prompts[:size].cpu(), args.grid_size
+        labels, nrow = grid_labels(args.num_classes, size)
+        return labels, (args.grid_size if args.num_classes > size else nrow)
 
     def ema(self) -> torch.nn.Module:
         return self.engine.gathered("model")

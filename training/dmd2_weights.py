@@ -58,12 +58,18 @@ def generator_weights(path: str) -> dict:
     return ckpt
 
 
+def with_unet_level(weights: dict, own: dict, prefix: str) -> dict:
+    """DMD2 names a diffusers UNet's weights without our ``DiffusersEps`` level: ``{prefix}x`` becomes
+    ``{prefix}unet.x`` where the module has that level and ``weights`` do not."""
+    inner = prefix + "unet."
+    if not any(k.startswith(inner) for k in own) or any(k.startswith(inner) for k in weights):
+        return weights
+    return {(inner + k[len(prefix):] if k.startswith(prefix) else k): v for k, v in weights.items()}
+
+
 def load_into(module: torch.nn.Module, weights: dict, source: str) -> None:
-    """A strict load; DMD2's diffusers UNets (keys without our ``DiffusersEps`` ``unet.`` level) are matched."""
+    """A strict load, DMD2's diffusers names matched: the generator's UNet, the guidance model's ``fake_unet``."""
     own = module.state_dict()
-    for inner in ("unet.", "fake_unet.unet."):
-        outer = inner.removesuffix("unet.")
-        if any(k.startswith(inner) for k in own) and not any(k.startswith(inner) for k in weights):
-            weights = {(inner + k[len(outer):] if k.startswith(outer) and inner + k[len(outer):] in own else k): v
-                       for k, v in weights.items()}
+    for prefix in ("", "fake_unet."):
+        weights = with_unet_level(weights, own, prefix)
     load_weights(module, weights, source, hint=HINT)

@@ -31,11 +31,15 @@ class RunHooks:
         self.channels, self.size = method.model_kwargs["in_channels"], method.model_kwargs["input_size"]
         self.is_main = self.accelerator.is_main_process
         self.metrics = MetricsLog(run_dir) if self.is_main else None
-        self.grid_y, self.grid_nrow = grid_labels(args.num_classes)
+        self.grid_y, self.grid_nrow = self.grid_layout(args)
         self.grid_noise = torch.randn(len(self.grid_y), self.channels, self.size, self.size,
                                       generator=torch.Generator().manual_seed(args.global_seed))
         self.inception = InceptionCurve(args.eval_ref, self.accelerator.device, args.inception_weights) \
             if args.eval_ref else None
+
+    def grid_layout(self, args) -> tuple[torch.Tensor, int]:
+        """The sample grid's conditions (labels) and row length."""
+        return grid_labels(args.num_classes)
 
     def ema(self) -> torch.nn.Module:
         """The EMA network to sample from (gathered from its shards with ``--fsdp``: every process calls this)."""
