@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from diffusion.transport import interpolant, sample_time
+from models.unwrap import unwrap
 
 
 def mean_flat(x: torch.Tensor) -> torch.Tensor:
@@ -69,12 +70,13 @@ class InterpolantObjective:
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor, zs: list[torch.Tensor] | None = None,
                  cls_token: torch.Tensor | None = None, t: torch.Tensor | None = None,
                  noise: torch.Tensor | None = None, align_only: bool = False) -> dict[str, torch.Tensor]:
-        """Losses of clean latents ``x``. A model with a latent BatchNorm (``model.bn``, REPA-E) sees
-        ``bn(x)``: batch statistics in train mode, running ones in eval mode. ``t`` and ``noise``,
+        """Losses of clean latents ``x``. A model with a latent BatchNorm (``bn``, REPA-E) sees ``bn(x)``:
+        batch statistics in train mode, running ones in eval mode; the norm is read from the network
+        under any DDP / compile wrapper (a SyncBatchNorm syncs whenever a process group exists). ``t`` and ``noise``,
         when given, replace fresh draws (REPA-E reuses the VAE step's in the SiT step). ``align_only``
         runs the first ``encoder_depth`` blocks only and returns the projection loss, which is
         differentiable with respect to ``x`` (REPA-E's VAE step)."""
-        bn = getattr(model, "bn", None)
+        bn = getattr(unwrap(model), "bn", None)
         if bn is not None:
             x = bn(x)
         if t is None or noise is None:
