@@ -5,6 +5,11 @@ ImageNet weights file ``vgg16-397923af.pth``, read from ``$DIFFUSION_LAB_CACHE/l
 checkpoint folder, downloaded there when there is a network; offline, a one-line error names the file
 and where to put it. ``random_backbone=True`` keeps a randomly initialised VGG (tests, the CPU demo):
 then the distance shows the mechanics, not perceptual similarity.
+
+REPA-E's LPIPS (its ``loss/lpips.py``) maps its inputs ``x -> 2x - 1`` before the network, as for images in
+[0, 1], while its VAE loss hands it images in [-1, 1]: the network sees [-3, 1]. Its released VAEs were
+trained with this distance, so it is the default here (``normalize=True``, the ``lpips`` package's name for
+that map); ``normalize=False`` is standard LPIPS of [-1, 1] images.
 """
 
 from __future__ import annotations
@@ -40,7 +45,8 @@ def vgg16_weights(path: str | None = None) -> Path:
 
 
 class PerceptualLoss(torch.nn.Module):
-    """``loss(x, y)`` -> (N,) LPIPS distances of images in [-1, 1]; frozen, always in eval mode."""
+    """``loss(x, y)`` -> (N,) LPIPS distances of images ``x, y`` in [-1, 1]: ``LPIPS(2x - 1, 2y - 1)`` as
+    REPA-E (``normalize=True``), or standard ``LPIPS(x, y)``; frozen, always in eval mode."""
 
     def __init__(self, random_backbone: bool = False, vgg_path: str | None = None):
         super().__init__()
@@ -63,5 +69,5 @@ class PerceptualLoss(torch.nn.Module):
     def train(self, mode: bool = True):
         return super().train(False)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.lpips(x.float(), y.float()).flatten()
+    def forward(self, x: torch.Tensor, y: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        return self.lpips(x.float(), y.float(), normalize=normalize).flatten()

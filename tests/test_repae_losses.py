@@ -55,6 +55,18 @@ def test_the_shipped_loss_config_is_repaes():
     ("losses:\n  lecam_regularization_weight: 0.1\n", "LeCam regularisation is not implemented"),
     ("losses:\n  perceptual_loss: convnext_s\n", "only lpips"),
     ("extra: 1\n", "unknown key.*extra"),
+    ("- losses\n- 1\n", "the file is list .*not a mapping"),
+    ("just text\n", "the file is str 'just text', not a mapping"),
+    ("losses: [1, 2]\n", "losses is list .*not a mapping"),
+    ("model: 3\n", "model is int 3, not a mapping"),
+    ("model:\n  vq_model: vae\n", "model.vq_model is str 'vae', not a mapping"),
+    ("losses:\n  kl_weight: [1, 2]\n", r"losses.kl_weight is \[1, 2\], not a number"),
+    ("losses:\n  kl_weight: tiny\n", "losses.kl_weight is 'tiny', not a number"),
+    ("losses:\n  discriminator_start: 1.5\n", "losses.discriminator_start is 1.5, not an integer"),
+    ("losses:\n  perceptual_loss: 3\n", "losses.perceptual_loss is 3, not a string"),
+    ("losses:\n  lpips_normalize: 1\n", "losses.lpips_normalize is 1, not true or false"),
+    ("losses: {kl_weight: 1e-6\n", "not valid YAML"),
+    ("losses:\n  logvar_init: .nan\n", "losses.logvar_init is nan; give a finite number"),
 ])
 def test_bad_loss_configs_are_refused_in_one_line(tmp_path, text, message):
     path = tmp_path / "loss.yaml"
@@ -63,6 +75,36 @@ def test_bad_loss_configs_are_refused_in_one_line(tmp_path, text, message):
         load_loss_config(path)
     with pytest.raises(ValueError, match="no such file"):
         load_loss_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("key", ["discriminator_weight", "discriminator_factor", "discriminator_start",
+                                 "perceptual_weight", "reconstruction_weight", "kl_weight"])
+def test_negative_weights_are_refused_in_one_line(tmp_path, key):
+    path = tmp_path / "loss.yaml"
+    path.write_text(f"losses:\n  {key}: -1\n")
+    with pytest.raises(ValueError, match=f"--loss-cfg-path {path}: losses.{key} is -1.*must be >= 0") as e:
+        load_loss_config(path)
+    assert "\n" not in str(e.value)
+    path.write_text(f"losses:\n  {key}: 0\n")
+    assert getattr(load_loss_config(path), key) == 0
+
+
+def test_the_vae_loss_uses_repaes_lpips_of_2x_minus_1_and_the_key_gives_the_standard_one(tmp_path):
+    torch.manual_seed(0)
+    perceptual = PerceptualLoss(random_backbone=True)
+    x, y = torch.rand(2, 3, 16, 16) * 2 - 1, torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        repae, standard = perceptual.lpips(2 * x - 1, 2 * y - 1).flatten(), perceptual.lpips(x, y).flatten()
+    assert not torch.allclose(repae, standard, rtol=1e-3)
+    torch.testing.assert_close(perceptual(x, y), repae)
+    torch.testing.assert_close(perceptual(x, y, normalize=False), standard)
+    vae, disc = VAE_models["tiny-f4d4"](), NLayerDiscriminator(ndf=8, n_layers=2)
+    posterior = vae.encode(x)
+    path = tmp_path / "loss.yaml"
+    path.write_text("losses:\n  lpips_normalize: false\n")
+    for config, expected in ((load_loss_config(CONFIG), repae), (load_loss_config(path), standard)):
+        losses = VAELoss(config, perceptual).generator(x, y, posterior, disc, step=0)
+        torch.testing.assert_close(losses["perceptual"], expected.mean())
 
 
 def test_generator_loss_is_the_weighted_sum_and_the_gan_term_waits_for_its_start():
