@@ -7,7 +7,9 @@ VAE, into ``{output-dir}/{vae-latents-name}.h5`` for ``train_ldm_only.py``.
 Each entry ``00000/img-mean-std-00000000.npy`` holds float32 cat(mean, std) (2C, h, w) of image
 ``00000/img00000000.png`` (layout: ``data/h5.py``). Every process encodes its share; the main one
 writes. The file grows as ``{name}.h5.partial``: a re-run after an interruption encodes only the
-images not in it yet, and the finished file gets its name and its ``{name}_h5.json`` last.
+images not in it yet, and the finished file gets its name and its ``{name}_h5.json`` last. The file's
+attributes record the VAE (``vae_arch`` and the sha256 of ``--vae-ckpt-path``); a partial or finished
+file of another VAE is refused, never completed or kept.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from tqdm.auto import tqdm
 
 from data import h5 as layout
 from models.vae import VAE_models, load_vae_weights
+from sample_ddp import sha256_of
 from training.cli import check_writable_dir, first_paragraph, run_cli
 from training.setup import setup_accelerator
 
@@ -54,20 +57,25 @@ def main(args: argparse.Namespace) -> Path:
     load_vae_weights(vae, args.vae_ckpt_path, "--vae-ckpt-path")
     check_writable_dir(args.output_dir, "--output-dir")
     target = Path(args.output_dir) / f"{args.vae_latents_name}.h5"
+    partial = target.with_name(target.name + ".partial")
+    identity = {"vae_arch": args.vae_arch, "vae_ckpt_sha256": sha256_of(args.vae_ckpt_path)}
     if layout.listing_path(target).is_file():
+        check_same_vae(target, identity)
         print(f"{target} is complete ({layout.listing_path(target).name} exists): nothing to do")
         return target
+    if partial.is_file():
+        check_same_vae(partial, identity)
     accelerator = setup_accelerator()
     device, rank, world, is_main = (accelerator.device, accelerator.process_index, accelerator.num_processes,
                                     accelerator.is_main_process)
     vae = vae.to(device).eval()
-    partial = target.with_name(target.name + ".partial")
     h5 = None
     if is_main:
         import h5py
 
         target.parent.mkdir(parents=True, exist_ok=True)
         h5 = h5py.File(partial, "a")
+        h5.attrs.update(identity)
     done = set(gather_object([sorted(_entries(h5)) if is_main else []])[0] if world > 1 else _entries(h5))
     todo = [i for i, name in enumerate(dataset.names) if latent_name(name) not in done]
     if is_main and done:
@@ -97,6 +105,27 @@ def main(args: argparse.Namespace) -> Path:
         print(f"cached {len(dataset):,} latents ({json.dumps(list(moments_shape(target, labels[0][0])))}) into {target}")
     accelerator.wait_for_everyone()
     return target
+
+
+def check_same_vae(path: Path, identity: dict) -> None:
+    """One line when the latents in ``path`` (with entries) are not recorded as this VAE's."""
+    if path.suffix == ".partial" and not _entries_in(path):
+        return
+    recorded = layout.vae_identity(path)
+    if not recorded:
+        raise ValueError(f"{path} does not record the VAE it was cached with; delete it to cache again, or pass "
+                         "another --vae-latents-name")
+    for key, flag in (("vae_arch", "--vae-arch"), ("vae_ckpt_sha256", "--vae-ckpt-path")):
+        if recorded.get(key) != identity[key]:
+            raise ValueError(f"{path} holds latents of another VAE ({key} {recorded.get(key)}, not {identity[key]} "
+                             f"of {flag}); pass another --vae-latents-name, or delete it to cache again")
+
+
+def _entries_in(path: Path) -> bool:
+    import h5py
+
+    with h5py.File(path, "r") as h5:
+        return bool(_entries(h5))
 
 
 def _entries(h5) -> set[str]:

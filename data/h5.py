@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 
 IMAGES = "images.h5"
 LABELS = "dataset.json"
+VAE_ATTRS = ("vae_arch", "vae_ckpt_sha256")  # the latents file's attributes, written by cache_latents.py
 
 
 def listing_path(h5_path: str | Path) -> Path:
@@ -65,33 +66,81 @@ def write_listing(h5_path: str | Path, names: list[str]) -> None:
     tmp.replace(listing_path(h5_path))
 
 
+def open_h5(path: str | Path):
+    """``h5py.File(path, "r")``, with one line naming the file when it cannot be read."""
+    import h5py
+
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise ValueError(f"{path} cannot be read as HDF5 ({e}): it is truncated or no h5 file; write it "
+                         "again") from None
+
+
+def vae_identity(path: str | Path) -> dict[str, str]:
+    """What ``cache_latents.py`` records about the VAE of a latents file (``vae_arch``, ``vae_ckpt_sha256``);
+    empty for files that record nothing (REPA-E's own)."""
+    with open_h5(path) as h5:
+        return {k: str(h5.attrs[k]) for k in VAE_ATTRS if k in h5.attrs}
+
+
 def _labels(h5, path: Path) -> dict[str, int]:
     if LABELS not in h5:
         raise ValueError(f"{path} has no {LABELS}: it is unfinished; write it again")
-    return dict(json.loads(np.array(h5[LABELS]).tobytes().decode("utf-8"))["labels"])
+    try:
+        return dict(json.loads(np.array(h5[LABELS]).tobytes().decode("utf-8"))["labels"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: entry {LABELS} is not a label list ({type(e).__name__}); write it again") from None
 
 
-def _check_complete(path: Path) -> None:
+def _listing(path: Path, how: str) -> list[str]:
+    """The names a complete file lists (its ``_h5.json``); ``how`` says what writes the file."""
     if not path.is_file():
-        raise ValueError(f"{path}: no such file (preprocessing/dataset_tools.py convert --dest {path} writes one)")
-    if not listing_path(path).is_file():
-        raise ValueError(f"{path} has no {listing_path(path).name}: it was not finished; write it again")
+        unfinished = path.with_name(path.name + ".partial")
+        if unfinished.is_file():
+            raise ValueError(f"{path}: no such file, only the unfinished {unfinished.name}; finish it: {how}")
+        raise ValueError(f"{path}: no such file; write it: {how}")
+    listing = listing_path(path)
+    if not listing.is_file():
+        raise ValueError(f"{path} has no {listing.name}: it was not finished; write it again: {how}")
+    try:
+        names = json.loads(listing.read_text())
+    except ValueError as e:
+        raise ValueError(f"{listing} is not a JSON list of entries ({e}); write {path.name} again: {how}") from None
+    if not isinstance(names, list):
+        raise ValueError(f"{listing} is not a JSON list of entries; write {path.name} again: {how}")
+    return [str(n) for n in names]
+
+
+def _check_entries(h5, path: Path, names: list[str]) -> None:
+    """Every listed entry is in the file (a file cut short or edited loses some)."""
+    by_folder: dict[str, list[str]] = {}
+    for name in names:
+        folder, _, leaf = name.rpartition("/")
+        by_folder.setdefault(folder, []).append(leaf)
+    missing = []
+    for folder, leaves in by_folder.items():
+        group = h5.get(folder) if folder else h5
+        present = set(group.keys()) if group is not None and hasattr(group, "keys") else set()
+        missing += [f"{folder}/{leaf}" if folder else leaf for leaf in leaves if leaf not in present]
+    if missing:
+        raise ValueError(f"{path}: {len(missing):,} of the {len(names):,} entries {listing_path(path).name} lists "
+                         f"are missing (first {missing[0]}); write it again")
 
 
 class H5Images(Dataset):
     """``images.h5`` of ``data_dir``: ``(uint8 (3, H, W) image, label)`` in sorted-name order.
-    The file is opened lazily in each process (loader workers included)."""
+    Opening checks the listed entries exist, the labels and the first and last images; the file is
+    opened lazily in each process (loader workers included)."""
 
     def __init__(self, data_dir: str | Path):
         self.path = Path(data_dir) / IMAGES
-        _check_complete(self.path)
-        names = json.loads(listing_path(self.path).read_text())
+        names = _listing(self.path, f"preprocessing/dataset_tools.py convert --dest {self.path}")
         self.names = sorted(n for n in names if n.lower().endswith(".png"))
         if not self.names:
             raise ValueError(f"{self.path} holds no images")
-        import h5py
-
-        with h5py.File(self.path, "r") as h5:
+        with open_h5(self.path) as h5:
+            _check_entries(h5, self.path, self.names)
             table = _labels(h5, self.path)
         missing = [n for n in self.names if n not in table]
         if missing:
@@ -99,24 +148,36 @@ class H5Images(Dataset):
         self.labels = np.array([table[n] for n in self.names], dtype=np.int64)
         self.num_classes = int(self.labels.max()) + 1
         self._h5 = None
+        for index in (0, len(self) - 1):
+            self.image(index)  # decodes, or names the entry that does not
 
     def __len__(self) -> int:
         return len(self.names)
 
     def file(self):
         if self._h5 is None:
-            import h5py
-
-            self._h5 = h5py.File(self.path, "r")
+            self._h5 = open_h5(self.path)
         return self._h5
 
     def image(self, index: int) -> np.ndarray:
-        raw = np.array(self.file()[self.names[index]]).tobytes()
-        array = np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"))
+        name = self.names[index]
+        try:
+            raw = np.array(self.file()[name]).tobytes()
+            array = np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"))
+        except (KeyError, OSError, ValueError) as e:
+            raise ValueError(f"{self.path}: entry {name} is not a readable image ({one_line(e)}); write the "
+                             "file again") from None
         return array.transpose(2, 0, 1)
 
     def __getitem__(self, index: int):
         return torch.from_numpy(self.image(index).copy()), torch.tensor(self.labels[index])
+
+    def close(self) -> None:
+        """Close the open file handles (they reopen when read)."""
+        for name in ("_h5", "_latents"):
+            if getattr(self, name, None) is not None:
+                getattr(self, name).close()
+                setattr(self, name, None)
 
     def __getstate__(self):  # loader workers open their own handle
         return {**self.__dict__, "_h5": None}
@@ -124,32 +185,51 @@ class H5Images(Dataset):
 
 class H5ImagesAndLatents(H5Images):
     """``images.h5`` beside ``{latents_name}.h5``: ``(uint8 image, float32 (2C, h, w) moments, label)``,
-    paired by position in sorted-name order, labels from the latents' file (REPA-E ``CustomH5Dataset``)."""
+    paired by position in sorted-name order, labels from the latents' file (REPA-E ``CustomH5Dataset``).
+    ``vae_identity``: the VAE the latents file records (empty for REPA-E's files)."""
 
     def __init__(self, data_dir: str | Path, latents_name: str):
         super().__init__(data_dir)
         self.latents_path = Path(data_dir) / f"{latents_name}.h5"
-        _check_complete(self.latents_path)
-        names = json.loads(listing_path(self.latents_path).read_text())
+        how = (f"cache_latents.py --vae-arch ARCH --vae-ckpt-path VAE.pt --vae-latents-name {latents_name} "
+               f"--data-dir {data_dir} --output-dir {data_dir}")
+        names = _listing(self.latents_path, how)
         self.latent_names = sorted(n for n in names if n.lower().endswith(".npy"))
         if len(self.latent_names) != len(self.names):
             raise ValueError(f"{self.latents_path} holds {len(self.latent_names):,} latents for {len(self.names):,} "
-                             f"images in {self.path}; cache them again (cache_latents.py)")
-        import h5py
-
-        with h5py.File(self.latents_path, "r") as h5:
+                             f"images in {self.path}; cache them again: {how}")
+        with open_h5(self.latents_path) as h5:
+            _check_entries(h5, self.latents_path, self.latent_names)
             table = _labels(h5, self.latents_path)
-            self.moments_shape = tuple(h5[self.latent_names[0]].shape)
         self.labels = np.array([table[n] for n in self.latent_names], dtype=np.int64)
+        self.vae_identity = vae_identity(self.latents_path)
         self._latents = None
+        first, last = self.moments(0), self.moments(len(self) - 1)
+        self.moments_shape = first.shape
+        if first.ndim != 3 or first.shape[0] % 2 or last.shape != first.shape:
+            raise ValueError(f"{self.latents_path}: entries {self.latent_names[0]} {first.shape} and "
+                             f"{self.latent_names[-1]} {last.shape} are not both (2C, h, w) moments; cache them "
+                             f"again: {how}")
+
+    def moments(self, index: int) -> np.ndarray:
+        """float32 (2C, h, w): cat(mean, std) of entry ``index``."""
+        if self._latents is None:
+            self._latents = open_h5(self.latents_path)
+        name = self.latent_names[index]
+        try:
+            return np.array(self._latents[name], dtype=np.float32)
+        except (KeyError, OSError, ValueError, TypeError) as e:
+            raise ValueError(f"{self.latents_path}: entry {name} cannot be read as latents ({one_line(e)}); cache "
+                             "them again") from None
 
     def __getitem__(self, index: int):
-        if self._latents is None:
-            import h5py
-
-            self._latents = h5py.File(self.latents_path, "r")
-        moments = np.array(self._latents[self.latent_names[index]], dtype=np.float32)
-        return torch.from_numpy(self.image(index).copy()), torch.from_numpy(moments), torch.tensor(self.labels[index])
+        moments = torch.from_numpy(self.moments(index))
+        return torch.from_numpy(self.image(index).copy()), moments, torch.tensor(self.labels[index])
 
     def __getstate__(self):
         return {**self.__dict__, "_h5": None, "_latents": None}
+
+
+def one_line(e: BaseException) -> str:
+    text = str(e).strip().strip('"')
+    return text.splitlines()[-1] if text else type(e).__name__

@@ -4,6 +4,7 @@ train_ldm_only.py on the cached latents with the VAE frozen."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from data.h5 import H5Images, H5ImagesAndLatents, listing_path
 from data.procedural import render_batch
 from models.vae import VAE_models, to_ldm_state_dict
 from preprocessing import dataset_tools
+from sample_ddp import sha256_of
 
 ROOT = Path(__file__).resolve().parent.parent
 N = 24
@@ -79,6 +81,7 @@ def test_cache_latents_stores_the_posterior_moments_and_resumes(data_dir, tmp_pa
     # An interrupted run: a partial file with some entries (zeros here) is completed, not redone.
     target.rename(tmp_path / "full.h5")
     with h5py.File(tmp_path / "tiny.h5.partial", "w") as h5:
+        h5.attrs.update(vae_arch="tiny-f4d4", vae_ckpt_sha256=sha256_of(data_dir / "tiny.pt"))
         for i in range(7):
             h5.require_group("00000").create_dataset(f"img-mean-std-{i:08d}.npy", data=np.zeros((8, 8, 8), np.float32))
     listing_path(target).unlink()
@@ -88,6 +91,38 @@ def test_cache_latents_stores_the_posterior_moments_and_resumes(data_dir, tmp_pa
         assert np.array_equal(np.array(h5["00000/img-mean-std-00000020.npy"]),
                               np.array(full["00000/img-mean-std-00000020.npy"]))
     assert not (tmp_path / "tiny.h5.partial").exists()
+
+
+def test_cache_latents_refuses_to_resume_or_keep_latents_of_another_vae(data_dir, tmp_path):
+    target = cache(data_dir, tmp_path)
+    with h5py.File(target, "r") as h5:
+        assert h5.attrs["vae_arch"] == "tiny-f4d4" and h5.attrs["vae_ckpt_sha256"] == sha256_of(data_dir / "tiny.pt")
+    torch.manual_seed(1)
+    other = tmp_path / "other.pt"
+    torch.save(to_ldm_state_dict(VAE_models["tiny-f4d4"]().state_dict()), other)
+    argv = ["--vae-arch", "tiny-f4d4", "--vae-ckpt-path", str(other), "--vae-latents-name", "tiny", "--data-dir",
+            str(data_dir), "--output-dir", str(tmp_path), "--pproc-batch-size", "5"]
+    kept = target.read_bytes()
+    with pytest.raises(ValueError, match=f"{target} holds latents of another VAE \\(vae_ckpt_sha256 "
+                                         f"{sha256_of(data_dir / 'tiny.pt')}, not {sha256_of(other)} of "
+                                         "--vae-ckpt-path\\); pass another --vae-latents-name, or delete it"):
+        cache_latents.main(cache_latents.parse_args(argv))
+    assert target.read_bytes() == kept
+
+    partial = target.with_name("tiny.h5.partial")  # an interrupted run of the first VAE
+    target.rename(partial)
+    listing_path(target).unlink()
+    with pytest.raises(ValueError, match="tiny.h5.partial holds latents of another VAE"):
+        cache_latents.main(cache_latents.parse_args(argv))
+    with h5py.File(partial, "a") as h5:
+        h5.attrs["vae_arch"] = "f8d4"
+    with pytest.raises(ValueError, match="another VAE \\(vae_arch f8d4, not tiny-f4d4 of --vae-arch\\)"):
+        cache(data_dir, tmp_path)
+    with h5py.File(partial, "a") as h5:
+        h5.attrs.clear()
+    with pytest.raises(ValueError, match="tiny.h5.partial does not record the VAE it was cached with; delete it"):
+        cache(data_dir, tmp_path)
+    assert partial.is_file() and not target.exists()
 
 
 def test_cache_latents_over_two_processes_matches_one(data_dir, tmp_path):
@@ -166,3 +201,85 @@ def test_cache_latents_refuses_bad_input_in_one_line(data_dir, tmp_path, flag, v
     with pytest.raises(ValueError, match=message):
         cache_latents.main(cache_latents.parse_args(argv))
     assert not (tmp_path / "out").exists()
+
+
+def copy_of(data_dir, folder, latents=True):
+    """``data_dir``'s images, VAE and (cached with that VAE) latents in ``folder``."""
+    folder.mkdir()
+    for name in ("images.h5", "images_h5.json", "tiny.pt", "tiny-latents-stats.pt"):
+        shutil.copy(data_dir / name, folder / name)
+    if latents:
+        cache(folder, folder)
+    return folder
+
+
+def test_h5_errors_name_the_file_and_the_entry(data_dir, tmp_path):
+    folder = copy_of(data_dir, tmp_path / "d")
+    images, latents = folder / "images.h5", folder / "tiny.h5"
+    with h5py.File(images, "a") as h5:  # an entry in the middle that is no PNG: found when it is read
+        del h5["00000/img00000002.png"]
+        h5["00000"].create_dataset("img00000002.png", data=np.array(b"garbage", dtype="S"))
+    dataset = H5ImagesAndLatents(folder, "tiny")
+    with pytest.raises(ValueError, match=f"{images}: entry 00000/img00000002.png is not a readable image"):
+        dataset[2]
+    dataset.close()
+    with h5py.File(latents, "a") as h5:
+        del h5["00000/img-mean-std-00000005.npy"]
+        h5["00000"].create_dataset("img-mean-std-00000005.npy", data=np.array(b"x", dtype="S"))
+    dataset = H5ImagesAndLatents(folder, "tiny")
+    with pytest.raises(ValueError, match=f"{latents}: entry 00000/img-mean-std-00000005.npy cannot be read as "
+                                         "latents"):
+        dataset[5]
+    dataset.close()
+    with h5py.File(latents, "a") as h5:  # listed but gone: found when the file is opened
+        del h5["00000/img-mean-std-00000007.npy"]
+    with pytest.raises(ValueError, match=f"{latents}: 1 of the 24 entries tiny_h5.json lists are missing "
+                                         "\\(first 00000/img-mean-std-00000007.npy\\)"):
+        H5ImagesAndLatents(folder, "tiny")
+    with h5py.File(images, "a") as h5:
+        del h5["00000/img00000023.png"]
+    with pytest.raises(ValueError, match="images.h5: 1 of the 24 entries images_h5.json lists are missing "
+                                         "\\(first 00000/img00000023.png\\)"):
+        H5Images(folder)
+    images.write_bytes((data_dir / "images.h5").read_bytes()[:-300])
+    with pytest.raises(ValueError, match=f"{images} cannot be read as HDF5 .*truncated"):
+        H5Images(folder)
+
+
+def test_missing_latents_say_how_cache_latents_writes_them(data_dir, tmp_path):
+    folder = copy_of(data_dir, tmp_path / "d", latents=False)
+    how = (f"write it: cache_latents.py --vae-arch ARCH --vae-ckpt-path VAE.pt --vae-latents-name nope --data-dir "
+           f"{folder} --output-dir {folder}")
+    with pytest.raises(ValueError, match=f"nope.h5: no such file; {how}"):
+        H5ImagesAndLatents(folder, "nope")
+    (folder / "nope.h5.partial").write_bytes(b"")
+    with pytest.raises(ValueError, match="nope.h5: no such file, only the unfinished nope.h5.partial; finish it: "
+                                         "cache_latents.py"):
+        H5ImagesAndLatents(folder, "nope")
+    assert "dataset_tools" in str(pytest.raises(ValueError, H5Images, tmp_path).value)
+
+
+def ldm_only(folder, out, vae="tiny.pt"):
+    train_ldm_only.main(train_ldm_only.parse_args([
+        "--exp-name", "ldm", "--output-dir", str(out), "--data-dir", str(folder), "--num-classes", "10",
+        "--resolution", "32", "--model", "SiT-Ti/1", "--vae", "tiny-f4d4", "--vae-ckpt", str(folder / vae),
+        "--vae-latents-name", "tiny", "--enc-type", "tiny-vit", "--encoder-depth", "1", "--batch-size", "4",
+        "--max-train-steps", "2", "--no-compile", "--mixed-precision", "no", "--report-to", "none",
+        "--num-workers", "0"]))
+
+
+def test_a_bad_h5_or_latents_of_another_vae_stop_the_start_before_a_run_folder(data_dir, tmp_path):
+    folder = copy_of(data_dir, tmp_path / "d")
+    torch.manual_seed(1)
+    torch.save(to_ldm_state_dict(VAE_models["tiny-f4d4"]().state_dict()), folder / "other.pt")
+    shutil.copy(folder / "tiny-latents-stats.pt", folder / "other-latents-stats.pt")
+    with pytest.raises(ValueError, match="tiny.h5 holds latents of another VAE than --vae-ckpt .*other.pt"):
+        ldm_only(folder, tmp_path / "exps", vae="other.pt")
+    with h5py.File(folder / "tiny.h5", "a") as h5:
+        del h5["00000/img-mean-std-00000011.npy"]
+    with pytest.raises(ValueError, match="tiny.h5: 1 of the 24 entries"):
+        ldm_only(folder, tmp_path / "exps")
+    (folder / "images.h5").write_bytes((data_dir / "images.h5").read_bytes()[:1000])
+    with pytest.raises(ValueError, match="images.h5 cannot be read as HDF5"):
+        ldm_only(folder, tmp_path / "exps")
+    assert not (tmp_path / "exps" / "ldm").exists()

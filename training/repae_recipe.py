@@ -149,6 +149,16 @@ def open_dataset(args: argparse.Namespace):
     return dataset
 
 
+def check_latents_vae(dataset, vae_ckpt: str) -> None:
+    """The cached latents are ``--vae-ckpt``'s, when their file records its VAE (``cache_latents.py`` does)."""
+    from sample_ddp import sha256_of
+
+    recorded = dataset.vae_identity.get("vae_ckpt_sha256")
+    if recorded and recorded != sha256_of(vae_ckpt):
+        raise ValueError(f"{dataset.latents_path} holds latents of another VAE than --vae-ckpt {vae_ckpt} (sha256 "
+                         f"{recorded[:12]}...); pass the VAE they were cached with, or cache them with this one")
+
+
 def build_ldm_method(args: argparse.Namespace, dataset, device):
     """``train_ldm_only.py``: the SiT (latent BatchNorm at the frozen VAE's statistics) on cached latents."""
     from loss.denoising import InterpolantObjective
@@ -161,6 +171,7 @@ def build_ldm_method(args: argparse.Namespace, dataset, device):
 
     vae = VAE_models[args.vae]()
     load_vae_weights(vae, args.vae_ckpt)
+    check_latents_vae(dataset, args.vae_ckpt)
     stats = load_latents_stats(args.vae_ckpt)
     channels, size = dataset.moments_shape[0] // 2, dataset.moments_shape[-1]
     if channels != vae.latent_channels or size * vae.downsample != args.image_size:
