@@ -7,7 +7,8 @@ train_repae.py checkpoint, in REPA-E's released format.
 Writes ``{save-dir}/{vae-name}/{vae-name}.pt`` (the VAE, LDM names), ``{vae-name}-latents-stats.pt``
 (``latents_scale = running_var^-1/2`` and ``latents_bias = running_mean`` of the EMA SiT's latent
 BatchNorm, shaped (1, C, 1, 1)) and ``{vae-name}-discriminator-ckpt.pt``: what ``--vae-ckpt``,
-``--disc-pretrained-ckpt`` and ``cache_latents.py --vae-ckpt-path`` read. Each file is written atomically.
+``--disc-pretrained-ckpt`` and ``cache_latents.py --vae-ckpt-path`` read. Each file is written atomically;
+existing files are kept unless ``--overwrite`` is given, and ``--vae-name`` is a name, not a path.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from training.checkpoint import load_checkpoint, save_atomic
 from training.cli import check_writable_dir, first_paragraph, run_cli
 
 REPAE_KEYS = ("vae", "ema", "discriminator")
+SUFFIXES = ("", "-latents-stats", "-discriminator-ckpt")  # the three files, {vae-name}{suffix}.pt
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -26,7 +28,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repae-ckpt", type=str, required=True, help="a train_repae.py (or REPA-E) checkpoint")
     p.add_argument("--vae-name", type=str, default="e2e-vae", help="name of the saved VAE")
     p.add_argument("--save-dir", type=str, default="exps", help="the files go to {save-dir}/{vae-name}/")
+    p.add_argument("--overwrite", action="store_true", help="replace files of an earlier run with this name "
+                   "(beyond REPA-E's flags, which overwrite silently)")
     return p.parse_args(argv)
+
+
+def check_vae_name(name: str, flag: str = "--vae-name") -> None:
+    """A plain file name: no folders, nothing that leaves the save folder."""
+    if not name or name in (".", "..") or Path(name).name != name or "\\" in name:
+        raise ValueError(f"{flag} {name!r}: give a plain name without folders (the files go to "
+                         "{save-dir}/{vae-name}/; choose the folder with --save-dir)")
 
 
 def extract(ckpt: dict) -> dict[str, dict]:
@@ -38,22 +49,25 @@ def extract(ckpt: dict) -> dict[str, dict]:
     mean, var = ckpt["ema"]["bn.running_mean"], ckpt["ema"]["bn.running_var"]
     shape = (1, mean.numel(), 1, 1)
     stats = {"latents_scale": var.rsqrt().view(shape), "latents_bias": mean.view(shape)}
-    return {"": ckpt["vae"], "-latents-stats": stats, "-discriminator-ckpt": ckpt["discriminator"]}
+    return dict(zip(SUFFIXES, (ckpt["vae"], stats, ckpt["discriminator"])))
 
 
 def main(args: argparse.Namespace) -> list[Path]:
+    check_vae_name(args.vae_name)
     if not Path(args.repae_ckpt).is_file():
         raise ValueError(f"--repae-ckpt {args.repae_ckpt}: no such file")
-    files = extract(load_checkpoint(args.repae_ckpt))
     check_writable_dir(args.save_dir, "--save-dir")
     folder = Path(args.save_dir) / args.vae_name
-    written = []
+    paths = {suffix: folder / f"{args.vae_name}{suffix}.pt" for suffix in SUFFIXES}
+    existing = [p for p in paths.values() if p.exists()]
+    if existing and not args.overwrite:
+        raise ValueError(f"{existing[0]} exists ({len(existing)} of the VAE's {len(paths)} files); pass --overwrite "
+                         "to replace them, or choose another --vae-name")
+    files = extract(load_checkpoint(args.repae_ckpt))
     for suffix, state in files.items():
-        path = folder / f"{args.vae_name}{suffix}.pt"
-        save_atomic(state, path)
-        written.append(path)
-        print(f"saved {path}")
-    return written
+        save_atomic(state, paths[suffix])
+        print(f"saved {paths[suffix]}")
+    return list(paths.values())
 
 
 if __name__ == "__main__":

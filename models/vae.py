@@ -174,16 +174,16 @@ class VAECodec:
 
 def load_vae_weights(vae: VAE, source, flag: str = "--vae-ckpt") -> None:
     """A VAE's weights, strictly: a file (REPA-E's released format with LDM names, ours, or a REPA-E
-    training checkpoint's ``vae``) or a state dict already read."""
+    training checkpoint's ``vae``) or a state dict already read. Anything else (a ``train.py``
+    checkpoint, a file of other weights) is refused in one line that says what it holds."""
     if isinstance(source, dict):
         sd, where = source, "the checkpoint's vae"
     else:
         path = Path(source)
         if not path.is_file():
             raise ValueError(f"{flag} {path}: no such file (REPA-E's VAE weights, e.g. pretrained/sdvae/sdvae-f8d4.pt)")
-        sd, where = torch.load(path, map_location="cpu", weights_only=True), f"{flag} {path}"
-    if isinstance(sd.get("vae"), dict):
-        sd = sd["vae"]  # a REPA-E training checkpoint
+        sd, where = _read_weights(path), f"{flag} {path}"
+    sd = vae_state_dict(sd, where)
     if any(k.startswith("encoder.down.") for k in sd):
         sd = from_ldm_state_dict(sd)
     try:
@@ -192,6 +192,33 @@ def load_vae_weights(vae: VAE, source, flag: str = "--vae-ckpt") -> None:
         lines = str(e).strip().splitlines()
         raise ValueError(f"{where} does not fit this VAE ({(lines[1] if len(lines) > 1 else lines[0]).strip()}); is "
                          "it a checkpoint of the other architecture (--vae f8d4 / f16d32)?") from None
+
+
+def _read_weights(path: Path):
+    """A weights file; training checkpoints (RNG states and arguments beside the weights) need full unpickling."""
+    from models.weights import load_checkpoint
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return load_checkpoint(path)
+
+
+def vae_state_dict(obj, where: str) -> dict:
+    """The VAE's state dict in ``obj`` (itself, or a REPA-E training checkpoint's ``vae``), else one line
+    saying what ``obj`` holds."""
+    from models.weights import CheckpointError
+
+    if isinstance(obj, dict) and isinstance(obj.get("vae"), dict):
+        obj = obj["vae"]  # a REPA-E training checkpoint
+    keys = [str(k) for k in obj] if isinstance(obj, dict) else []
+    if keys and all(isinstance(v, torch.Tensor) for v in obj.values()) and any(k.startswith("encoder.") for k in keys):
+        return obj
+    held = (", ".join(keys[:5]) + (", ..." if len(keys) > 5 else "")) if keys else f"a {type(obj).__name__}"
+    kind = "a training checkpoint without a VAE" if {"model", "ema"} <= set(keys) else "not a VAE's weights"
+    raise CheckpointError(f"{where} is {kind} (it holds {held}); pass a VAE's weights: REPA-E's released "
+                          ".pt (e.g. pretrained/sdvae/sdvae-f8d4.pt), save_vae_weights.py's {vae-name}.pt or a "
+                          "train_repae.py checkpoint")
 
 
 VAE_models = {

@@ -8,12 +8,14 @@ L1 + KL with REPA-E's weights (``configs/l1_lpips_kl_gan.yaml`` without the GAN 
 ``train_repae.py --vae-ckpt`` reads, in REPA-E's released format: ``{save-dir}/{vae-name}/{vae-name}.pt``
 (LDM names) and ``{vae-name}-latents-stats.pt`` (per-channel ``latents_scale = 1 / std`` and
 ``latents_bias = mean`` of posterior samples of ``--stats-images`` images). When both files exist
-the run is skipped (a cache): delete them to train again.
+the run is skipped (a cache): delete them to train again. One process only: launched on several
+(``WORLD_SIZE`` > 1 or a larger process group), it refuses in one line.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -24,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from data.h5 import H5Images  # noqa: E402
 from loss.autoencoder import LossConfig, VAELoss  # noqa: E402
 from models.vae import VAE_models, to_ldm_state_dict  # noqa: E402
+from save_vae_weights import check_vae_name  # noqa: E402
 from training.checkpoint import save_atomic  # noqa: E402
 from training.cli import first_paragraph, run_cli  # noqa: E402
 from training.data import make_loader  # noqa: E402
@@ -67,7 +70,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def check_one_process() -> None:
+    """This script trains on one process; torchrun / accelerate launch with several would each train a copy."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    world = int(world) if world.strip().isdigit() else 1
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        world = max(world, torch.distributed.get_world_size())
+    if world > 1:
+        raise ValueError(f"preprocessing/pretrain_vae.py runs on one process, not {world}: run it with python "
+                         "(or torchrun --nproc_per_node 1)")
+
+
 def main(args: argparse.Namespace) -> Path:
+    check_one_process()
+    check_vae_name(args.vae_name)
     folder = Path(args.save_dir) / args.vae_name
     weights, stats_file = folder / f"{args.vae_name}.pt", folder / f"{args.vae_name}-latents-stats.pt"
     if weights.is_file() and stats_file.is_file():
