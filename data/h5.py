@@ -24,12 +24,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 IMAGES = "images.h5"
 LABELS = "dataset.json"
 VAE_ATTRS = ("vae_arch", "vae_ckpt_sha256")  # the latents file's attributes, written by cache_latents.py
+CONVERT = ("preprocessing/dataset_tools.py convert --source IMAGE_FOLDER --transform center-crop-dhariwal "
+           "--resolution 256x256")  # writes images.h5 with --dest DIR/images.h5
 
 
 def listing_path(h5_path: str | Path) -> Path:
@@ -135,7 +137,7 @@ class H5Images(Dataset):
 
     def __init__(self, data_dir: str | Path):
         self.path = Path(data_dir) / IMAGES
-        names = _listing(self.path, f"preprocessing/dataset_tools.py convert --dest {self.path}")
+        names = _listing(self.path, f"{CONVERT} --dest {self.path}")
         self.names = sorted(n for n in names if n.lower().endswith(".png"))
         if not self.names:
             raise ValueError(f"{self.path} holds no images")
@@ -165,8 +167,9 @@ class H5Images(Dataset):
             raw = np.array(self.file()[name]).tobytes()
             array = np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"))
         except (KeyError, OSError, ValueError) as e:
-            raise ValueError(f"{self.path}: entry {name} is not a readable image ({one_line(e)}); write the "
-                             "file again") from None
+            reason = "its bytes are no image" if isinstance(e, UnidentifiedImageError) else one_line(e)
+            raise ValueError(f"{self.path}: entry {name} is not a readable image ({reason}); write the file "
+                             "again") from None
         return array.transpose(2, 0, 1)
 
     def __getitem__(self, index: int):

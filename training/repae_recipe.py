@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from data.h5 import CONVERT
 from models import MODEL_NAMES
 
 REPAE_DATASETS = ("h5", "builtin", "folder")
@@ -113,8 +114,8 @@ def validate(args: argparse.Namespace) -> None:
     if args.dataset is None:
         args.dataset = "h5" if (Path(args.data_path or ".") / "images.h5").is_file() else "folder"
     if args.dataset in ("h5", "h5-latents") and not (Path(args.data_path or ".") / "images.h5").is_file():
-        raise ValueError(f"--data-dir {args.data_path}: no images.h5 (REPA-E's layout; preprocessing/dataset_tools.py "
-                         "convert --dest DIR/images.h5 writes it)")
+        raise ValueError(f"--data-dir {args.data_path}: no images.h5 (REPA-E's layout); write it: {CONVERT} --dest "
+                         f"{Path(args.data_path or '.') / 'images.h5'}")
     if args.dataset == "folder" and not (args.data_path and Path(args.data_path).is_dir()):
         raise ValueError(f"--data-dir {args.data_path}: neither images.h5 nor a folder of class sub-folders of "
                          "images (or pass --dataset builtin)")
