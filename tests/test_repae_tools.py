@@ -99,3 +99,14 @@ def test_pretrain_vae_refuses_more_than_one_process(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "1")
     with pytest.raises(ValueError, match="images.h5: no such file"):  # one process goes on to the data
         pretrain_vae.main(args)
+
+
+def test_pretrain_vae_launched_on_two_processes_exits_with_one_line(tmp_path):
+    from conftest import run_script
+
+    proc = run_script("preprocessing/pretrain_vae.py", "--data-dir", str(tmp_path), "--save-dir", str(tmp_path / "out"),
+                      env={"WORLD_SIZE": "2", "RANK": "1"})
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: preprocessing/pretrain_vae.py runs on one process, not 2: run it with python (or torchrun "
+        "--nproc_per_node 1)"]
+    assert not (tmp_path / "out").exists()
