@@ -22,7 +22,7 @@ import argparse
 from pathlib import Path
 
 import sample_ddp
-from training.cli import first_paragraph, run_cli
+from training.cli import first_paragraph, run_cli, use_local_rank
 from training.sampling import add_eval_args, add_sampling_args
 
 
@@ -54,6 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                 "checkpoint")
     args.default_vae, args.default_model = "ema", "SiT-XL/2"  # REPA's last.pt carries no args
     args.flow_default = "ode"  # REPA's generate.py; REG checkpoints: sde, as REG's
+    use_local_rank(args)
     return args
 
 

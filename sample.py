@@ -18,7 +18,7 @@ import torch
 from data import class_names
 from diffusion.pipeline import generate
 from models.pretrained import build_for_sampling, load_codec, resolve_sampling_config
-from training.cli import first_paragraph, run_cli
+from training.cli import first_paragraph, run_cli, use_local_rank
 from training.monitor import row_labels, save_grid
 from training.sampling import add_sampling_args, check_sampling_args, choose_sampler, sampling_settings
 from training.setup import enable_tf32
@@ -39,6 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--output", type=str, default="sample.png")
     args = p.parse_args(argv)
     args.default_vae, args.flow_default = "mse", "ode"
+    use_local_rank(args)
     return args
 
 

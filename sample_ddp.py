@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from diffusion.pipeline import generate
 from models.pretrained import build_for_sampling, load_codec, resolve_sampling_config
-from training.cli import check_writable_dir, first_paragraph, run_cli
+from training.cli import check_writable_dir, first_paragraph, run_cli, use_local_rank
 from training.monitor import to_uint8
 from training.run import write_text_atomic
 from training.sampling import (
@@ -62,6 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_eval_args(p)
     args = p.parse_args(argv)
     args.default_vae, args.flow_default = "ema", "sde"
+    use_local_rank(args)
     return args
 
 

@@ -1,6 +1,7 @@
 """Bad input to sample.py / sample_ddp.py / generate.py: one line, before anything is loaded or written."""
 
 import json
+import os
 from argparse import Namespace
 
 import numpy as np
@@ -129,3 +130,63 @@ def test_help_shows_the_whole_first_paragraph(script, capsys):
     words = " ".join(capsys.readouterr().out.split())
     paragraph = " ".join(module.__doc__.strip().split("\n\n")[0].split())
     assert paragraph in words and paragraph.endswith(".")
+
+
+def save_generator(path, sigmas=(14.6, 1.0)):
+    """A distilled generator as train_dmd2.py saves it: the network under ``model`` and its noise levels."""
+    weights = create_model("DiT-Ti/4", input_size=16, num_classes=10, in_channels=3).state_dict()
+    recorded = {"model": "DiT-Ti/4", "image_size": 16, "num_classes": 10, "vae": "none"}
+    torch.save({"model": weights, "args": recorded, "generator_sigmas": list(sigmas)}, path)
+    return path
+
+
+def test_fewstep_on_a_model_that_is_not_a_generator_is_one_line(tmp_path, capsys):
+    from training.cli import run_cli
+
+    ckpt = save_checkpoint(tmp_path / "dit.pt")
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(sample_ddp.main, sample_ddp.parse_args(["--ckpt", str(ckpt), "--sampler", "fewstep",
+                                                         "--sample-dir", str(tmp_path / "s")]))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--sampler fewstep is how a distilled generator" in err and not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("script, flags, named", [
+    (sample_ddp, ["--eta", "0.5"], "--eta"), (sample_ddp, ["--num-sampling-steps", "250"], "--num-sampling-steps"),
+    (generate, ["--num-steps", "4"], "--num-steps"), (sample_ddp, ["--heun"], "--heun"),
+    (generate, ["--guidance-high", "0.7"], "--guidance-high"), (sample_ddp, ["--S_churn", "40"], "--S_churn"),
+    (generate, ["--path-type", "Linear"], "--path-type"),
+])
+def test_a_generator_refuses_the_flags_of_other_samplers(script, flags, named, tmp_path):
+    """A distilled generator samples with its own levels: a flag that would change another sampler is refused in one
+    line (the README's rule), even at the value it would take, before anything is written."""
+    ckpt = save_generator(tmp_path / "generator.pt")
+    args = script.parse_args(["--ckpt", str(ckpt), "--sample-dir", str(tmp_path / "s"), "--num-fid-samples", "2",
+                              "--per-proc-batch-size", "2", *flags])
+    with pytest.raises(ValueError, match=f"distilled 2-step generator .*{named}.* cannot change") as info:
+        sample_ddp.main(args)
+    assert "\n" not in str(info.value) and not (tmp_path / "s").exists()
+
+
+def test_the_manifest_records_the_generators_own_steps(tmp_path):
+    ckpt = save_generator(tmp_path / "generator.pt")
+    npz = sample_ddp.main(sample_ddp.parse_args(["--ckpt", str(ckpt), "--num-fid-samples", "2",
+                                                 "--per-proc-batch-size", "2", "--sample-dir", str(tmp_path / "s")]))
+    manifest = json.loads((npz.with_suffix("") / "manifest.json").read_text())
+    assert manifest["sampling"]["sampler"] == "fewstep" and manifest["sampling"]["num_steps"] == 2
+    assert "fewstep2" in npz.name
+
+
+@pytest.mark.parametrize("script", [sample, sample_ddp, generate])
+@pytest.mark.parametrize("flag", ["--local-rank=0", "--local_rank=0"])
+def test_torch_distributed_launch_rank_flag_is_accepted(script, flag, monkeypatch):
+    """python -m torch.distributed.launch (REG's eval.sh) passes --local-rank=N (older torch: --local_rank=N):
+    taken, and LOCAL_RANK set from it where the launcher left it unset."""
+    monkeypatch.setenv("LOCAL_RANK", "")  # restored when the test ends, whatever parsing sets
+    monkeypatch.delenv("LOCAL_RANK")
+    args = script.parse_args(["--ckpt", "c.pt", flag])
+    assert args.local_rank == 0 and os.environ["LOCAL_RANK"] == "0"
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    script.parse_args(["--ckpt", "c.pt", flag.replace("0", "1")])
+    assert os.environ["LOCAL_RANK"] == "3"

@@ -5,7 +5,9 @@ Set ``DIFFUSION_LAB_DEBUG=1`` to see the full traceback instead.
 
 from __future__ import annotations
 
+import argparse
 import os
+import pickle
 import sys
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from models.weights import CheckpointError
 def run_cli(main, args, extra: tuple[type[BaseException], ...] = ()) -> None:
     try:
         main(args)
-    except (ValueError, CheckpointError, OSError, *extra) as e:
+    except (ValueError, CheckpointError, OSError, pickle.UnpicklingError, *extra) as e:
         if os.environ.get("DIFFUSION_LAB_DEBUG"):
             raise
         print(f"error: {one_line(e)}", file=sys.stderr)
@@ -48,3 +50,17 @@ def check_writable_dir(path: str | os.PathLike, flag: str) -> None:
 def first_paragraph(doc: str) -> str:
     """A script's ``--help`` description: the first paragraph of its docstring, as one line."""
     return " ".join(doc.strip().split("\n\n")[0].split())
+
+
+def add_local_rank(p: argparse.ArgumentParser) -> None:
+    """``--local-rank`` / ``--local_rank``, which ``python -m torch.distributed.launch`` passes (REG's eval.sh):
+    accepted, and ``use_local_rank`` sets ``LOCAL_RANK`` from it where the launcher did not."""
+    p.add_argument("--local-rank", "--local_rank", dest="local_rank", type=int, default=-1,
+                   help="torch.distributed.launch's rank on this node (torchrun and accelerate launch set LOCAL_RANK "
+                   "instead)")
+
+
+def use_local_rank(args: argparse.Namespace) -> None:
+    """``LOCAL_RANK`` from ``--local-rank`` when the environment has none (what accelerate reads)."""
+    if args.local_rank >= 0:
+        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))

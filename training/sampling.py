@@ -16,6 +16,7 @@ from pathlib import Path
 from diffusion.pipeline import DDPM_SAMPLERS, EDM_SAMPLER, FEW_STEP, FLOW_SAMPLERS, SAMPLERS
 from models import MODEL_NAMES
 from models.pretrained import SIT_PATH_TYPES
+from training.cli import add_local_rank
 
 # EDM sampler flags (stochasticity, Algorithm 2) and their values when not given
 EDM_FLAGS = {"S_churn": 0.0, "S_min": 0.0, "S_max": float("inf"), "S_noise": 1.0}
@@ -44,7 +45,8 @@ def add_sampling_args(p: argparse.ArgumentParser, *, repa_names: bool, cfg_scale
     p.add_argument("--cfg-channels", type=int, default=None, help="guide the first N channels only (default: "
                    "3 for DiT checkpoints, as official DiT; every channel otherwise)")
     p.add_argument(*names("--num-sampling-steps", "--num-steps"), dest="num_sampling_steps", type=int,
-                   default=num_steps)
+                   default=None, help=f"default {num_steps}; a distilled generator takes its own steps")
+    p.set_defaults(num_steps_default=num_steps)
     p.add_argument(*names("--sampler", "--mode"), dest="sampler", choices=SAMPLERS, default=None,
                    help=f"any model with any sampler; default: {sampler_default}")
     p.add_argument("--eta", type=float, default=None, help="DDIM noise (default 0: deterministic); --sampler ddim only")
@@ -68,6 +70,7 @@ def add_sampling_args(p: argparse.ArgumentParser, *, repa_names: bool, cfg_scale
     sit.add_argument("--cls", type=int, default=None, help="REG: class token size, checked against the checkpoint")
     sit.add_argument("--legacy", action="store_true", help="REPA's first checkpoints: their decoder_blocks.N become "
                      "blocks.(N + --encoder-depth)")
+    add_local_rank(p)
 
 
 def add_eval_args(p: argparse.ArgumentParser) -> None:
@@ -101,15 +104,13 @@ def choose_sampler(args, cfg: dict) -> str:
     """
     flow = is_flow_config(cfg)
     reg = bool(cfg["model_kwargs"].get("cls_token_dim")) if flow else False
-    if cfg.get("generator_sigmas"):  # a distilled generator samples with its own steps only
-        if args.sampler not in (None, FEW_STEP):
-            raise ValueError(f"{cfg['ckpt']} is a distilled {len(cfg['generator_sigmas'])}-step generator "
-                             f"(train_dmd2.py): it samples with its own steps; leave out --sampler {args.sampler}")
-        args.cfg_scale = 1.0 if args.cfg_scale is None else args.cfg_scale
-        if args.cfg_scale > 1.0:
-            raise ValueError(f"{cfg['ckpt']} is a distilled generator with the teacher's guidance built in: "
-                             "leave out --cfg-scale")
-        return FEW_STEP
+    if cfg.get("generator_sigmas"):
+        return generator_sampler(args, cfg)
+    if args.sampler == FEW_STEP:
+        raise ValueError(f"--sampler {FEW_STEP} is how a distilled generator (train_dmd2.py) samples, and "
+                         f"{cfg['ckpt']} is none: choose another sampler")
+    if args.num_sampling_steps is None:
+        args.num_sampling_steps = args.num_steps_default
     if args.cfg_scale is None:  # EDM's networks learned no null class: they sample unguided
         args.cfg_scale = 1.0 if cfg["model"] == "EDM" else args.cfg_default
     family_default = "edm" if cfg["model"] == "EDM" else "ddpm"
@@ -129,14 +130,36 @@ def choose_sampler(args, cfg: dict) -> str:
     return sampler
 
 
+# The flags of the other samplers, refused for a distilled generator (it samples with its own levels, unguided)
+SAMPLER_FLAGS = {"num_sampling_steps": "--num-sampling-steps (--num-steps)", "eta": "--eta", "heun": "--heun",
+                 "guidance_low": "--guidance-low", "guidance_high": "--guidance-high", "path_type": "--path-type",
+                 "cls_cfg_scale": "--cls-cfg-scale", "cfg_channels": "--cfg-channels",
+                 **{name: f"--{name}" for name in EDM_FLAGS}}
+
+
+def generator_sampler(args, cfg: dict) -> str:
+    """A distilled generator (``train_dmd2.py``) samples with its own steps only (``fewstep``), unguided: any
+    flag of another sampler is refused in one line."""
+    name = f"{cfg['ckpt']} is a distilled {len(cfg['generator_sigmas'])}-step generator (train_dmd2.py)"
+    if args.sampler not in (None, FEW_STEP):
+        raise ValueError(f"{name}: it samples with its own steps; leave out --sampler {args.sampler}")
+    given = [flag for key, flag in SAMPLER_FLAGS.items() if getattr(args, key, None) is not None]
+    if given:
+        raise ValueError(f"{name}: it samples with its own noise levels, which {', '.join(given)} cannot change; "
+                         "leave them out")
+    args.cfg_scale = 1.0 if args.cfg_scale is None else args.cfg_scale
+    if args.cfg_scale > 1.0:
+        raise ValueError(f"{name} with the teacher's guidance built in: leave out --cfg-scale")
+    return FEW_STEP
+
+
 def sampling_settings(args, cfg: dict, codec) -> dict:
     """``diffusion.pipeline.generate`` arguments for ``args.sampler`` (see ``choose_sampler``), and a name
     for them (part of the sample folder's name)."""
     sampler, flow = args.sampler, is_flow_config(cfg)
     flags = {k: default if getattr(args, k) is None else getattr(args, k) for k, default in FLOW_FLAGS.items()}
-    kw = dict(sampler=sampler, num_steps=args.num_sampling_steps, cfg_scale=args.cfg_scale,
-              num_classes=cfg["num_classes"])
     steps = len(cfg["generator_sigmas"]) if sampler == FEW_STEP else args.num_sampling_steps
+    kw = dict(sampler=sampler, num_steps=steps, cfg_scale=args.cfg_scale, num_classes=cfg["num_classes"])
     name = f"cfg-{args.cfg_scale}-{sampler}{steps}"
     interval = f"-{flags['guidance_low']}-{flags['guidance_high']}"
     reg = bool(cfg["model_kwargs"].get("cls_token_dim")) if flow else False
