@@ -128,9 +128,22 @@ def open_lmdb(path: str | Path) -> lmdb.Environment:
         raise ValueError(f"{path} holds no LMDB (no {DATA_FILE}); make one with {_MAKE} or unzip DMD2's "
                          "imagenet-64x64_lmdb.zip there")
     try:
-        return lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False)
+        env = lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False)
     except lmdb.Error as error:
         raise ValueError(f"{path} is not a readable LMDB ({error}); write it again") from None
+    check_complete(env, path / DATA_FILE)
+    return env
+
+
+def check_complete(env: lmdb.Environment, data_file: Path) -> None:
+    """LMDB maps ``data.mdb`` into memory, so reading a page past the end of a truncated file kills the process
+    (SIGBUS): the file must hold every page up to the last one its header names (``last_pgno``)."""
+    needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    size = data_file.stat().st_size
+    if size < needed:
+        env.close()
+        raise ValueError(f"{data_file} is truncated: {size:,} bytes of the {needed:,} its LMDB header names (an "
+                         "interrupted copy or unzip?); copy or unzip it again")
 
 
 def shared_env(path: str | Path) -> lmdb.Environment:

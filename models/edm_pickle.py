@@ -3,8 +3,9 @@
 EDM (Karras et al. 2022) pickles its modules with ``torch_utils.persistence``: each module carries
 the source code of its defining file, which plain ``pickle.load`` executes. Here a restricted
 unpickler maps the persistence hook to a stub that only keeps the recorded state, lets through the
-torch tensor rebuild functions and a few plain containers, and refuses every other global. The
-weights are then read from the stubs' ``_parameters``, ``_buffers`` and ``_modules``.
+torch tensor rebuild functions and a few plain containers, and refuses every other global (a
+``CheckpointError`` naming the file, as for a truncated file). The weights are then read from the
+stubs' ``_parameters``, ``_buffers`` and ``_modules``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from models.edm_unet import EDMPrecond
+from models.weights import CheckpointError
 
 # EDMPrecond's positional parameters, for snapshots built with positional arguments
 _PRECOND_ARGS = ("img_resolution", "img_channels", "label_dim", "use_fp16", "sigma_min", "sigma_max", "sigma_data",
@@ -119,8 +121,12 @@ def load_edm_pickle(path: str | Path, key: str = "ema") -> tuple[dict[str, torch
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"EDM network pickle not found: {path}")
-    with open(path, "rb") as f:
-        data = _RestrictedUnpickler(f).load()
+    try:
+        with open(path, "rb") as f:
+            data = _RestrictedUnpickler(f).load()
+    except (pickle.UnpicklingError, EOFError) as err:  # refused globals, truncated files
+        raise CheckpointError(f"{path} cannot be read as an EDM network pickle ({err or 'it ends too early'}); if it "
+                              "is one, download it again") from None
     if not isinstance(data, dict) or key not in data:
         found = sorted(data) if isinstance(data, dict) else type(data).__name__
         raise ValueError(f"{path} is not an EDM network pickle: expected a dict with {key!r}, found {found}")

@@ -14,6 +14,7 @@ import torch
 from diffusion.edm import edm_sampler
 from models.edm_pickle import edm_from_pickle, load_edm_pickle
 from models.edm_unet import EDMPrecond
+from models.weights import CheckpointError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SNAPSHOT = FIXTURES / "edm_tiny_snapshot.pkl"
@@ -57,9 +58,25 @@ class RunsAShellCommand:
 def test_a_pickle_with_a_forbidden_global_is_refused(tmp_path):
     marker, path = tmp_path / "ran", tmp_path / "evil.pkl"
     path.write_bytes(pickle.dumps({"ema": RunsAShellCommand(marker)}))
-    with pytest.raises(pickle.UnpicklingError, match=r"refusing to load \w+\.system"):
+    with pytest.raises(CheckpointError, match=r"evil.pkl cannot be read .*refusing to load \w+\.system"):
         load_edm_pickle(path)
     assert not marker.exists()
+
+
+def test_an_unreadable_pickle_is_one_line_naming_the_file(tmp_path, capsys):
+    """sample.py on a pickle the reader refuses, or on a partial download: one line that names the file, exit 2."""
+    import sample
+    from training.cli import run_cli
+
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps({"ema": RunsAShellCommand(tmp_path / "ran")}))
+    (tmp_path / "cut.pkl").write_bytes(SNAPSHOT.read_bytes()[:1000])
+    for name, message in (("evil.pkl", "refusing to load"), ("cut.pkl", "download it again")):
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(sample.main, sample.parse_args(["--ckpt", str(tmp_path / name), "--output", str(tmp_path / "s.png")]))
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1, err
+        assert str(tmp_path / name) in err and message in err
+    assert not (tmp_path / "s.png").exists() and not (tmp_path / "ran").exists()
 
 
 def test_files_that_are_not_edm_network_pickles_are_refused(tmp_path):

@@ -4,6 +4,7 @@ converter (preprocessing/make_lmdb.py) and the one-line errors."""
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import lmdb
 import numpy as np
 import pytest
 import torch
+from conftest import run_script
 from torch.utils.data import DataLoader
 
 from data import build_dataset, resolve_dataset_kind
@@ -196,3 +198,18 @@ def test_missing_or_unfinished_lmdb_is_one_line(tmp_path):
     one_line_error("no row 1 of 'prompts'", LMDBLatentsPrompts, tmp_path / "sd")
     one_line_error("no latents_shape key", LMDBLatentsPrompts, tmp_path / "cut")
     one_line_error("already holds an LMDB", LMDBWriter, tmp_path / "sd")
+
+
+def test_a_truncated_lmdb_is_one_line_not_a_bus_error(tmp_path):
+    """LMDB maps data.mdb into memory: reading past the end of a truncated copy kills the process (SIGBUS) without
+    a word. The file is checked against the pages its header names; run in its own process, so that the test run
+    survives where the check is missing."""
+    rng = np.random.default_rng(0)
+    write_arrays(tmp_path / "db", {"images": rng.integers(0, 256, (64, 3, 16, 16), dtype=np.uint8),
+                                   "labels": np.arange(64)})
+    data = tmp_path / "db" / "data.mdb"
+    os.truncate(data, data.stat().st_size // 2)
+    code = "import sys; from data.lmdb import LMDBImages; from training.cli import run_cli; run_cli(LMDBImages, sys.argv[1])"
+    proc = run_script("-c", code, str(tmp_path / "db"))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert f"{data} is truncated" in proc.stderr and "copy or unzip it again" in proc.stderr
