@@ -21,6 +21,7 @@ import itertools
 from pathlib import Path
 
 import torch
+from torch.utils.data import default_collate
 
 from data import class_names
 from training import checkpoint as ckpt_io
@@ -28,6 +29,7 @@ from training.cli import check_writable_dir, first_paragraph, run_cli
 from training.data import make_loader
 from training.dmd2_recipe import build_method, check_teacher_shape, condition_sampler, load_teacher, validate
 from training.dmd2_recipe import parse_args as recipe_args
+from training.dmd2_weights import ADDABLE, load_into, weights_only
 from training.engine import Engine, NonFiniteLoss
 from training.hooks import RunHooks
 from training.methods import Batches
@@ -100,6 +102,31 @@ def open_data(args, cfg: dict, device):
     return kind, build_dataset(kind, args.real_image_path, cfg["image_size"], cfg["num_classes"])
 
 
+def real_data(kind, dataset, codec, teacher, device):
+    """``batch -> (real x, their conditions)``, the real data as stored (DMD2 flips nothing): images through the
+    teacher's codec with their labels, DMD2's SD latents with their prompts' embeddings; ``(None, None)`` without
+    real data."""
+    if dataset is None:
+        return lambda batch: (None, None)
+    if kind == "lmdb-latents":
+        def latents_and_prompts(batch):
+            latents, prompts = batch
+            return latents.to(device), teacher.encoder(prompts)
+        return latents_and_prompts
+    batches = Batches(kind, codec, dataset, device, flip=False)
+    return lambda batch: batches(batch)[1:]
+
+
+def check_real_data(data, dataset, shape: tuple[int, ...], device) -> None:
+    """One real item through ``data`` before the run folder exists, so that real data the teacher's codec cannot
+    read, or of another shape than the generator's samples, is refused first; the random streams stay as they were."""
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        x, _ = data(default_collate([dataset[0]]))
+    if tuple(x.shape[1:]) != shape:
+        raise ValueError(f"the real data is {tuple(x.shape[1:])} per item after the teacher's codec, but the generator "
+                         f"makes {shape}: pass real images of the teacher's resolution (or latents of its VAE)")
+
+
 def main(args: argparse.Namespace) -> None:
     validate(args)
     resume = ckpt_io.load_training_checkpoint(args.checkpoint_path, CKPT_KEYS, "train_dmd2.py") \
@@ -118,29 +145,19 @@ def main(args: argparse.Namespace) -> None:
     kind, dataset = open_data(args, cfg, device)
     num_classes = cfg["num_classes"]
     draw_labels = condition_sampler(teacher, num_classes)
+    data = real_data(kind, dataset, codec, teacher, device)
     if dataset is not None:
-        batches = Batches(kind, codec, dataset, device)
-
-        def data(batch):
-            if kind == "lmdb-latents":  # DMD2's SD layout: stored latents and their prompts
-                latents, prompts = batch
-                return latents.to(device), teacher.encoder(prompts)
-            _, x, y = batches(batch)
-            return x, y
+        check_real_data(data, dataset, (cfg["latent_channels"], cfg["latent_size"], cfg["latent_size"]), device)
         loader, sampler = make_loader(dataset, args.batch_size, world, rank, args.seed, args.num_workers)
         if len(sampler) < args.batch_size:
             raise ValueError(f"the dataset has {len(dataset)} items, fewer than one batch; lower --batch_size")
-    else:
-        def data(batch):
-            return None, None
     method = build_method(args, teacher, cfg, codec, data, draw_labels, device, args.batch_size)
-    start = 0  # --ckpt_only_path: the step its weights were saved at; the learning rates warm up from there
+    start, added = 0, []  # --ckpt_only_path: the step its weights were saved at; the learning rates warm up from there
     if args.ckpt_only_path:
-        from training.dmd2_weights import load_into, weights_only
-
         generator, guidance, start = weights_only(args.ckpt_only_path)
         load_into(method.modules["model"], generator, f"--ckpt_only_path {args.ckpt_only_path} (the generator)")
-        load_into(method.modules["guidance"], guidance, f"--ckpt_only_path {args.ckpt_only_path} (the guidance model)")
+        added = load_into(method.modules["guidance"], guidance,
+                          f"--ckpt_only_path {args.ckpt_only_path} (the guidance model)", tuple(ADDABLE))
     args.warmup_from = resume["args"].get("warmup_from", 0) if resume else start
     for key in RESUME_KEYS if resume else ():
         if resume["args"].get(key) != getattr(args, key):
@@ -181,6 +198,9 @@ def main(args: argparse.Namespace) -> None:
         engine.steps = start
         logger.info(f"--ckpt_only_path {args.ckpt_only_path}: the generator's and the guidance model's weights at "
                     f"step {start}, fresh optimizer states")
+    for prefix in added:
+        logger.info(f"--ckpt_only_path {args.ckpt_only_path} has no {prefix.rstrip('.')}.* ({ADDABLE[prefix]}), "
+                    "which this run adds: it starts fresh")
     prompts = getattr(teacher, "prompts", None)
     names = class_names(kind, num_classes, dataset) if prompts is None else None
     hooks = GeneratorHooks(engine, args, run_dir, CKPT_SUBDIR, logger, codec, names, kind, dataset, prompts)

@@ -49,12 +49,12 @@ def gan_discriminator_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor)
     return F.softplus(logits_fake.float()).mean() + F.softplus(-logits_real.float()).mean()
 
 
-def denoising_step_list(num_denoising_step: int, denoising_timestep: int = 1000) -> list[int]:
+def denoising_step_list(num_denoising_step: int, denoising_timestep: int = 1000, grid: int = 1000) -> list[int]:
     """The teacher timesteps a ``num_denoising_step``-step generator starts each step from:
     ``denoising_timestep - 1`` down in strides of ``denoising_timestep // num_denoising_step``
-    ([999, 749, 499, 249] for 4 of 1000; [999] for 1)."""
-    if not 1 <= num_denoising_step <= denoising_timestep:
-        raise ValueError(f"--num_denoising_step {num_denoising_step} must be between 1 and --denoising_timestep "
-                         f"{denoising_timestep}")
+    ([999, 749, 499, 249] for 4 of 1000; [999] for 1), on a teacher grid of ``grid`` timesteps."""
+    if not 1 <= num_denoising_step < denoising_timestep <= grid:  # else fewer than num_denoising_step steps
+        raise ValueError(f"--num_denoising_step {num_denoising_step} and --denoising_timestep {denoising_timestep}: "
+                         f"need 1 <= num_denoising_step < denoising_timestep <= {grid} (the teacher's grid)")
     stride = denoising_timestep // num_denoising_step
     return list(range(denoising_timestep - 1, 0, -stride))[:num_denoising_step]

@@ -82,6 +82,8 @@ def is_edm_weights(state_dict: dict) -> bool:
 def edm_config(path: Path, kwargs: dict, generator_sigmas=None) -> dict:
     """The sampling config of an EDM network (pixel space, no VAE)."""
     kwargs = {k: v for k, v in kwargs.items() if k not in ("class_name", "in_channels", "input_size")}
+    if generator_sigmas:  # a distilled generator samples in fp32, as DMD2 evaluates (main/edm/test_folder_edm.py)
+        kwargs["use_fp16"] = False
     cfg = {"model": "EDM", "image_size": kwargs["img_resolution"], "num_classes": kwargs.get("label_dim", 0),
            "vae": "none", "ckpt": str(path), "dataset": None, "model_kwargs": kwargs}
     if generator_sigmas:

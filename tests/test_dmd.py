@@ -118,6 +118,12 @@ def test_denoising_step_list():
     assert denoising_step_list(2, 1000) == [999, 499]
     with pytest.raises(ValueError, match="num_denoising_step"):
         denoising_step_list(0)
+    # beyond the teacher's grid every step would clamp to its top level; as many steps as levels leaves one out
+    with pytest.raises(ValueError, match="denoising_timestep <= 1000"):
+        denoising_step_list(4, 5000)
+    with pytest.raises(ValueError, match="num_denoising_step < denoising_timestep"):
+        denoising_step_list(4, 4)
+    assert denoising_step_list(4, 5) == [4, 3, 2, 1]
 
 
 @pytest.mark.parametrize("family", ["ddpm", "flow-linear", "flow-cosine"])

@@ -61,6 +61,10 @@ def test_every_dmd2_flag_is_known():
     (["--ckpt_only_path", "{t}", "--checkpoint_path", "{t}"], "pass one"),
     (["--ckpt_only_path", "{t}", "--generator_ckpt_path", "{t}"], "drop --generator_ckpt_path"),
     (["--generator_ckpt_path", "missing.pt"], "does not exist"),
+    (["--denoising", "--num_denoising_step", "4", "--denoising_timestep", "5000"],
+     r"--denoising_timestep 5000: with --num_denoising_step 4 it must lie between 5 and 1000"),
+    (["--denoising", "--num_denoising_step", "4", "--denoising_timestep", "4"], "between 5 and 1000"),
+    (["--denoising_timestep", "500"], "add --denoising"), (["--num_denoising_step", "0"], "at least 1"),
 ])
 def test_refusals_are_one_line(teacher, flags, message):
     args = parse_args(["--teacher", str(teacher), *[f.format(t=teacher) for f in flags]])
@@ -186,3 +190,36 @@ def test_run_management_and_logging_flags_end_to_end(teacher, tmp_path, monkeypa
         assert all(torch.equal(first[key][k], after[key][k]) for k in first[key]), key
     assert all(int(s["step"]) == 1 for s in after["opt"]["state"].values())  # fresh optimizer states
     assert "--ckpt_only_path" in (run3 / "log.txt").read_text()
+
+
+def test_a_second_stage_adds_the_gan_head_and_nothing_else(teacher, tmp_path, capsys):
+    """DMD2's two-stage recipes (ImageNet: --gan_classifier; SD1.5: --cls_on_clean_image --gen_cls_loss) continue
+    a run without the GAN head with --ckpt_only_path: what both have loads, the head starts fresh and the log names
+    it. A checkpoint missing anything else is still refused in one line, before a run folder exists."""
+    from training.cli import run_cli
+
+    weights = load_checkpoint(teacher)["ema"]
+    generator = {k: v + 1 for k, v in weights.items()}
+    fake = {f"fake_unet.{k}": v - 1 for k, v in weights.items()}
+    torch.save({"model": generator, "guidance": fake, "steps": 3}, tmp_path / "stage1.pt")
+    out = tmp_path / "out"
+    second = ["--teacher", str(teacher), *TINY, "--train_iters", "4", "--log_iters", "4"]  # TINY adds the head
+    train_dmd2.main(train_dmd2.parse_args([*second, "--output_path", str(out), "--ckpt_only_path",
+                                           str(tmp_path / "stage1.pt")]))
+    (run,) = list(out.iterdir())
+    after = load_checkpoint(run / "checkpoints" / "0000004.pt")
+    assert all(torch.equal(generator[k], after["model"][k]) for k in generator)  # learning rate 0 after warm-up restart
+    assert all(torch.equal(fake[k], after["guidance"][k]) for k in fake)
+    assert {k for k in after["guidance"] if k not in fake} and all(
+        k.startswith("cls_pred_branch.") for k in after["guidance"] if k not in fake)
+    assert "has no cls_pred_branch.* (the GAN head), which this run adds: it starts fresh" in (run / "log.txt").read_text()
+
+    capsys.readouterr()
+    del fake["fake_unet.x_embedder.proj.weight"]
+    torch.save({"model": generator, "guidance": fake, "steps": 3}, tmp_path / "short.pt")
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(train_dmd2.main, train_dmd2.parse_args([*second, "--output_path", str(tmp_path / "bad"),
+                                                        "--ckpt_only_path", str(tmp_path / "short.pt")]))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "1 missing keys (e.g. fake_unet.x_embedder.proj.weight)" in err and not (tmp_path / "bad").exists()

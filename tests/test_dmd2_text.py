@@ -115,3 +115,18 @@ def test_merged_lora_generator_equals_the_adapted_one():
     x, t, y = torch.randn(2, 3, 16, 16), torch.tensor([10.0, 500.0]), torch.tensor([1, 2])
     with torch.no_grad():
         torch.testing.assert_close(plain(x, t, y), adapted(x, t, y), rtol=1e-4, atol=1e-5)
+
+
+def test_real_guidance_defaults_to_6_for_text_teachers_only(sd_folder, trained_run):
+    """Without --real_guidance_scale: train_sd.py's 6 for a text-to-image teacher; train_edm.py never guides the
+    real score, so a class-conditional teacher gets 1, even one with a null class (the DiT here)."""
+    from training.dmd2_recipe import build_method, load_teacher, parse_args
+
+    prompts = ["--train_prompt_path", str(sd_folder / "prompts.txt")]
+    for flags, expected in (([str(sd_folder), *prompts], 6.0), ([str(trained_run / "checkpoints" / "0000020.pt")], 1.0)):
+        args = parse_args(["--teacher", *flags])
+        t, cfg, codec = load_teacher(args, torch.device("cpu"))
+        cfg.update(latent_channels=codec.latent_channels, latent_size=cfg["image_size"] // codec.downsample)
+        method = build_method(args, t, cfg, codec, lambda b: (None, None), lambda n, d: torch.zeros(n, dtype=torch.long),
+                              torch.device("cpu"), 2)
+        assert t.null is not None and args.real_guidance_scale == method.cfg_scale == expected, flags

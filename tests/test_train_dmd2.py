@@ -133,9 +133,30 @@ def test_generator_levels(teacher):
     assert steps == sorted(steps, reverse=True) and steps[0] <= EPS_CONDITIONING_SIGMA
     dmd2 = levels("--denoising", "--num_denoising_step", "4", "--conditioning_timestep", "999")
     assert dmd2 == pytest.approx([157.4073, 17.2470, 3.4241, 0.9529], rel=1e-4)  # DMD2's [999, 749, 499, 249]
+    assert levels("--denoising", "--num_denoising_step", "4", "--denoising_timestep", "1000") == dmd2
+    flat = argparse.Namespace(family="edm", sigma=lambda index: torch.ones(len(index)))  # levels that do not decrease
+    with pytest.raises(ValueError, match="do not strictly decrease"):
+        levels("--denoising", "--num_denoising_step", "2", t=flat)
     flow = FlowTeacher(ExactSiT("linear"), "linear", None)
     assert levels(t=flow) == [float("inf")]
     assert levels("--conditioning_timestep", "499", t=flow) == pytest.approx([499 / 500])
+
+
+def test_real_images_are_used_as_stored():
+    """DMD2 flips nothing: the real images reach the GAN head and --denoising as stored, while train.py's batches
+    still get DiT's random flip."""
+    from models.vae import load_vae
+    from training.methods import Batches
+
+    codec, device = load_vae("none", "cpu"), torch.device("cpu")
+    x, y = torch.linspace(-1, 1, 8 * 3 * 4 * 4).reshape(8, 3, 4, 4), torch.arange(8)
+    data = train_dmd2.real_data("builtin", object(), codec, None, device)
+    dit = Batches("builtin", codec, object(), device)
+    torch.manual_seed(0)
+    for _ in range(4):
+        real, labels = data((x, y))
+        assert torch.equal(real, x) and torch.equal(labels, y)
+    assert not torch.equal(dit((x, y))[1], x)  # 8 images, each flipped with probability 1/2
 
 
 def refused(capsys, *flags: str) -> str:
@@ -165,6 +186,22 @@ def test_bad_input_is_refused_in_one_line(teacher, tmp_path, monkeypatch, capsys
                   str(tmp_path / "out"))
     assert "null class" in err and "--real_guidance_scale 1" in err and not (tmp_path / "out").exists()
 
+    # a REPA-E checkpoint (its own VAE, a latent BatchNorm) is refused before its VAE is read or a folder made
+    from models import create_model
+
+    sit = create_model("SiT-Ti/4", input_size=4, in_channels=4, num_classes=10, bn_momentum=0.1)
+    repae = tmp_path / "repae.pt"
+    torch.save({"ema": sit.state_dict(), "vae": {}, "args": {"model": "SiT-Ti/4", "vae": "tiny-f4d4",
+                                                             "image_size": 16, "num_classes": 10}}, repae)
+    err = refused(capsys, "--teacher", str(repae), "--dataset", "builtin", "--output_path", str(tmp_path / "out"))
+    assert "is a REPA-E model" in err and not (tmp_path / "out").exists()
+
+    # real data the generator's samples cannot be compared with: refused before the run folder is made
+    monkeypatch.setattr(train_dmd2, "open_data", lambda args, cfg, device: ("builtin", [(torch.zeros(3, 8, 8), 0)] * 8))
+    err = refused(capsys, "--teacher", str(teacher), "--real_guidance_scale", "1", "--gan_classifier",
+                  "--batch_size", "2", "--num_workers", "0", "--output_path", str(tmp_path / "out"))
+    assert "(3, 8, 8) per item" in err and "makes (3, 16, 16)" in err and not (tmp_path / "out").exists()
+
     from training.dmd2_recipe import parse_args, validate
 
     monkeypatch.setitem(sys.modules, "peft", None)  # as if peft were not installed
@@ -191,9 +228,11 @@ def test_edm_teacher_from_its_pickle(tmp_path):
     ckpt = load_checkpoint(run / "checkpoints" / "0000002.pt")
     assert ckpt["generator_sigmas"] == [80.0] and ckpt["args"]["real_guidance_scale"] == 1.0  # no null class
     assert "cls_pred_branch.0.weight" in ckpt["guidance"] and any("lora_A" in k for k in ckpt["model"])
-    for source in (run / "checkpoints" / "0000002.pt", pkl):
-        result = run_script("sample.py", "--ckpt", str(source), "--output", str(tmp_path / "s.png"),
-                            "--num-sampling-steps", "4")
+    # built as DMD2 builds its EDM networks, whatever the pickle recorded (use_fp16, dropout 0.1): fp32, no dropout
+    assert {k: ckpt["model_kwargs"][k] for k in ("use_fp16", "dropout", "label_dropout")} == \
+        {"use_fp16": False, "dropout": 0.0, "label_dropout": 0}
+    for source, steps in ((run / "checkpoints" / "0000002.pt", []), (pkl, ["--num-sampling-steps", "4"])):
+        result = run_script("sample.py", "--ckpt", str(source), "--output", str(tmp_path / "s.png"), *steps)
         assert result.returncode == 0, result.stderr
     # DMD2's released ImageNet generators are raw EDMPrecond state dicts: read as one step from sigma 80
     raw = tmp_path / "pytorch_model.bin"
@@ -211,6 +250,34 @@ def test_edm_teacher_from_its_pickle(tmp_path):
         released = EDMPrecond(**EDM_IMAGENET64)
     keys = json.loads((Path(__file__).parent / "fixtures" / "edm_adm_keys.json").read_text())["keys"]
     assert [(k, list(v.shape)) for k, v in released.state_dict().items()] == [(k, s) for k, s in keys]
+
+
+def test_edm_networks_are_built_as_dmd2_builds_them(tmp_path):
+    """The teacher, the fake score and the generator of an EDM pickle recorded with use_fp16 and dropout 0.1 are
+    built with use_fp16 False and dropout 0 (DMD2's edm_network.py; --use_fp16 is autocast here), and a generator
+    whose checkpoint recorded use_fp16 (before this rule) still samples in fp32, as DMD2 evaluates."""
+    from models.edm_unet import UNetBlock
+    from models.pretrained import resolve_sampling_config
+    from training.dmd2_recipe import build_method, load_teacher, parse_args
+
+    pkl = Path(__file__).parent / "fixtures" / "edm_tiny_snapshot.pkl"
+    args = parse_args(["--teacher", str(pkl)])
+    t, cfg, codec = load_teacher(args, torch.device("cpu"))
+    cfg.update(latent_channels=3, latent_size=cfg["image_size"])
+    method = build_method(args, t, cfg, codec, lambda b: (None, None), lambda n, d: torch.zeros(n, dtype=torch.long),
+                          torch.device("cpu"), 2)
+    for net in (t.model, method.modules["model"], method.modules["guidance"].fake_unet):
+        blocks = [m for m in net.modules() if isinstance(m, UNetBlock)]
+        assert not net.use_fp16 and blocks and all(b.dropout == 0 for b in blocks)
+        assert net.model.label_dropout == 0
+    assert not method.model_kwargs["use_fp16"] and method.model_kwargs["dropout"] == 0
+
+    old = tmp_path / "old-generator.pt"
+    torch.save({"model": t.model.state_dict(), "model_kwargs": {**cfg["model_kwargs"], "use_fp16": True},
+                "generator_sigmas": [80.0], "args": {"model": "EDM"}}, old)
+    query = argparse.Namespace(ckpt=str(old), model=None, image_size=None, num_classes=None, vae=None,
+                               default_vae="ema")
+    assert resolve_sampling_config(query)[1]["model_kwargs"]["use_fp16"] is False
 
 
 def test_two_gloo_processes_shard_both_networks(teacher, tmp_path):

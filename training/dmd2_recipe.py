@@ -4,12 +4,12 @@ their spelling, with hyphenated aliases), the teacher it loads and the method it
 from __future__ import annotations
 
 import argparse
-import os
 from copy import deepcopy
 from pathlib import Path
 
 import torch
 
+from training.cli import use_local_rank
 from training.dmd2_teacher import GRID, DDPMTeacher, FlowTeacher, Teacher
 from training.dmd2_text import is_diffusers_folder, load_text_teacher
 
@@ -69,7 +69,8 @@ def parse_args(argv=None, description: str | None = None) -> argparse.Namespace:
     _flag(p, "max_step_percent", type=float, default=0.98)
     _flag(p, "dfake_gen_update_ratio", type=int, default=1, help="update the generator every N steps (TTUR)")
     _flag(p, "real_guidance_scale", type=float, default=None, help="the teacher's guidance in the DM loss (1: none; "
-          "default: train_sd.py's 6 for a teacher with a null class, else 1, as train_edm.py)")
+          "default: train_sd.py's 6 for a text-to-image teacher, 1 for a class-conditional one, as train_edm.py, "
+          "which never guides)")
     _flag(p, "conditioning_sigma", type=float, default=None, help="the generator's noise level on the common "
           "sigma scale (EDM: 80); default: --conditioning_timestep's")
     _flag(p, "conditioning_timestep", type=int, default=None, help="the generator's noise level as an index into "
@@ -90,7 +91,10 @@ def parse_args(argv=None, description: str | None = None) -> argparse.Namespace:
     _flag(p, "diffusion_gan_max_timestep", type=int, default=0)
     _flag(p, "denoising", action="store_true", help="a few-step generator (--num_denoising_step)")
     _flag(p, "num_denoising_step", type=int, default=1)
-    _flag(p, "denoising_timestep", type=int, default=GRID)
+    _flag(p, "denoising_timestep", type=int, default=None, help=f"the few-step generator's steps are "
+          f"denoising_timestep - 1 down in strides of denoising_timestep // num_denoising_step, above "
+          f"--num_denoising_step and at most {GRID} (DMD2's default {GRID}: [999, 749, 499, 249] for four); default: "
+          f"{GRID}, for eps teachers the levels up to sigma {EPS_CONDITIONING_SIGMA:.2f}")
     _flag(p, "backward_simulation", action="store_true", help="train the few-step generator on its own samples")
     _flag(p, "generator_lora", action="store_true", help="train LoRA adapters of the generator (peft)")
     _flag(p, "lora_rank", type=int, default=64)
@@ -165,13 +169,19 @@ def validate(args: argparse.Namespace) -> None:
         raise ValueError(f"--teacher {args.teacher} does not exist")
     if not 0 <= args.min_step_percent < args.max_step_percent <= 1:
         raise ValueError("--min_step_percent and --max_step_percent must satisfy 0 <= min < max <= 1")
-    for name in ("batch_size", "dfake_gen_update_ratio", "train_iters", "log_iters", "wandb_iters"):
+    for name in ("batch_size", "dfake_gen_update_ratio", "train_iters", "log_iters", "wandb_iters", "num_denoising_step"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be at least 1")
     if args.backward_simulation and not args.denoising:
         raise ValueError("--backward_simulation simulates the steps of a few-step generator: add --denoising")
     if args.num_denoising_step > 1 and not args.denoising:
         raise ValueError("--num_denoising_step > 1 trains a few-step generator: add --denoising")
+    if args.denoising_timestep is not None and not args.denoising:
+        raise ValueError("--denoising_timestep sets a few-step generator's steps: add --denoising")
+    if args.denoising_timestep is not None and not args.num_denoising_step < args.denoising_timestep <= GRID:
+        raise ValueError(f"--denoising_timestep {args.denoising_timestep}: with --num_denoising_step "
+                         f"{args.num_denoising_step} it must lie between {args.num_denoising_step + 1} and {GRID} "
+                         f"(the teacher's grid of {GRID} levels)")
     if args.generator_lora:
         try:
             import peft  # noqa: F401
@@ -210,8 +220,7 @@ def validate(args: argparse.Namespace) -> None:
         raise ValueError("--ckpt_only_path already holds the generator's weights: drop --generator_ckpt_path")
     if args.report_to == "none" and (args.wandb_project or args.wandb_entity or args.wandb_name):
         args.report_to = "wandb"  # DMD2 always logs to wandb; its flags ask for it here
-    if args.local_rank >= 0:
-        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    use_local_rank(args)
 
 
 def check_teacher_shape(args: argparse.Namespace, cfg: dict) -> None:
@@ -233,12 +242,17 @@ def freeze(model: torch.nn.Module) -> None:
     model.requires_grad_(False)
 
 
+def unreadable_teacher(path: Path, err: Exception) -> ValueError:
+    return ValueError(f"--teacher {path}: not a teacher this repository can read (a train.py checkpoint, an official "
+                      f"DiT / REPA release, EDM's .pkl): {str(err).splitlines()[0]}")
+
+
 def load_teacher(args: argparse.Namespace, device) -> tuple[Teacher, dict, object]:
     """``(teacher, its sampling config, its codec)`` from ``--teacher``; every kind of checkpoint this
     repository samples, EDM's pickles and diffusers folders."""
     from diffusion.pipeline import base_alphas_cumprod, diffusion_for, has_null_class
     from loss.denoising import DDPMObjective, InterpolantObjective
-    from models.pretrained import build_for_sampling, load_codec, resolve_sampling_config
+    from models.pretrained import REPAE_VAES, build_for_sampling, load_codec, resolve_sampling_config
 
     path = Path(args.teacher)
     if is_diffusers_folder(path):
@@ -250,6 +264,12 @@ def load_teacher(args: argparse.Namespace, device) -> tuple[Teacher, dict, objec
                                projector_embed_dims=None, cls=None, legacy=False, path_type=None)
     try:
         state_dict, cfg = resolve_sampling_config(query)
+    except (ValueError, KeyError, RuntimeError) as err:
+        raise unreadable_teacher(path, err) from None
+    if cfg["vae"] in REPAE_VAES or "bn.running_var" in state_dict:  # checked before its VAE is loaded
+        raise ValueError(f"--teacher {path} is a REPA-E model (its own {cfg['vae']} VAE, a latent BatchNorm): DMD2 "
+                         "cannot distil REPA-E teachers yet; distil a DiT / SiT / REPA teacher")
+    try:
         if cfg.get("generator_sigmas"):
             raise ValueError("it is a distilled generator, not a diffusion model: distil its teacher")
         if cfg["model"] == "EDM":
@@ -260,8 +280,7 @@ def load_teacher(args: argparse.Namespace, device) -> tuple[Teacher, dict, objec
         codec = load_codec(cfg, device)
         model = build_for_sampling(state_dict, cfg, codec, device)
     except (ValueError, KeyError, RuntimeError) as err:
-        raise ValueError(f"--teacher {path}: not a teacher this repository can read (a train.py checkpoint, an "
-                         f"official DiT / REPA release, EDM's .pkl): {str(err).splitlines()[0]}") from None
+        raise unreadable_teacher(path, err) from None
     if getattr(model, "cls_token_dim", None):
         raise ValueError(f"--teacher {path} is a REG model (class-token entanglement): DMD2 cannot distil REG "
                          "teachers yet; distil a SiT / REPA teacher")
@@ -275,12 +294,20 @@ def load_teacher(args: argparse.Namespace, device) -> tuple[Teacher, dict, objec
     return DDPMTeacher(model, base_alphas_cumprod(schedule), objective, null), cfg, codec
 
 
+# How DMD2 builds its EDM networks (main/edm/edm_network.py: dropout 0, label dropout 0) and evaluates its
+# generators (main/edm/test_folder_edm.py: use_fp16 False); --use_fp16 is bf16 autocast here.
+DMD2_EDM_NETWORK = {"use_fp16": False, "dropout": 0.0, "label_dropout": 0}
+
+
 def load_edm_teacher(args, state_dict: dict, cfg: dict, device):
-    """An EDM network (EDM's pickle, or an EDMPrecond checkpoint) with DMD2's Karras grid; pixel space."""
+    """An EDM network (EDM's pickle, or an EDMPrecond checkpoint) with DMD2's Karras grid; pixel space. The
+    teacher, the fake score and the generator copied from it are built as DMD2 builds them (``DMD2_EDM_NETWORK``),
+    so the generator's checkpoint records fp32 sampling and dropout can never act."""
     from models.pretrained import build_for_sampling
     from models.vae import load_vae
     from training.dmd2_teacher import EDMTeacher
 
+    cfg["model_kwargs"] = {**cfg["model_kwargs"], **DMD2_EDM_NETWORK}
     codec = load_vae("none", device)
     model = build_for_sampling(state_dict, cfg, codec, device)
     freeze(model)
@@ -321,17 +348,21 @@ def generator_levels(args, teacher: Teacher) -> list[float]:
     ``denoising_step_list``. By default an eps teacher's top level is capped at ``EPS_CONDITIONING_SIGMA``, and its
     denoising steps span the levels up to the cap (DiT: steps [726, 545, 364, 183] of the 727 at most 14.6, instead
     of [999, 749, 499, 249], whose first two levels, 157 and 17.2, lie above it). A level given explicitly
-    (``--conditioning_timestep``, ``--conditioning_sigma``, ``--denoising_timestep``) lifts the cap."""
+    (``--conditioning_timestep``, ``--conditioning_sigma``, ``--denoising_timestep``) lifts the cap:
+    ``--denoising_timestep 1000`` gives DMD2's list. The levels must strictly decrease."""
     from loss.dmd import denoising_step_list
 
-    explicit = args.conditioning_sigma is not None or args.conditioning_timestep is not None
-    capped = teacher.family == "ddpm" and not explicit
+    given = (args.conditioning_sigma, args.conditioning_timestep, args.denoising_timestep if args.denoising else None)
+    capped = teacher.family == "ddpm" and all(flag is None for flag in given)
     if args.denoising:
-        top = args.denoising_timestep
-        if capped and top == GRID:  # the steps span the levels up to the cap, in the teacher's own grid
+        top = GRID if args.denoising_timestep is None else args.denoising_timestep
+        if capped:  # the steps span the levels up to the cap, in the teacher's own grid
             top = int(within_cap(teacher.sigmas).sum())
-        index = torch.tensor(denoising_step_list(args.num_denoising_step, top))
+        index = torch.tensor(denoising_step_list(args.num_denoising_step, top, GRID))
         sigmas = [float(s) for s in teacher.sigma(index)]
+        if any(later >= earlier for earlier, later in zip(sigmas, sigmas[1:])):
+            raise ValueError(f"the generator's noise levels {[round(s, 4) for s in sigmas]} (steps {index.tolist()}) "
+                             "do not strictly decrease; raise --denoising_timestep or lower --num_denoising_step")
     elif args.conditioning_sigma is not None:
         sigmas = [float(args.conditioning_sigma)]
     else:
@@ -384,8 +415,8 @@ def build_method(args, teacher: Teacher, cfg: dict, codec, data, draw_labels, de
         for net in (generator, fake):
             if not enable_activation_checkpointing(net):
                 raise ValueError(f"--gradient_checkpointing: {type(net).__name__} has no blocks to checkpoint")
-    if args.real_guidance_scale is None:
-        args.real_guidance_scale = 6.0 if teacher.null is not None else 1.0
+    if args.real_guidance_scale is None:  # DMD2: train_sd.py's default 6; train_edm.py does not guide
+        args.real_guidance_scale = 6.0 if cfg["model"] == "diffusers" else 1.0
     if args.real_guidance_scale > 1 and teacher.null is None:
         raise ValueError(f"--real_guidance_scale {args.real_guidance_scale} needs the teacher's null class, which "
                          f"{cfg['ckpt']} never learned (no label dropout); distil it with --real_guidance_scale 1")

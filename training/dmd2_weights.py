@@ -12,8 +12,12 @@ import torch
 from models.weights import CheckpointError, load_checkpoint, load_weights
 from training.checkpoint import load_training_checkpoint
 
-HINT = "Pass weights distilled from this --teacher, with the same --generator_lora and GAN head flags"
+HINT = ("Pass weights distilled from this --teacher, with the same --generator_lora flag and a GAN head only if "
+        "this run has one (a run may add the head, not drop it)")
 GUIDANCE_PARTS = ("fake_unet.", "cls_pred_branch.")  # DMD2's guidance file also holds the teacher (real_unet.)
+# What a second stage may add to the weights it continues from (DMD2's best models: --gan_classifier on ImageNet,
+# --cls_on_clean_image --gen_cls_loss on SD1.5, from a run without the GAN head): the head starts fresh.
+ADDABLE = {"cls_pred_branch.": "the GAN head"}
 
 
 def dmd2_folder_file(folder: Path, name: str, flag: str) -> dict:
@@ -67,9 +71,14 @@ def with_unet_level(weights: dict, own: dict, prefix: str) -> dict:
     return {(inner + k[len(prefix):] if k.startswith(prefix) else k): v for k, v in weights.items()}
 
 
-def load_into(module: torch.nn.Module, weights: dict, source: str) -> None:
-    """A strict load, DMD2's diffusers names matched: the generator's UNet, the guidance model's ``fake_unet``."""
+def load_into(module: torch.nn.Module, weights: dict, source: str, addable: tuple[str, ...] = ()) -> list[str]:
+    """A strict load, DMD2's diffusers names matched: the generator's UNet, the guidance model's ``fake_unet``.
+    A part of ``module`` named by a prefix in ``addable`` of which ``weights`` hold nothing keeps its fresh
+    initialisation (DMD2 loads non-strictly; here only such added parts may be missing). Returns those prefixes."""
     own = module.state_dict()
     for prefix in ("", "fake_unet."):
         weights = with_unet_level(weights, own, prefix)
-    load_weights(module, weights, source, hint=HINT)
+    added = [p for p in addable if any(k.startswith(p) for k in own) and not any(k.startswith(p) for k in weights)]
+    fresh = {k: v for k, v in own.items() if k.startswith(tuple(added))}
+    load_weights(module, {**fresh, **weights}, source, hint=HINT)
+    return added

@@ -26,10 +26,12 @@ class Batches:
 
     Images get DiT's random flip (the encoders see the same flip); cached latents pick their flipped
     or unflipped moments; REPA's and REPA-E's layouts are used as stored (no flip), as they do.
+    ``flip=False`` uses images and cached latents as stored too (DMD2 flips nothing).
     """
 
-    def __init__(self, kind: str, codec, dataset, device, with_raw: bool = False):
+    def __init__(self, kind: str, codec, dataset, device, with_raw: bool = False, flip: bool = True):
         self.kind, self.codec, self.dataset, self.device, self.with_raw = kind, codec, dataset, device, with_raw
+        self.flip = flip
 
     @torch.no_grad()
     def __call__(self, batch):
@@ -46,8 +48,9 @@ class Batches:
             return raw.float(), (mean + std * torch.randn_like(mean)) * self.codec.scale, y
         x, y = (t.to(self.device, non_blocking=True) for t in batch)
         if self.kind == "latents":
-            return None, draw_cached_latents(x, torch.rand(x.shape[0]) < 0.5, self.dataset.scale), y
-        x = random_flip(x)[0]
+            flipped = torch.rand(x.shape[0]) < 0.5 if self.flip else torch.zeros(x.shape[0], dtype=torch.bool)
+            return None, draw_cached_latents(x, flipped, self.dataset.scale), y
+        x = random_flip(x)[0] if self.flip else x
         return (x + 1) * 127.5 if self.with_raw else None, self.codec.encode(x), y
 
 
