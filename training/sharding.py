@@ -25,12 +25,15 @@ FULL_IN = StateDictOptions(full_state_dict=True)  # every process holds the whol
 
 
 def shard_module(module: torch.nn.Module, optimizers=()) -> None:
-    """``fully_shard`` the blocks of ``module`` and then ``module`` over all processes, in place; the
+    """``fully_shard`` the blocks of ``module`` and then ``module`` over all processes, in place, from the main
+    process's weights (each process may have initialised its own, as DDP allows); the
     ``optimizers`` that hold its parameters are pointed at the sharded ones (same order). Sub-networks a
     module lists in ``fsdp_units`` (called on their own, not only through the module's forward: DMD2's
     fake score and GAN head) become shard units first, each with its blocks."""
     device = next(module.parameters()).device
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    for tensor in [*module.parameters(), *module.buffers()]:  # every process starts from rank 0's, as under DDP
+        dist.broadcast(tensor.detach(), src=0)
     before = list(module.parameters())
     for unit in [*getattr(module, "fsdp_units", []), module]:
         for block in getattr(unit, "blocks", []):
@@ -61,8 +64,25 @@ def gathered_state_dict(module: torch.nn.Module) -> dict:
     return get_model_state_dict(module, options=FULL_IN)
 
 
+def parameter_names(module: torch.nn.Module, optimizer) -> list[str]:
+    """The names of ``optimizer``'s parameters in its own order (the indices of a plain optimizer state dict)."""
+    # the names torch's state dicts use: without activation checkpointing's and compile's wrapper modules
+    names = {id(p): name.replace("_checkpoint_wrapped_module.", "").replace("_orig_mod.", "")
+             for name, p in module.named_parameters()}
+    return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+
+
 def full_optimizer_state_dict(module: torch.nn.Module, optimizer) -> dict:
-    return get_optimizer_state_dict(module, optimizer, options=FULL)
+    """The whole optimizer state on the main process, keyed by parameter index as ``optimizer.state_dict()``
+    keys it (not by name, as torch's sharded state dicts do), so checkpoints are the same with or without
+    sharding and resume on any process count."""
+    state = get_optimizer_state_dict(module, optimizer, options=FULL)
+    if not state:
+        return state
+    index = {name: i for i, name in enumerate(parameter_names(module, optimizer))}
+    return {"state": {index[name]: value for name, value in state["state"].items()},
+            "param_groups": [{**group, "params": [index[name] for name in group["params"]]}
+                             for group in state["param_groups"]]}
 
 
 def load_full_state_dict(module: torch.nn.Module, state: dict) -> None:
@@ -70,4 +90,9 @@ def load_full_state_dict(module: torch.nn.Module, state: dict) -> None:
 
 
 def load_full_optimizer_state_dict(module: torch.nn.Module, optimizer, state: dict) -> None:
+    """The inverse of ``full_optimizer_state_dict``: a plain (index-keyed) state into the sharded optimizer."""
+    names = parameter_names(module, optimizer)
+    state = {"state": {names[int(i)]: value for i, value in state["state"].items()},
+             "param_groups": [{**group, "params": [names[int(i)] for i in group["params"]]}
+                              for group in state["param_groups"]]}
     set_optimizer_state_dict(module, optimizer, state, options=FULL_IN)
