@@ -22,13 +22,13 @@ from functools import partial
 from models.vae import load_vae
 from training import checkpoint as ckpt_io
 from training.cli import check_writable_dir, first_paragraph, run_cli
-from training.data import make_loader
+from training.data import batch_sizes, make_loader
 from training.engine import Engine, NonFiniteLoss
 from training.hooks import RunHooks
 from training.recipes import (
     build_method,
     check_resume_args,
-    is_sit,
+    is_aligned,
     open_dataset,
     resume_checkpoint_path,
     validate,
@@ -56,13 +56,11 @@ def main(args: argparse.Namespace) -> None:
         check_resume_args(resume, args)
     check_writable_dir(args.results_dir, "--results-dir")
 
-    accelerator = setup_accelerator(args.mixed_precision, args.report_to, allow_tf32=args.allow_tf32 or not is_sit(args.model))
+    # TF32: DiT's and SiT's train.py turn it on; REPA and REG only with --allow-tf32
+    accelerator = setup_accelerator(args.mixed_precision, args.report_to, allow_tf32=args.allow_tf32 or not is_aligned(args))
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     accum = args.gradient_accumulation_steps
-    if args.global_batch_size % (world * accum) != 0:
-        raise ValueError(f"--global-batch-size {args.global_batch_size} is not divisible by {world} process(es) x "
-                         f"{accum} accumulation steps")
-    local_batch = args.global_batch_size // (world * accum)  # per process and micro-batch
+    local_batch, update_batch = batch_sizes(args.global_batch_size, world, accum, "--global-batch-size")
     seed_everything(args.global_seed * world + rank)  # DiT: a distinct stream per rank
 
     # Everything that can fail comes before the run folder: codec, encoders, network, data order, steps.
@@ -100,12 +98,12 @@ def main(args: argparse.Namespace) -> None:
         engine.init_emas()
     model.train()
     hooks = RunHooks(engine, args, run_dir, ckpt_subdir, logger, codec, names, kind, dataset)
-    logger.info(f"training for {total:,} steps ({steps_per_epoch:,} per epoch), global batch "
-                f"{args.global_batch_size}, from step {steps}")
+    batch = f"{update_batch}" + (f" ({accum} micro-batches of {args.global_batch_size})" if accum > 1 else "")
+    logger.info(f"training for {total:,} steps ({steps_per_epoch:,} per epoch), global batch {batch}, from step {steps}")
     every = {args.ckpt_every: [hooks.checkpoint]}
     every.setdefault(args.eval_every, []).append(hooks.evaluate)  # after the checkpoint of the same step
     engine.train(engine.batches(loader, sampler, local_batch), total, log_every=args.log_every, log=hooks.log,
-                 every=every, global_batch=args.global_batch_size, flops_per_sample=flops,
+                 every=every, global_batch=update_batch, flops_per_sample=flops,
                  mixed_precision=args.mixed_precision)
     hooks.finish()
     accelerator.end_training()

@@ -24,7 +24,7 @@ from data import class_names
 from models.vae import VAECodec
 from training import checkpoint as ckpt_io
 from training.cli import check_writable_dir, first_paragraph, run_cli
-from training.data import make_loader
+from training.data import batch_sizes, make_loader
 from training.engine import Engine, NonFiniteLoss
 from training.hooks import RunHooks
 from training.repae_recipe import build_ldm_method, build_method, open_dataset, validate
@@ -63,9 +63,7 @@ def main(args: argparse.Namespace) -> None:
     accelerator = setup_accelerator(args.mixed_precision, args.report_to, allow_tf32=args.allow_tf32)
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     accum = args.gradient_accumulation_steps
-    if args.global_batch_size % (world * accum):
-        raise ValueError(f"--batch-size {args.global_batch_size} is not divisible by {world} process(es) x {accum}")
-    local_batch = args.global_batch_size // (world * accum)
+    local_batch, update_batch = batch_sizes(args.global_batch_size, world, accum, "--batch-size")
     seed_everything(args.global_seed * world + rank)
 
     dataset = open_dataset(args)
@@ -103,14 +101,14 @@ def main(args: argparse.Namespace) -> None:
     codec = VAECodec(frozen_vae if args.ldm_only else engine.module("vae"))
     names = class_names(args.dataset, args.num_classes, dataset)
     hooks = RunHooks(engine, args, run_dir, CKPT_SUBDIR, logger, codec, names, args.dataset, dataset)
-    logger.info(f"training for {total:,} steps ({steps_per_epoch:,} per epoch), batch {args.global_batch_size}, "
+    logger.info(f"training for {total:,} steps ({steps_per_epoch:,} per epoch), batch {update_batch}, "
                 f"from step {steps}")
     every = {args.ckpt_every: [hooks.save]}
     every.setdefault(args.sampling_steps, []).append(hooks.grid)
     if args.eval_every:
         every.setdefault(args.eval_every, []).append(hooks.evaluate)
     engine.train(engine.batches(loader, sampler, local_batch), total, log_every=args.log_every, log=hooks.log,
-                 every=every, global_batch=args.global_batch_size, mixed_precision=args.mixed_precision)
+                 every=every, global_batch=update_batch, mixed_precision=args.mixed_precision)
     hooks.finish()
     accelerator.end_training()
 

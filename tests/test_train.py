@@ -129,8 +129,9 @@ def test_eval_ref_records_an_inception_metric_curve(tmp_path, monkeypatch):
 
 
 
-def test_gradient_accumulation_takes_the_same_step_as_one_big_batch(tmp_path, monkeypatch):
-    class Deterministic:  # no random t or noise, so two micro-batches of 4 and one batch of 8 see the same loss
+def test_gradient_accumulation_multiplies_the_batch_as_repa_does(tmp_path, monkeypatch):
+    """REPA's count: two accumulated micro-batches of --batch-size 8 take the step of one batch of 16."""
+    class Deterministic:  # no random t or noise, so two micro-batches of 8 and one batch of 16 see the same loss
         def __init__(self, diffusion):
             pass
 
@@ -143,13 +144,14 @@ def test_gradient_accumulation_takes_the_same_step_as_one_big_batch(tmp_path, mo
 
     monkeypatch.setattr(training.recipes, "DDPMObjective", Deterministic)
     monkeypatch.setattr(training.methods, "random_flip", lambda x: (x, None))
-    common = [*TINY_TRAIN, "--global-batch-size", "8", "--max-steps", "2", "--log-every", "1", "--ckpt-every", "2",
-              "--cfg-prob", "0"]
-    train.main(train.parse_args([*common, "--results-dir", str(tmp_path / "a")]))
-    train.main(train.parse_args([*common, "--results-dir", str(tmp_path / "b"), "--gradient-accumulation-steps", "2"]))
+    common = [*TINY_TRAIN, "--max-steps", "2", "--log-every", "1", "--ckpt-every", "2", "--cfg-prob", "0"]
+    train.main(train.parse_args([*common, "--results-dir", str(tmp_path / "a"), "--global-batch-size", "16"]))
+    train.main(train.parse_args([*common, "--results-dir", str(tmp_path / "b"), "--global-batch-size", "8",
+                                 "--gradient-accumulation-steps", "2"]))
     a = torch.load(tmp_path / "a" / "000-DiT-Ti-4" / "checkpoints" / "0000002.pt", weights_only=False)
     b = torch.load(tmp_path / "b" / "000-DiT-Ti-4" / "checkpoints" / "0000002.pt", weights_only=False)
-    assert a["data"] == b["data"] == {"epoch": 0, "position": 16}
+    assert a["data"] == b["data"] == {"epoch": 0, "position": 32}
+    assert "global batch 16 (2 micro-batches of 8)" in (tmp_path / "b" / "000-DiT-Ti-4" / "log.txt").read_text()
     assert [r["loss"] for r in read_metrics(tmp_path / "b" / "000-DiT-Ti-4")] == pytest.approx(
         [r["loss"] for r in read_metrics(tmp_path / "a" / "000-DiT-Ti-4")], rel=1e-5)
     for name, value in a["model"].items():
@@ -163,3 +165,12 @@ def test_adam_flags_reach_the_optimizer(tmp_path):
     group = torch.load(tmp_path / "000-DiT-Ti-4" / "checkpoints" / "0000001.pt", weights_only=False)["opt"]
     group = group["param_groups"][0]
     assert group["betas"] == (0.8, 0.95) and group["weight_decay"] == 0.01 and group["eps"] == 1e-6
+
+
+def test_batch_sizes_split_the_batch_over_processes_and_accumulation_multiplies_it():
+    from training.data import batch_sizes
+
+    assert batch_sizes(256, 8, 1, "--batch-size") == (32, 256)
+    assert batch_sizes(256, 8, 2, "--batch-size") == (32, 512)
+    with pytest.raises(ValueError, match="--batch-size 256 is not divisible by 3 processes"):
+        batch_sizes(256, 3, 1, "--batch-size")

@@ -35,6 +35,15 @@ def make_loader(dataset, batch_size: int, num_replicas: int, rank: int, seed: in
     return loader, sampler
 
 
+def batch_sizes(batch_size: int, world: int, accum: int, flag: str) -> tuple[int, int]:
+    """``(per-process micro-batch, samples per update)`` as REPA, REG and REPA-E count them: ``batch_size``
+    is split over the processes and each of the ``accum`` micro-batches is that large, so gradient
+    accumulation multiplies the batch of an update (``batch_size x accum``)."""
+    if batch_size % world:
+        raise ValueError(f"{flag} {batch_size} is not divisible by {world} processes; pass a multiple of {world}")
+    return batch_size // world, batch_size * accum
+
+
 def random_flip(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Horizontal flip of each image with probability 1/2, drawn from the global RNG."""
     flip = torch.rand(x.shape[0]) < 0.5
