@@ -13,13 +13,15 @@ import train_ldm_only
 import train_repae
 
 
-def run_recipe(script, tmp_path, full_argv=False, **env):
+def run_recipe(script, tmp_path, full_argv=False, stderr=None, **env):
     fake = tmp_path / "python"  # records its command line instead of launching anything
     fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$RECORD"\n')
     fake.chmod(0o755)
     proc = subprocess.run(["bash", str(ROOT / script)], capture_output=True, text=True, cwd=ROOT,
                           env={**os.environ, "PYTHON": str(fake), "RECORD": str(tmp_path / "argv"), **env})
     assert proc.returncode == 0, proc.stderr
+    if stderr is not None:
+        stderr.append(proc.stderr)
     argv = (tmp_path / "argv").read_text().splitlines()
     if full_argv:
         return argv
@@ -64,7 +66,7 @@ def test_train_sh_repae_recipes_parse_with_the_papers_values(recipe, command, ex
                                cls_loss_weight=1e-2, gen_cls_loss_weight=3e-3, diffusion_gan=True,
                                diffusion_gan_max_timestep=1000, use_fp16=True, seed=10, real_guidance_scale=None,
                                resolution=64, label_dim=1000, delete_ckpts=True)),
-    ("dmd2-sd15", dict(TEACHER="sd15", PROMPTS="captions.pkl"),
+    ("dmd2-sd15", dict(TEACHER="sd15", PROMPTS="captions.pkl", MASTER_ADDR="10.0.0.1"),
      dict(teacher="sd15", train_prompt_path="captions.pkl", batch_size=32, generator_lr=1e-5, guidance_lr=1e-5,
           real_guidance_scale=1.75, dfake_gen_update_ratio=10, use_fp16=True, seed=10, gan_classifier=False,
           resolution=512, latent_resolution=64, grid_size=2, log_loss=True, gradient_checkpointing=True)),
@@ -103,3 +105,56 @@ def test_recipes_name_the_missing_variable():
     proc = subprocess.run(["bash", str(ROOT / "train.sh")], capture_output=True, text=True, cwd=ROOT,
                           env={k: v for k, v in os.environ.items() if k != "DATA_DIR"})
     assert proc.returncode != 0 and "set DATA_DIR" in proc.stderr
+
+
+@pytest.mark.parametrize("recipe, env, processes, per_process", [
+    ("dmd2-imagenet", {}, 7, 40), ("dmd2-imagenet", {"NUM_GPUS": "8"}, 8, 35),
+    ("dmd2-sd15", {"TEACHER": "sd15", "PROMPTS": "p.pkl", "MASTER_ADDR": "10.0.0.1", "NODE_RANK": "3"}, 64, 32),
+    ("dmd2-sd15", {"TEACHER": "sd15", "PROMPTS": "p.pkl", "NNODES": "1"}, 8, 256),
+    ("reg", {"NUM_GPUS": "4"}, 4, 64), ("dit", {}, 8, 32)])
+def test_train_sh_recipes_keep_the_papers_global_batch(recipe, env, processes, per_process, tmp_path):
+    """DMD2's ImageNet recipe is 7 GPUs x 40 = 280 (8 x 40 would be 320): any process count splits the paper's
+    global batch, and the launch says how."""
+    printed = []
+    argv = run_recipe("train.sh", tmp_path, full_argv=True, stderr=printed, RECIPE=recipe, DATA_DIR="data", **env)
+    total = {"dmd2-imagenet": 280, "dmd2-sd15": 2048}.get(recipe, 256)
+    assert f"global batch {total} = {processes} process(es) x {per_process}" in printed[0]
+    batch = argv[argv.index("--batch_size") + 1] if recipe.startswith("dmd2") else \
+        argv[argv.index("--batch-size" if recipe != "dit" else "--global-batch-size") + 1]
+    assert int(batch) == (per_process if recipe.startswith("dmd2") else total)
+    if "--num_processes" in argv:
+        assert int(argv[argv.index("--num_processes") + 1]) == processes
+    if recipe == "dmd2-sd15" and processes == 64:
+        assert argv[argv.index("--machine_rank") + 1] == "3" and argv[argv.index("--num_machines") + 1] == "8"
+
+
+@pytest.mark.parametrize("recipe, env, message", [
+    ("dmd2-imagenet", {"NUM_GPUS": "3"}, "global batch 280, which 3 processes"),
+    ("reg", {"NUM_GPUS": "3"}, "global batch 256, which 3 processes"),
+    ("dmd2-sd15", {"TEACHER": "sd15", "PROMPTS": "p.pkl"}, "set MASTER_ADDR"),
+    ("dit", {"NNODES": "x"}, "NNODES must be a positive integer")])
+def test_train_sh_refuses_a_process_count_that_cannot_give_the_global_batch(recipe, env, message):
+    proc = subprocess.run(["bash", str(ROOT / "train.sh")], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHON": "false", "RECIPE": recipe, "DATA_DIR": "data", **env})
+    assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ([], dict(enc_type=None, proj_coeff=0.0, cls=0.0, max_grad_norm=None, mixed_precision="no", tf32=True)),
+    (["--enc-type", "dinov2-vit-b"], dict(enc_type="dinov2-vit-b", proj_coeff=0.5, cls=0.0, max_grad_norm=1.0,
+                                          tf32=False)),
+    (["--proj-coeff", "0.5", "--cls", "0.03"], dict(enc_type="dinov2-vit-b", cls=0.03, max_grad_norm=1.0, tf32=False)),
+    (["--proj-coeff", "0", "--cls", "0"], dict(proj_coeff=0.0, cls=0.0, max_grad_norm=1.0, tf32=True)),
+    (["--enc-type", "dinov2-vit-b", "--allow-tf32", "--max-grad-norm", "2"], dict(max_grad_norm=2.0, tf32=True)),
+])
+def test_sit_models_take_sits_defaults_unless_an_alignment_flag_asks_for_repas(flags, expected):
+    """SiT's own command trains plain SiT (no encoder, no clipping, TF32 on); REPA's and REG's flags give their
+    methods with REPA's defaults for the rest (DINOv2-B, weight 0.5, clipping at 1, TF32 only when asked)."""
+    from training.recipes import is_aligned, validate
+
+    args = train.parse_args(["--model", "SiT-XL/2", "--data-path", "data", *flags])
+    validate(args)
+    tf32 = expected.pop("tf32")
+    for key, value in expected.items():
+        assert getattr(args, key) == value, key
+    assert (args.allow_tf32 or not is_aligned(args)) == tf32

@@ -1,9 +1,11 @@
 """The recipes of ``train.py``: its flags, each model family's defaults (one table of data), their
 checks, and the training method a recipe builds.
 
-The families keep their original's flags and defaults: DiT's (DDPM), REPA / REG's for SiT models
-(``--proj-coeff 0 --cls 0`` is plain SiT, ``--cls 0`` is REPA), the CIFAR-10 U-Net's (cosine
-schedule, gradient clipping, its shape flags); a flag of another family is refused.
+The families keep their original's flags and defaults: DiT's (DDPM); for SiT models, SiT's own when
+no alignment flag is given (no encoder, no clipping, TF32 on, fp32), REPA's once one of ``--enc-type
+--proj-coeff --encoder-depth --cls`` is (DINOv2-B, projection weight 0.5, clipping at 1, fp16 on GPUs;
+``--cls`` > 0 is REG); the CIFAR-10 U-Net's (cosine schedule, gradient clipping, its shape flags). A flag
+of another family is refused.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ def parse_args(argv=None, description: str | None = None) -> argparse.Namespace:
                    help="stop after this many optimizer steps")
     p.add_argument("--global-batch-size", "--batch-size", dest="global_batch_size", type=int, default=256)
     p.add_argument("--gradient-accumulation-steps", type=int, default=1,
-                   help="micro-batches per optimizer step; the global batch is split over processes and these")
+                   help="micro-batches per update, each of --global-batch-size over the processes (REPA's: the batch of an "
+                   "update is their product)")
     p.add_argument("--global-seed", "--seed", dest="global_seed", type=int, default=0)
     p.add_argument("--vae", type=str, default=None, help="ema | mse | none (pixel space) | folder | hub id "
                    "(default ema; none for the U-Net)")
@@ -63,12 +66,14 @@ def parse_args(argv=None, description: str | None = None) -> argparse.Namespace:
     p.add_argument("--adam-weight-decay", type=float, default=0.0, help="AdamW weight decay (0 in DiT and REPA)")
     p.add_argument("--adam-epsilon", type=float, default=1e-8)
     p.add_argument("--max-grad-norm", type=float, default=None,
-                   help="gradient clipping (default: none for DiT, 1.0 for SiT, as the originals)")
+                   help="gradient clipping (default: none for DiT and plain SiT, 1.0 for REPA / REG and the U-Net)")
     p.add_argument("--cfg-prob", type=float, default=0.1, help="label dropout for classifier-free guidance")
-    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
+    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None,
+                   help="default: fp16 on GPUs for REPA / REG (their default), else no")
     p.add_argument("--fsdp", action="store_true", help="shard the network, its EMA and optimizer state over the "
                    "processes (FSDP2, torch's fully_shard; each transformer block a unit); checkpoints hold full weights")
-    p.add_argument("--allow-tf32", action="store_true", help="TF32 matmuls for SiT (DiT's train.py always has them)")
+    p.add_argument("--allow-tf32", action="store_true", help="TF32 matmuls for REPA / REG (DiT's and SiT's train.py "
+                   "always have them)")
     p.add_argument("--resume", type=str, default=None, help="a checkpoint file or a run folder (its newest)")
     p.add_argument("--resume-step", type=int, default=0, help="resume {results-dir}/{exp-name}/checkpoints/"
                    "{step:07d}.pt (REPA)")
@@ -92,11 +97,12 @@ def parse_args(argv=None, description: str | None = None) -> argparse.Namespace:
     unet.add_argument("--time-emb-dim", type=int, default=None, help="time embedding size")
     unet.add_argument("--class-emb-dim", type=int, default=None, help="class embedding size")
     unet.add_argument("--dropout", type=float, default=None, help="dropout in the residual blocks (0.1)")
-    sit = p.add_argument_group("SiT / REPA / REG only (defaults are REG's)")
-    sit.add_argument("--enc-type", type=str, default=None, help="frozen encoder(s), e.g. dinov2-vit-b (default)")
+    sit = p.add_argument_group("SiT / REPA / REG only (none of the first four: plain SiT; any of them: REPA's "
+                               "defaults for the rest)")
+    sit.add_argument("--enc-type", type=str, default=None, help="frozen encoder(s) (REPA: dinov2-vit-b)")
     sit.add_argument("--encoder-depth", type=int, default=None, help="block whose tokens are aligned (REPA: 8)")
-    sit.add_argument("--proj-coeff", type=float, default=None, help="projection loss weight (0.5)")
-    sit.add_argument("--cls", type=float, default=None, help="REG class-token loss weight (0.03; 0 = REPA)")
+    sit.add_argument("--proj-coeff", type=float, default=None, help="projection loss weight (REPA: 0.5)")
+    sit.add_argument("--cls", type=float, default=None, help="REG class-token loss weight (REG: 0.03; default 0)")
     sit.add_argument("--path-type", choices=["linear", "cosine"], default=None, help="interpolant (linear)")
     sit.add_argument("--prediction", choices=["v"], default=None, help="model target (v)")
     sit.add_argument("--weighting", choices=["uniform", "lognormal"], default=None, help="time sampling (uniform)")
@@ -107,9 +113,11 @@ def parse_args(argv=None, description: str | None = None) -> argparse.Namespace:
 
 
 IMAGENET = {"image_size": 256, "num_classes": 1000, "vae": "ema"}  # DiT's and REPA's data defaults
-SIT_DEFAULTS = {"enc_type": "dinov2-vit-b", "proj_coeff": 0.5, "cls": 0.03, "path_type": "linear",
-                "prediction": "v", "weighting": "uniform", "qk_norm": False, "legacy": False,
-                "max_grad_norm": 1.0, "encoder_depth": None, **IMAGENET}
+ALIGNMENT_FLAGS = ("enc_type", "proj_coeff", "encoder_depth", "cls")  # any of them given: REPA's defaults
+SIT_DEFAULTS = {"enc_type": None, "proj_coeff": 0.0, "cls": 0.0, "path_type": "linear", "prediction": "v",
+                "weighting": "uniform", "qk_norm": False, "legacy": False, "max_grad_norm": None,
+                "encoder_depth": None, **IMAGENET}
+REPA_DEFAULTS = {**SIT_DEFAULTS, "enc_type": "dinov2-vit-b", "proj_coeff": 0.5, "max_grad_norm": 1.0}
 DIT_DEFAULTS = {"noise_schedule": "linear", "max_grad_norm": None, **IMAGENET}
 UNET_SHAPE_FLAGS = ("base_channels", "channel_mult", "num_res_blocks", "time_emb_dim", "class_emb_dim", "dropout")
 # DDPM's CIFAR-10 recipe: cosine schedule (IDDPM), gradients clipped at norm 1 (Ho et al., App. B).
@@ -131,8 +139,14 @@ def is_sit(model_name: str) -> bool:
     return family_of(model_name) == "sit"
 
 
+def is_aligned(args: argparse.Namespace) -> bool:
+    """REPA or REG (a projection or class-token loss), once the flags are resolved; else plain SiT, DiT, U-Net."""
+    return is_sit(args.model) and (args.proj_coeff > 0 or args.cls > 0)
+
+
 def resolve_family_flags(args: argparse.Namespace) -> None:
-    """Refuse the other families' flags, then fill this family's defaults (so args.json records them)."""
+    """Refuse the other families' flags, then fill this family's defaults (so args.json records them): a
+    SiT model takes REPA's once an alignment flag is given, SiT's own otherwise."""
     family = family_of(args.model)
     mine = FAMILY_DEFAULTS[family]
     for other, flags in FAMILY_DEFAULTS.items():
@@ -140,9 +154,15 @@ def resolve_family_flags(args: argparse.Namespace) -> None:
             if other != family and key not in mine and getattr(args, key) is not None:
                 raise ValueError(f"--{key.replace('_', '-')} does not apply to {args.model}: {FAMILY_NAMES[family]} "
                                  f"models do not use it (it is a {FAMILY_NAMES[other]} flag)")
+    if family == "sit" and any(getattr(args, key) is not None for key in ALIGNMENT_FLAGS):
+        mine = REPA_DEFAULTS
     for key, value in mine.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.mixed_precision is None:
+        import torch
+
+        args.mixed_precision = "fp16" if is_aligned(args) and torch.cuda.is_available() else "no"
 
 
 def unet_kwargs(args: argparse.Namespace) -> dict:
