@@ -164,18 +164,6 @@ def test_a_checkpoint_of_repaes_own_code_resumes_with_fresh_vae_and_discriminato
     assert resumed["steps"] == 2 and "opt" in resumed
 
 
-@pytest.mark.multiprocess
-def test_two_processes_keep_the_three_networks_identical(tiny_vae):
-    """DDP over two gloo processes: the VAE step reads the unwrapped SiT and discriminator, the
-    discriminator runs real and fake in one call; all three networks still agree across processes."""
-    from conftest import run_script
-
-    proc = run_script("-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-                      "tests/repae_two_processes.py", str(tiny_vae))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "repae: the same weights on both processes" in proc.stdout
-
-
 def test_the_trackers_write_into_logging_dir_inside_the_run_folder(tiny_vae, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     argv = flags(tiny_vae, tmp_path, "--max-train-steps", "1", "--checkpointing-steps", "1")

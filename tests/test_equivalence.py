@@ -1,0 +1,177 @@
+"""A run on two processes equals the same run on one: every training entry point, on the same global batch,
+with the random draws of each step keyed by global sample index (``tests/equivalence.py``).
+
+Where nothing depends on the per-process batch, every network, EMA and optimizer state after 3 steps agrees to
+1e-5 (the difference's norm over the entry's tensors, relative to theirs). DMD2's GAN head at test width (a
+GroupNorm of two channels a group on a 1x1 map) amplifies float32 rounding about a hundredfold, so runs with it
+agree to 1e-4 (docs/notes/distributed.md). REPA-E's BatchNorms (the SiT's latent norm, the PatchGAN's) see each
+process's half of the batch on CPUs, where there is no SyncBatchNorm: there every tensor that changes on one
+process changes on two, the batch counts are equal and the running statistics move within 25% of each other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, TINY_TRAIN
+from equivalence import run_case
+
+import train
+from models.vae import VAE_models, to_ldm_state_dict
+from preprocessing import dataset_tools
+from training.checkpoint import load_checkpoint
+
+pytestmark = [pytest.mark.multiprocess, pytest.mark.usefixtures("quick_grids")]
+
+STEPS = ["--max-steps", "3", "--ckpt-every", "3", "--log-every", "3"]
+TRAIN = [*TINY_TRAIN, *STEPS, "--results-dir", "{out}"]
+REPAE = ["--exp-name", "run", "--output-dir", "{out}", "--num-classes", "10", "--resolution", "32",
+         "--model", "SiT-Ti/1", "--vae", "tiny-f4d4", "--enc-type", "tiny-vit", "--encoder-depth", "1",
+         "--batch-size", "8", "--no-compile", "--mixed-precision", "no", "--report-to", "none", "--num-workers", "0",
+         "--max-train-steps", "3", "--checkpointing-steps", "3", "--sampling-steps", "1000", "--log-every", "3",
+         "--learning-rate", "1e-3"]
+DMD2 = ["--output_path", "{out}", "--dataset", "builtin", "--num_workers", "0", "--generator_lr", "1e-3",
+        "--guidance_lr", "1e-3", "--warmup_step", "0", "--train_iters", "3", "--log_iters", "3", "--wandb_iters", "3",
+        "--dfake_gen_update_ratio", "2"]
+GAN = ["--gan_classifier", "--gen_cls_loss_weight", "3e-3", "--cls_loss_weight", "1e-2", "--diffusion_gan",
+       "--diffusion_gan_max_timestep", "1000"]
+DMD2_BATCH = {"1": ["--batch_size", "8"], "2": ["--batch_size", "4"]}  # DMD2's --batch_size is per process
+REPA = ["--model", "SiT-Ti/4", "--enc-type", "tiny-vit", "--encoder-depth", "1", "--proj-coeff", "0.5"]
+BATCHNORM = ("repae",)  # cases with per-process batch statistics
+
+
+def model(name: str) -> list[str]:
+    tiny = [*TRAIN]
+    tiny[tiny.index("DiT-Ti/4")] = name
+    return tiny
+
+
+def cases(inputs: dict) -> dict:
+    teachers, vae, data = inputs["teachers"], inputs["vae"], inputs["data"]
+    dmd2 = {f"dmd2-{family}": {"script": "train_dmd2", "argv": ["--teacher", str(path), *DMD2], "argv_world": DMD2_BATCH}
+            for family, path in teachers.items()}
+    for family in ("dit", "edm"):  # the GAN head and the diffusion GAN's draws
+        dmd2[f"dmd2-{family}"]["argv"] += GAN
+    dmd2["dmd2-dit"]["argv"] += ["--real_guidance_scale", "2", "--denoising", "--num_denoising_step", "2",
+                                 "--backward_simulation"]
+    dmd2["dmd2-sit"]["argv"] += ["--real_guidance_scale", "2"]
+    dmd2["dmd2-dit-fsdp"] = {**dmd2["dmd2-dit"], "argv": [*dmd2["dmd2-dit"]["argv"], "--fsdp"]}
+    return {
+        "dit": {"script": "train", "argv": TRAIN},
+        "dit-fsdp": {"script": "train", "argv": [*TRAIN, "--fsdp"]},
+        "unet": {"script": "train", "argv": model("UNet-Ti")},
+        "sit": {"script": "train", "argv": model("SiT-Ti/4")},
+        "repa": {"script": "train", "argv": [*model("SiT-Ti/4"), *REPA]},
+        "reg": {"script": "train", "argv": [*model("SiT-Ti/4"), *REPA, "--cls", "0.03"]},
+        "repae": {"script": "train_repae", "argv": [*REPAE, "--dataset", "builtin", "--vae-ckpt", str(vae),
+                                                    "--lpips-random"]},
+        "repae-ldm": {"script": "train_ldm_only", "argv": [*REPAE, "--data-dir", str(data), "--vae-ckpt", str(vae),
+                                                          "--vae-latents-name", "tiny"]},
+        **dmd2,
+    }
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, trained_run) -> dict:
+    """Teachers of three families (DiT, SiT, U-Net: 1 step of train.py; EDM: the fixture pickle), a tiny
+    REPA-E VAE with its latent statistics, and REPA-E's layout with that VAE's cached latents."""
+    import cache_latents
+
+    folder = tmp_path_factory.mktemp("inputs")
+    teachers = {"dit": trained_run / "checkpoints" / "0000020.pt",
+                "edm": ROOT / "tests" / "fixtures" / "edm_tiny_snapshot.pkl"}
+    for family, name in (("sit", "SiT-Ti/4"), ("unet", "UNet-Ti")):
+        out = folder / family
+        tiny = [*TINY_TRAIN]
+        tiny[tiny.index("DiT-Ti/4")] = name
+        train.main(train.parse_args([*tiny, "--results-dir", str(out), "--max-steps", "1", "--ckpt-every", "1"]))
+        (teachers[family],) = out.glob("*/checkpoints/0000001.pt")
+    data = folder / "data"
+    dataset_tools.main(dataset_tools.parse_args(["convert", "--source", "builtin", "--max-images", "64",
+                                                 "--resolution", "32x32", "--dest", str(data / "images.h5")]))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        torch.save(to_ldm_state_dict(VAE_models["tiny-f4d4"]().state_dict()), folder / "tiny.pt")
+    torch.save({"latents_scale": torch.full((1, 4, 1, 1), 2.0), "latents_bias": torch.full((1, 4, 1, 1), 0.5)},
+               folder / "tiny-latents-stats.pt")
+    cache_latents.main(cache_latents.parse_args([
+        "--vae-arch", "tiny-f4d4", "--vae-ckpt-path", str(folder / "tiny.pt"), "--vae-latents-name", "tiny",
+        "--data-dir", str(data), "--output-dir", str(data), "--pproc-batch-size", "16"]))
+    return {"teachers": teachers, "vae": folder / "tiny.pt", "data": data}
+
+
+@pytest.fixture(scope="module")
+def runs(inputs, tmp_path_factory) -> dict:
+    """Every case on two gloo processes (one launch, in the background) and on one (in this process)."""
+    table = cases(inputs)
+    out = tmp_path_factory.mktemp("equivalence")
+    (out / "cases.json").write_text(json.dumps(table))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests")}
+    env.pop("DIFFUSION_LAB_DEBUG", None)
+    launch = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                               "tests/equivalence.py", str(out / "cases.json"), str(out / "2")], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for name, case in table.items():
+            run_case(case, out / "1" / name)
+        log, _ = launch.communicate(timeout=900)
+    finally:
+        launch.kill()
+    assert launch.returncode == 0, log[-4000:]
+    return {1: out / "1", 2: out / "2", "cases": table}
+
+
+def checkpoint(folder: Path) -> dict:
+    (path,) = folder.glob("**/checkpoints/0000003.pt")
+    return load_checkpoint(path)
+
+
+def tensors(state, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Every floating tensor of a (nested) checkpoint entry by a dotted name."""
+    if torch.is_tensor(state):
+        return {prefix: state.double()} if state.is_floating_point() else {}
+    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, list) else []
+    return {name: t for k, v in items for name, t in tensors(v, f"{prefix}.{k}" if prefix else str(k)).items()}
+
+
+def entries(ckpt: dict) -> list[str]:
+    """The networks, EMAs and optimizer states of a checkpoint."""
+    return [k for k, v in ckpt.items() if isinstance(v, dict) and k not in ("args", "data", "model_kwargs")]
+
+
+
+
+@pytest.mark.parametrize("case", ["dit", "dit-fsdp", "unet", "sit", "repa", "reg", "repae-ldm", "dmd2-dit",
+                                  "dmd2-dit-fsdp", "dmd2-sit", "dmd2-unet", "dmd2-edm"])
+def test_two_processes_train_as_one(runs, case):
+    one, two = checkpoint(runs[1] / case), checkpoint(runs[2] / case)
+    assert one["steps"] == two["steps"] == 3 and entries(one) == entries(two)
+    limit = 1e-4 if "--gan_classifier" in runs["cases"][case]["argv"] else 1e-5
+    for key in entries(one):
+        a, b = tensors(one[key]), tensors(two[key])
+        assert a.keys() == b.keys(), key
+        gap = sum(float((a[k] - b[k]).norm()) ** 2 for k in a) ** 0.5 / sum(float(a[k].norm()) ** 2 for k in a) ** 0.5
+        worst = max(a, key=lambda k: float((a[k] - b[k]).norm()))
+        assert gap <= limit, f"{case}: {key} differs by {gap:.1e} of its norm on two processes (most in {worst})"
+
+
+@pytest.mark.parametrize("case", BATCHNORM)
+def test_batch_statistics_move_alike_on_one_and_two_processes(runs, case):
+    one, two = checkpoint(runs[1] / case), checkpoint(runs[2] / case)
+    start = torch.load(runs[1] / case / "initial.pt", weights_only=True)
+    for key, initial in start.items():
+        for name, before in initial.items():
+            a, b = one[key][name], two[key][name]
+            if name.endswith("num_batches_tracked"):
+                assert int(a) == int(b) > 0, f"{key}.{name}: {int(a)} batches on one process, {int(b)} on two"
+            elif not torch.equal(a, before):
+                assert not torch.equal(b, before), f"{key}.{name} changed on one process, not on two"
+            if name.endswith(("running_mean", "running_var")):
+                gap = float(((b - before) - (a - before)).norm() / (a - before).norm())
+                assert gap <= 0.25, f"{key}.{name}: the running statistics moved {gap:.0%} apart"
