@@ -34,6 +34,7 @@ from training.engine import Engine, NonFiniteLoss
 from training.hooks import RunHooks
 from training.methods import Batches
 from training.run import open_run, plan_run_folder
+from training.schedule import constant_with_warmup
 from training.setup import prepare_tracker, seed_everything, setup_accelerator
 from training.visual import grid_labels
 
@@ -187,8 +188,8 @@ def main(args: argparse.Namespace) -> None:
     logger.info(f"teacher {cfg['ckpt']} ({cfg['model']}, {teacher.family}); generator noise levels "
                 f"{[round(s, 4) for s in method.generator_sigmas]}")
 
-    def schedule(step: int, base: float) -> float:  # diffusers' constant_with_warmup, stepped every iteration
-        return base * min(1.0, (step - args.warmup_from) / max(1, args.warmup_step))
+    def schedule(step: int, base: float) -> float:  # the warm-up restarts at a --ckpt_only_path start
+        return constant_with_warmup(step - args.warmup_from, base, args.warmup_step, world)
 
     engine = Engine(accelerator, method, lr_at=schedule, shard=args.fsdp)
     if resume is not None:

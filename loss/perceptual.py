@@ -52,8 +52,10 @@ class PerceptualLoss(torch.nn.Module):
         super().__init__()
         import lpips
 
-        with warnings.catch_warnings():  # lpips asks torchvision for its backbone with a deprecated flag
-            warnings.simplefilter("ignore")
+        # a random backbone is the same on every process (and in every run): drawn from a fixed seed
+        with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+            warnings.simplefilter("ignore")  # lpips asks torchvision for its backbone with a deprecated flag
+            torch.manual_seed(0)
             self.lpips = lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False)
         if not random_backbone:
             features = torch.load(vgg16_weights(vgg_path), map_location="cpu", weights_only=True)

@@ -223,3 +223,14 @@ def test_a_second_stage_adds_the_gan_head_and_nothing_else(teacher, tmp_path, ca
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1, err
     assert "1 missing keys (e.g. fake_unet.x_embedder.proj.weight)" in err and not (tmp_path / "bad").exists()
+
+
+def test_warmup_is_dmd2s_scheduler_stepped_once_per_process():
+    """DMD2 prepares its constant_with_warmup schedulers with accelerate, which steps them once per process
+    each iteration: 500 warm-up steps on 7 GPUs last 72 iterations; without warm-up step 0 has the full rate."""
+    from training.schedule import constant_with_warmup
+
+    assert constant_with_warmup(0, 2e-6, 0) == 2e-6
+    assert [constant_with_warmup(s, 1.0, 500) for s in (0, 250, 499, 500)] == [0.0, 0.5, 0.998, 1.0]
+    assert constant_with_warmup(10, 1.0, 500, processes=7) == pytest.approx(70 / 500)
+    assert constant_with_warmup(72, 1.0, 500, processes=7) == 1.0 > constant_with_warmup(71, 1.0, 500, processes=7)

@@ -138,3 +138,14 @@ def test_lpips_reads_the_vgg_backbone_from_a_local_file_and_refuses_offline_with
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     with pytest.raises(ValueError, match=f"needs torchvision's VGG16 weights {VGG16_FILE}.*--lpips-vgg"):
         PerceptualLoss()
+
+
+def test_a_random_lpips_backbone_is_the_same_whatever_the_random_state():
+    """--lpips-random: each process builds the same network (it is not synchronised like the trained ones)."""
+    from loss.perceptual import PerceptualLoss
+
+    torch.manual_seed(1)
+    a = PerceptualLoss(random_backbone=True).state_dict()
+    torch.manual_seed(2)
+    b = PerceptualLoss(random_backbone=True).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -25,3 +25,12 @@ def lr_at(step: int, base_lr: float, schedule: str = "constant", warmup_steps: i
     if schedule == "cosine":
         return min_lr + (base_lr - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
     raise ValueError(f"unknown learning-rate schedule {schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+
+
+def constant_with_warmup(step: int, base_lr: float, warmup_steps: int, processes: int = 1) -> float:
+    """diffusers' ``constant_with_warmup`` as DMD2 runs it: ``base_lr * s / warmup_steps`` up to ``warmup_steps``,
+    then ``base_lr``, where ``s = step * processes`` because accelerate advances a prepared scheduler once per
+    process each iteration; the warm-up thus lasts ``warmup_steps / processes`` iterations (DMD2's comment in
+    ``train_edm.py`` says so), and step 0 already has ``base_lr`` without warm-up."""
+    s = step * processes
+    return base_lr if s >= warmup_steps else base_lr * s / warmup_steps
