@@ -242,14 +242,19 @@ def main(args: argparse.Namespace) -> list[dict]:
           f"timed steps; peak memory is {'max_memory_allocated' if device.type == 'cuda' else 'peak RSS'}")
     print(HEADER, flush=True)
     records = []
-    for precision in precisions:
-        record = measure(args, precision, device)
-        records.append(record)
-        print(format_row(record), flush=True)
-        if args.output:
-            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-            with open(args.output, "a") as f:
-                f.write(json.dumps(record) + "\n")
+    try:
+        for precision in precisions:
+            record = measure(args, precision, device)
+            records.append(record)
+            print(format_row(record), flush=True)
+            if args.output:
+                Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+                with open(args.output, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+    finally:  # the measured precision and compile setting must not outlive the call (accelerate's state is global)
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
     return records
 
 

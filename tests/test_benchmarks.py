@@ -73,3 +73,18 @@ def test_dmd2_step_benchmark_times_both_kinds_of_step():
     rows = main(parse_args(["--model", "DiT-Ti/4", "--image-size", "32", "--batch-size", "2", "--steps", "1",
                             "--warmup", "0", "--mixed-precision", "no", "--gradient-checkpointing"]))
     assert rows[0]["gradient_checkpointing"] and math.isfinite(rows[0]["mean_s"])
+
+
+def test_a_compiled_measurement_leaves_no_compile_setting_behind(monkeypatch):
+    """accelerate keeps its state per process: a benchmark with --compile must not make every later
+    Accelerator of the process (a test's training run) compile its models, even when it fails."""
+    from accelerate import Accelerator
+
+    def measure(args, precision, device):
+        bench.accelerator_for(precision, compile_model=True)
+        raise RuntimeError("stopped after building the compiled accelerator")
+
+    monkeypatch.setattr(bench, "measure", measure)
+    with pytest.raises(RuntimeError, match="stopped"):
+        bench.main(bench.parse_args(["--model", "DiT-Ti/4", "--image-size", "16", "--vae", "none", "--compile"]))
+    assert Accelerator(cpu=True).state.dynamo_plugin.backend.value == "NO"
