@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from data import h5 as layout
 from models.vae import VAE_models, load_vae_weights
-from sample_ddp import sha256_of
+from models.weights import sha256_of
 from training.cli import check_writable_dir, first_paragraph, run_cli
 from training.setup import setup_accelerator
 

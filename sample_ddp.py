@@ -20,7 +20,6 @@ is named after the checkpoint (with the start of its sha256) and the sampler set
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -33,6 +32,7 @@ from tqdm.auto import tqdm
 
 from diffusion.pipeline import generate
 from models.pretrained import build_for_sampling, load_codec, resolve_sampling_config
+from models.weights import sha256_of
 from training.cli import check_writable_dir, first_paragraph, run_cli, use_local_rank
 from training.monitor import to_uint8
 from training.run import write_text_atomic
@@ -67,15 +67,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 MANIFEST = "manifest.json"
-
-
-def sha256_of(path: str | Path, chunk: int = 1 << 24) -> str:
-    """The checkpoint's identity: sha256 of its bytes (read once per run, on one process)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_manifest(folder: Path, manifest: dict) -> None:

@@ -55,7 +55,7 @@ def proxy_metrics(samples_dir: Path | None, ckpt: Path) -> dict:
     this checkpoint (its file name and the start of its sha256)."""
     if samples_dir is None:
         return {}
-    from sample_ddp import sha256_of
+    from models.weights import sha256_of
 
     tag = f"-{ckpt.stem}-{sha256_of(ckpt)[:8]}-"
     found = sorted((p for p in samples_dir.glob("*.json") if tag in p.name), key=lambda p: p.stat().st_mtime)

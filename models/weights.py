@@ -3,6 +3,7 @@ sample with, and a strict load whose error names the mismatch."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -58,3 +59,12 @@ def load_weights(model: torch.nn.Module, state_dict: dict, source: str, assign: 
             parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
         raise CheckpointError(f"{source} does not fit this model: {'; '.join(parts)}. {hint}")
     model.load_state_dict(state_dict, strict=True, assign=assign)
+
+
+def sha256_of(path: str | Path, chunk: int = 1 << 24) -> str:
+    """The checkpoint's identity: sha256 of its bytes (read once per run, on one process)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -19,8 +19,8 @@ import train_ldm_only
 from data.h5 import H5Images, H5ImagesAndLatents, listing_path
 from data.procedural import render_batch
 from models.vae import VAE_models, to_ldm_state_dict
+from models.weights import sha256_of
 from preprocessing import dataset_tools
-from sample_ddp import sha256_of
 
 ROOT = Path(__file__).resolve().parent.parent
 N = 24

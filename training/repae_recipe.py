@@ -152,7 +152,7 @@ def open_dataset(args: argparse.Namespace):
 
 def check_latents_vae(dataset, vae_ckpt: str) -> None:
     """The cached latents are ``--vae-ckpt``'s, when their file records its VAE (``cache_latents.py`` does)."""
-    from sample_ddp import sha256_of
+    from models.weights import sha256_of
 
     recorded = dataset.vae_identity.get("vae_ckpt_sha256")
     if recorded and recorded != sha256_of(vae_ckpt):
