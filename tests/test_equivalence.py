@@ -3,8 +3,9 @@ with the random draws of each step keyed by global sample index (``tests/equival
 
 Where nothing depends on the per-process batch, every network, EMA and optimizer state after 3 steps agrees to
 1e-5 (the difference's norm over the entry's tensors, relative to theirs). DMD2's GAN head at test width (a
-GroupNorm of two channels a group on a 1x1 map) amplifies float32 rounding about a hundredfold, so runs with it
-agree to 1e-4 (docs/notes/distributed.md). REPA-E's BatchNorms (the SiT's latent norm, the PatchGAN's) see each
+GroupNorm of two channels a group on a 1x1 map) amplifies float32 rounding, which differs between one batch and
+two halves, twenty- to a hundredfold, so runs with it agree to 1e-3 (docs/notes/distributed.md; a wrong draw or
+a wrong sample moves them by 1e-2 and more). REPA-E's BatchNorms (the SiT's latent norm, the PatchGAN's) see each
 process's half of the batch on CPUs, where there is no SyncBatchNorm: there every tensor that changes on one
 process changes on two, the batch counts are equal and the running statistics move within 25% of each other.
 """
@@ -29,11 +30,15 @@ from training.checkpoint import load_checkpoint
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.usefixtures("quick_grids")]
 
+# EQUIVALENCE_NPROC=N (docs/benchmarks.md: the same check on a machine's GPUs): N processes against one, 4 samples
+# per process
+NPROC = int(os.environ.get("EQUIVALENCE_NPROC", "2"))
+BATCH = str(4 * NPROC)
 STEPS = ["--max-steps", "3", "--ckpt-every", "3", "--log-every", "3"]
-TRAIN = [*TINY_TRAIN, *STEPS, "--results-dir", "{out}"]
+TRAIN = [*TINY_TRAIN, *STEPS, "--results-dir", "{out}", "--global-batch-size", BATCH]
 REPAE = ["--exp-name", "run", "--output-dir", "{out}", "--num-classes", "10", "--resolution", "32",
          "--model", "SiT-Ti/1", "--vae", "tiny-f4d4", "--enc-type", "tiny-vit", "--encoder-depth", "1",
-         "--batch-size", "8", "--no-compile", "--mixed-precision", "no", "--report-to", "none", "--num-workers", "0",
+         "--batch-size", BATCH, "--no-compile", "--mixed-precision", "no", "--report-to", "none", "--num-workers", "0",
          "--max-train-steps", "3", "--checkpointing-steps", "3", "--sampling-steps", "1000", "--log-every", "3",
          "--learning-rate", "1e-3"]
 DMD2 = ["--output_path", "{out}", "--dataset", "builtin", "--num_workers", "0", "--generator_lr", "1e-3",
@@ -41,7 +46,7 @@ DMD2 = ["--output_path", "{out}", "--dataset", "builtin", "--num_workers", "0", 
         "--dfake_gen_update_ratio", "2"]
 GAN = ["--gan_classifier", "--gen_cls_loss_weight", "3e-3", "--cls_loss_weight", "1e-2", "--diffusion_gan",
        "--diffusion_gan_max_timestep", "1000"]
-DMD2_BATCH = {"1": ["--batch_size", "8"], "2": ["--batch_size", "4"]}  # DMD2's --batch_size is per process
+DMD2_BATCH = {"1": ["--batch_size", BATCH], str(NPROC): ["--batch_size", "4"]}  # DMD2's --batch_size is per process
 REPA = ["--model", "SiT-Ti/4", "--enc-type", "tiny-vit", "--encoder-depth", "1", "--proj-coeff", "0.5"]
 BATCHNORM = ("repae",)  # cases with per-process batch statistics
 
@@ -108,14 +113,14 @@ def inputs(tmp_path_factory, trained_run) -> dict:
 
 @pytest.fixture(scope="module")
 def runs(inputs, tmp_path_factory) -> dict:
-    """Every case on two gloo processes (one launch, in the background) and on one (in this process)."""
+    """Every case on two processes (one launch, in the background) and on one (in this process)."""
     table = cases(inputs)
     out = tmp_path_factory.mktemp("equivalence")
     (out / "cases.json").write_text(json.dumps(table))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests")}
     env.pop("DIFFUSION_LAB_DEBUG", None)
-    launch = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                               "tests/equivalence.py", str(out / "cases.json"), str(out / "2")], cwd=ROOT, env=env,
+    launch = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={NPROC}",
+                               "tests/equivalence.py", str(out / "cases.json"), str(out / str(NPROC))], cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         for name, case in table.items():
@@ -124,7 +129,7 @@ def runs(inputs, tmp_path_factory) -> dict:
     finally:
         launch.kill()
     assert launch.returncode == 0, log[-4000:]
-    return {1: out / "1", 2: out / "2", "cases": table}
+    return {1: out / "1", 2: out / str(NPROC), "cases": table}
 
 
 def checkpoint(folder: Path) -> dict:
@@ -152,7 +157,7 @@ def entries(ckpt: dict) -> list[str]:
 def test_two_processes_train_as_one(runs, case):
     one, two = checkpoint(runs[1] / case), checkpoint(runs[2] / case)
     assert one["steps"] == two["steps"] == 3 and entries(one) == entries(two)
-    limit = 1e-4 if "--gan_classifier" in runs["cases"][case]["argv"] else 1e-5
+    limit = 1e-3 if "--gan_classifier" in runs["cases"][case]["argv"] else 1e-5
     for key in entries(one):
         a, b = tensors(one[key]), tensors(two[key])
         assert a.keys() == b.keys(), key
