@@ -1,4 +1,4 @@
-# make install | demo | demo-sit | demo-unet | demo-repae | demo-dmd2 | test | lint | bench | clean
+# make install | demo | demo-sit | demo-unet | demo-repae | demo-dmd2 | test | test-fast | lint | bench | clean
 #      train | overfit | quick-test | generate | status | gpu-status | monitor | clean-all | clean-cuda  (the U-Net)
 # `install` makes .venv in the repository root unless a virtual or conda environment is active.
 ACTIVE_ENV := $(or $(VIRTUAL_ENV),$(CONDA_PREFIX))
@@ -74,7 +74,7 @@ OVERFIT_FLAGS ?= --overfit --samples $(SAMPLES) --global-batch-size $(shell echo
 # Targets other than install depend on $(NEEDS); the test suite runs them with NEEDS= (already installed).
 NEEDS ?= install
 
-.PHONY: install demo demo-sit demo-unet demo-repae demo-dmd2 test lint bench clean train overfit quick-test generate status gpu-status monitor \
+.PHONY: install demo demo-sit demo-unet demo-repae demo-dmd2 test test-fast lint bench clean train overfit quick-test generate status gpu-status monitor \
 	clean-all clean-cuda
 
 install: $(STAMP)
@@ -123,8 +123,13 @@ demo-dmd2: $(NEEDS)
 		--run "one-step generator=$$(ls $(DMD2_DIR)/samples/one-step/*.npz)" \
 		--run "four-step generator, backward simulation=$$(ls $(DMD2_DIR)/samples/four-step/*.npz)"
 
+# Two tiers: everything (the README's command, CI's; at most 20 min on a 2-core CPU), and the fast tier for
+# iterating (under 3 min): every command parses and refuses bad input, one representative run of each kind.
 test: $(NEEDS)
 	$(PYTHON) -m pytest -q
+
+test-fast: $(NEEDS)
+	$(PYTHON) -m pytest -q -m "not slow and not multiprocess"
 
 lint: $(NEEDS)
 	$(PYTHON) -m ruff check .

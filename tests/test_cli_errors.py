@@ -31,12 +31,14 @@ def make_folder(root, n=2, corrupt=False):
     (["--dataset", "builtin", "--image-size", "30"], ["divisible by 8"]),
     ([], ["--data-path"]),
 ])
+@pytest.mark.slow
 def test_train_rejects_bad_flags(flags, needles, tmp_path):
     proc = run_script("train.py", "--results-dir", str(tmp_path), "--vae", "none", *flags)
     assert_one_line_error(proc, *needles)
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_train_rejects_empty_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     proc = run_script("train.py", "--data-path", str(tmp_path / "empty"), "--vae", "none",
@@ -44,6 +46,7 @@ def test_train_rejects_empty_folder(tmp_path):
     assert_one_line_error(proc, str(tmp_path / "empty"))
 
 
+@pytest.mark.slow
 def test_train_names_a_corrupt_image(tmp_path):
     root = make_folder(tmp_path / "data", n=4, corrupt=True)
     proc = run_script("train.py", "--data-path", str(root), "--vae", "none", "--model", "DiT-Ti/4",
@@ -59,11 +62,13 @@ def test_sample_rejects_a_checkpoint_of_another_model(trained_run, tmp_path):
     assert not (tmp_path / "s.png").exists()
 
 
+@pytest.mark.slow
 def test_sample_rejects_a_missing_checkpoint(tmp_path):
     proc = run_script("sample.py", "--ckpt", str(tmp_path / "nope.pt"))
     assert_one_line_error(proc, "nope.pt")
 
 
+@pytest.mark.slow
 def test_resume_with_other_flags_is_refused(trained_run, tmp_path):
     proc = run_script("train.py", *TINY_TRAIN, "--model", "DiT-Ti/2", "--resume", str(trained_run),
                       "--max-steps", "30")

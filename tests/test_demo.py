@@ -29,6 +29,7 @@ def make_flags(target: str) -> list[str]:
     return argv[2:]
 
 
+@pytest.mark.slow
 @pytest.mark.first_use
 def test_demo_from_an_empty_cache_writes_every_promised_file(tmp_path):
     cache = Path(os.environ["DIFFUSION_LAB_CACHE"])
@@ -51,6 +52,7 @@ def test_demo_from_an_empty_cache_writes_every_promised_file(tmp_path):
     ("demo-sit", "000-SiT-Demo-4", "sde2", {"model", "proj_coeff", "cls"}),
     ("demo-unet", "000-UNet-Ti", "ddpm2", {"model", "lr"}),
 ])
+@pytest.mark.slow
 def test_the_other_demos_train_and_score_with_the_same_budget(target, run_name, sampler, differ, tmp_path):
     """`make demo-sit` and `make demo-unet`: the demo's flags but for the model (and the U-Net's learning rate)."""
     import json

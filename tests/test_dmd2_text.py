@@ -49,6 +49,7 @@ def sd_folder(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_text_to_image_teacher_distils_few_step_with_gan_and_lora(sd_folder, tmp_path):
     """Four-step generation with backward simulation, the GAN head on the UNet's mid block, real latents and
     prompts from DMD2's LMDB, guidance with the empty prompt, LoRA adapters on the generator; the generator

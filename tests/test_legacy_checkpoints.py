@@ -47,6 +47,7 @@ def test_legacy_checkpoint_samples_as_recorded(legacy, name):
     torch.testing.assert_close(out, rec["samples"], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["dit", "sit"])
 def test_legacy_checkpoint_resumes(legacy, name, tmp_path):
     """``--resume`` with a legacy checkpoint file continues its run from step 2 in a new run folder."""

@@ -171,6 +171,7 @@ def test_patch_embed_rejects_bad_sizes():
         PatchEmbed(img_size=8, patch_size=2, in_chans=4, embed_dim=8)(torch.zeros(1, 4, 16, 16))
 
 
+@pytest.mark.slow
 def test_models_import_nothing_from_training():
     import subprocess
     import sys

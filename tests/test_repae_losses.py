@@ -124,6 +124,7 @@ def test_generator_loss_is_the_weighted_sum_and_the_gan_term_waits_for_its_start
     assert loss.discriminator(x, recon, disc, step=3)["loss"] == 0
 
 
+@pytest.mark.slow
 def test_lpips_reads_the_vgg_backbone_from_a_local_file_and_refuses_offline_without_it(tmp_path, monkeypatch):
     import torchvision
 

@@ -104,6 +104,7 @@ def test_a_failed_start_writes_nothing(flags, needle, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_results_dir_under_a_file_is_one_line(tmp_path):
     (tmp_path / "file").write_text("x")
     proc = run_script("train.py", *TINY_TRAIN, "--max-steps", "1", "--results-dir", str(tmp_path / "file" / "runs"))
@@ -129,6 +130,7 @@ def test_an_interrupted_atomic_write_leaves_nothing(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_wandb_without_a_login_logs_offline_into_the_run_folder(tmp_path):
     home = tmp_path / "home"  # no ~/.netrc: never logged in
     proc = run_script("train.py", *TINY_TRAIN, "--max-steps", "2", "--report-to", "wandb",

@@ -41,6 +41,7 @@ def test_a_dit_checkpoint_is_not_loaded_as_a_sit(tmp_path):
         resolve(official, default_model="SiT-XL/2")  # generate.py's default for weights without args
 
 
+@pytest.mark.slow
 def test_raw_weights_of_another_shape_do_not_fit(tmp_path):
     ckpt = save_checkpoint(tmp_path / "raw.pt", args=False)
     proc = run_script("sample.py", "--ckpt", str(ckpt), "--model", "DiT-Ti/2", "--image-size", "16",

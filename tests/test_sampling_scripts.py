@@ -22,6 +22,7 @@ def test_sample_writes_a_grid_from_our_checkpoint(trained_run, tmp_path):
     assert (first == first[:, :1, :, :1]).all()  # nearest neighbour: every source pixel an 8x8 square
 
 
+@pytest.mark.slow
 def test_sample_ddim(trained_run, tmp_path):
     out = tmp_path / "ddim.png"
     proc = run_script("sample.py", "--ckpt", str(trained_run / "checkpoints" / "0000020.pt"),

@@ -50,6 +50,7 @@ def test_resume_continues_identically(tmp_path):
     assert a["data"] == b["data"]
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_names_the_last_checkpoint(tmp_path):
     proc = run_script("train.py", *TINY_TRAIN, "--results-dir", str(tmp_path), "--max-steps", "50",
                       "--ckpt-every", "1", "--log-every", "1", "--lr", "1e30")
@@ -59,6 +60,7 @@ def test_nan_loss_stops_and_names_the_last_checkpoint(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_eval_every_records_a_proxy_metric_curve(tmp_path, monkeypatch):
     import evaluations.proxy as proxy
 
@@ -75,6 +77,7 @@ def test_eval_every_records_a_proxy_metric_curve(tmp_path, monkeypatch):
     assert (run_dir / "eval_samples.png").is_file()
 
 
+@pytest.mark.slow
 def test_eval_every_needs_the_builtin_dataset(tmp_path):
     proc = run_script("train.py", "--data-path", str(tmp_path), "--eval-every", "10", "--vae", "none")
     assert proc.returncode == 2 and "--dataset builtin" in proc.stderr
@@ -102,6 +105,7 @@ def test_torchrun_two_gloo_processes_train_and_resume(tmp_path, sharding):
         assert ckpt["model"]["blocks.0.attn.qkv.weight"].shape == (192, 64)  # full weights, not a shard
 
 
+@pytest.mark.slow
 def test_eval_ref_records_an_inception_metric_curve(tmp_path, monkeypatch):
     import numpy as np
     from eval_stand_in import StandInInception

@@ -40,6 +40,7 @@ def records(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_update_ratio_holds_across_an_exact_resume(teacher, tmp_path):
     """Generator updates at steps 0 and 3 of 6 (ratio 3), the guidance model at every step; resuming the
     step-3 checkpoint ends bit-identical to the uninterrupted run."""
@@ -211,6 +212,7 @@ def test_bad_input_is_refused_in_one_line(teacher, tmp_path, monkeypatch, capsys
         validate(parse_args(["--teacher", str(teacher), "--backward_simulation"]))
 
 
+@pytest.mark.slow
 def test_edm_teacher_from_its_pickle(tmp_path):
     """EDM's network pickle as the teacher (DMD2's ImageNet recipe in miniature): the GAN head on EDM's encoder
     output, conditioning sigma 80 on the Karras grid, LoRA on the generator; then sample.py reads the generator
@@ -300,6 +302,7 @@ def test_two_gloo_processes_shard_both_networks(teacher, tmp_path):
     assert sampled.returncode == 0, sampled.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model, flags", [("UNet-Ti", []), ("SiT-Ti/4", ["--proj-coeff", "0", "--cls", "0"])])
 def test_unet_and_sit_teachers(model, flags, tmp_path):
     """A U-Net teacher (cosine schedule; the GAN head on its middle block) and a SiT teacher (velocity; pure noise at
@@ -324,6 +327,7 @@ def test_unet_and_sit_teachers(model, flags, tmp_path):
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.slow
 def test_a_teacher_in_sits_own_time_gives_a_generator_in_that_time(tmp_path):
     """A checkpoint of SiT's own train.py (t = 1 data; its args spell the path "Linear", weights with the
     learned-sigma half) distils; the generator keeps plain SiT keys and records SiT's time, so sample.py and

@@ -87,6 +87,7 @@ def test_gradients_reach_the_vae_only_through_the_alignment_and_the_sit_only_in_
         assert any(seen["opt_vae"]["vae"]) == expect
 
 
+@pytest.mark.slow
 def test_a_run_checkpoints_repaes_keys_and_resumes_exactly(runs, tmp_path):
     straight = torch.load(runs / "a" / "run" / "checkpoints" / "0000002.pt", weights_only=False)
     assert {"model", "ema", "vae", "discriminator", "opt", "opt_vae", "opt_disc", "args", "steps"} <= set(straight)
@@ -144,6 +145,7 @@ def test_missing_latent_statistics_are_named(tiny_vae, tmp_path):
         train_repae.main(train_repae.parse_args(flags(lone, tmp_path / "out", "--max-train-steps", "1")))
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_repaes_own_code_resumes_with_fresh_vae_and_discriminator_optimizers(tiny_vae, runs,
                                                                                              tmp_path):
     """REPA-E's checkpoints have no RNG or data position, and their VAE and discriminator optimizers list
@@ -164,6 +166,7 @@ def test_a_checkpoint_of_repaes_own_code_resumes_with_fresh_vae_and_discriminato
     assert resumed["steps"] == 2 and "opt" in resumed
 
 
+@pytest.mark.slow
 def test_the_trackers_write_into_logging_dir_inside_the_run_folder(tiny_vae, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     argv = flags(tiny_vae, tmp_path, "--max-train-steps", "1", "--checkpointing-steps", "1")

@@ -47,6 +47,7 @@ def test_reg_checkpoint_holds_args_and_the_class_token_weights(reg_run):
     assert (reg_run / "samples" / "0000080.png").is_file()
 
 
+@pytest.mark.slow
 def test_resume_step_continues_the_named_run_identically(tmp_path, quick_grids):
     common = [*TINY_SIT, *REG, "--output-dir", str(tmp_path), "--log-every", "1", "--checkpointing-steps", "2",
               "--global-batch-size", "4"]
@@ -60,6 +61,7 @@ def test_resume_step_continues_the_named_run_identically(tmp_path, quick_grids):
     assert [r["loss"] for r in read_metrics(tmp_path / "a")] == [r["loss"] for r in read_metrics(tmp_path / "b")]
 
 
+@pytest.mark.slow
 def test_a_named_run_is_never_overwritten(reg_run):
     proc = run_script("train.py", *TINY_SIT, *REG, "--output-dir", str(reg_run.parent), "--exp-name", "reg",
                       "--max-train-steps", "2")
@@ -104,6 +106,7 @@ def test_plain_sit_on_reg_layout_trains_on_vae_latents(tiny_vae, tmp_path):
     assert not any(k.startswith("projectors.") for k in ckpt["ema"])  # plain SiT: no projector
 
 
+@pytest.mark.slow
 def test_sample_py_draws_a_reg_grid_with_the_sde(reg_run, tmp_path):
     out = tmp_path / "grid.png"
     proc = run_script("sample.py", "--ckpt", str(reg_run / "checkpoints" / "0000080.pt"), "--num-sampling-steps",
@@ -115,6 +118,7 @@ def test_sample_py_draws_a_reg_grid_with_the_sde(reg_run, tmp_path):
     assert proc.returncode == 2 and "--heun is a step of the ODE sampler" in proc.stderr
 
 
+@pytest.mark.slow
 def test_generate_checks_projector_dims_and_class_token_size(reg_run, tmp_path):
     ckpt = str(reg_run / "checkpoints" / "0000080.pt")
     proc = run_script("generate.py", "--ckpt", ckpt, "--projector-embed-dims", "768", "--num-fid-samples", "2")

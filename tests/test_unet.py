@@ -126,6 +126,7 @@ def test_cifar10_missing_and_not_downloadable_is_one_line(tmp_path, monkeypatch)
         CIFAR10Images(tmp_path / "nowhere")
 
 
+@pytest.mark.slow
 def test_overfit_two_images_drives_the_loss_down_and_reports(tmp_path, monkeypatch):
     import evaluations.proxy as proxy
 
@@ -148,6 +149,7 @@ def test_overfit_two_images_drives_the_loss_down_and_reports(tmp_path, monkeypat
     assert ckpt["args"]["noise_schedule"] == "cosine" and ckpt["args"]["max_grad_norm"] == 1.0
 
 
+@pytest.mark.slow
 def test_training_follows_the_lr_schedule(tmp_path):
     train.main(train.parse_args([*TINY_UNET, "--dataset", "builtin", "--global-batch-size", "4", "--max-steps", "8",
                                  "--lr", "1e-3", "--lr-warmup-steps", "4", "--lr-schedule", "linear",
@@ -168,6 +170,7 @@ def test_family_flags_are_refused_or_checked(flags, message):
         train.validate(args)
 
 
+@pytest.mark.slow
 def test_unet_shape_flags_reach_the_model_and_the_sampler(tmp_path):
     train.main(train.parse_args([*TINY_UNET, "--dataset", "builtin", "--global-batch-size", "4", "--max-steps", "1",
                                  "--base-channels", "8", "--channel-mult", "1,2,2", "--time-emb-dim", "16",
@@ -191,6 +194,7 @@ def make(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout, env=env)
 
 
+@pytest.mark.slow
 def test_makefile_workflow_quick_test_generate_status_clean(tmp_path):
     write_fake_cifar10(tmp_path / "cifar")
     common = [f"RESULTS={tmp_path / 'results'}", "MODEL=UNet-Ti", "IMAGE_SIZE=16", f"DATA_PATH={tmp_path / 'cifar'}"]
@@ -241,6 +245,7 @@ def test_unet_defaults_are_cifar10s_and_offline_falls_back_to_builtin(tmp_path, 
     assert (args.image_size, args.num_classes, args.vae, args.noise_schedule) == (256, 1000, "ema", "linear")
 
 
+@pytest.mark.slow
 def test_overfit_batch_is_every_image_when_the_default_is_larger(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # datasets/cifar10 is absent here, and the network is off
     import socket

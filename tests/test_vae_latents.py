@@ -90,6 +90,7 @@ def test_bad_vae_folders_are_refused(tmp_path):
         load_vae(str(tmp_path / "missing" / "vae"))
 
 
+@pytest.mark.slow
 def test_encode_latents_writes_moments_of_images_and_flips(latent_cache, tiny_vae):
     manifest = json.loads((latent_cache / "latents.json").read_text())
     assert manifest["count"] == N_IMAGES and manifest["vae"] == str(tiny_vae)
@@ -134,6 +135,7 @@ def test_interrupted_cache_is_refused(latent_cache, tmp_path):
     assert resolve_dataset_kind(None, str(partial)) == "latents"  # so train.py shows that message too
 
 
+@pytest.mark.slow
 def test_train_on_cached_latents_writes_checkpoint_and_decoded_grid(cached_run, tiny_vae):
     ckpt = torch.load(cached_run / "checkpoints" / "0000004.pt", weights_only=False)
     assert ckpt["steps"] == 4 and ckpt["args"]["vae"] == str(tiny_vae)
@@ -143,6 +145,7 @@ def test_train_on_cached_latents_writes_checkpoint_and_decoded_grid(cached_run, 
     assert grid.shape[0] == 2 + 10 * (4 * 32 + 2) and grid.shape[1] >= 4 * (4 * 32 + 2) + 2
 
 
+@pytest.mark.slow
 def test_train_with_vae_none_on_a_latent_cache_fails_in_one_line(latent_cache, tmp_path):
     proc = run_script("train.py", "--data-path", str(latent_cache), "--model", "DiT-Ti/2", "--image-size", "32",
                       "--num-classes", "10", "--vae", "none", "--global-batch-size", "8", "--num-workers", "0",
@@ -164,6 +167,7 @@ def test_train_on_images_through_the_tiny_vae(tiny_vae, tmp_path):
     assert all(np.isfinite(json.loads(line)["loss"]) for line in (run_dir / "metrics.jsonl").read_text().splitlines())
 
 
+@pytest.mark.slow
 def test_sample_decodes_through_the_checkpoints_vae(cached_run, tmp_path):
     out = tmp_path / "s.png"
     proc = run_script("sample.py", "--ckpt", str(cached_run / "checkpoints" / "0000004.pt"),
