@@ -17,7 +17,7 @@ import argparse
 from pathlib import Path
 
 from training.checkpoint import load_checkpoint, save_atomic
-from training.cli import check_writable_dir, first_paragraph, run_cli
+from training.cli import check_plain_name, check_writable_dir, first_paragraph, run_cli
 
 REPAE_KEYS = ("vae", "ema", "discriminator")
 SUFFIXES = ("", "-latents-stats", "-discriminator-ckpt")  # the three files, {vae-name}{suffix}.pt
@@ -33,13 +33,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def check_vae_name(name: str, flag: str = "--vae-name") -> None:
-    """A plain file name: no folders, nothing that leaves the save folder."""
-    if not name or name in (".", "..") or Path(name).name != name or "\\" in name:
-        raise ValueError(f"{flag} {name!r}: give a plain name without folders (the files go to "
-                         "{save-dir}/{vae-name}/; choose the folder with --save-dir)")
-
-
 def extract(ckpt: dict) -> dict[str, dict]:
     """``{suffix: state}`` of the three files."""
     missing = [k for k in REPAE_KEYS if k not in ckpt]
@@ -53,7 +46,7 @@ def extract(ckpt: dict) -> dict[str, dict]:
 
 
 def main(args: argparse.Namespace) -> list[Path]:
-    check_vae_name(args.vae_name)
+    check_plain_name(args.vae_name, "--vae-name")
     if not Path(args.repae_ckpt).is_file():
         raise ValueError(f"--repae-ckpt {args.repae_ckpt}: no such file")
     check_writable_dir(args.save_dir, "--save-dir")

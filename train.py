@@ -28,9 +28,9 @@ from training.hooks import RunHooks
 from training.recipes import (
     build_method,
     check_resume_args,
-    is_aligned,
     open_dataset,
     resume_checkpoint_path,
+    use_tf32,
     validate,
 )
 from training.recipes import parse_args as recipe_args
@@ -56,8 +56,7 @@ def main(args: argparse.Namespace) -> None:
         check_resume_args(resume, args)
     check_writable_dir(args.results_dir, "--results-dir")
 
-    # TF32: DiT's and SiT's train.py turn it on; REPA and REG only with --allow-tf32
-    accelerator = setup_accelerator(args.mixed_precision, args.report_to, allow_tf32=args.allow_tf32 or not is_aligned(args))
+    accelerator = setup_accelerator(args.mixed_precision, args.report_to, allow_tf32=use_tf32(args))
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     accum = args.gradient_accumulation_steps
     local_batch, update_batch = batch_sizes(args.global_batch_size, world, accum, "--global-batch-size")

@@ -26,9 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from data.h5 import H5Images  # noqa: E402
 from loss.autoencoder import LossConfig, VAELoss  # noqa: E402
 from models.vae import VAE_models, to_ldm_state_dict  # noqa: E402
-from save_vae_weights import check_vae_name  # noqa: E402
 from training.checkpoint import save_atomic  # noqa: E402
-from training.cli import first_paragraph, run_cli  # noqa: E402
+from training.cli import check_plain_name, first_paragraph, run_cli  # noqa: E402
 from training.data import make_loader  # noqa: E402
 from training.engine import Engine, Method  # noqa: E402
 from training.methods import Batches  # noqa: E402
@@ -83,7 +82,7 @@ def check_one_process() -> None:
 
 def main(args: argparse.Namespace) -> Path:
     check_one_process()
-    check_vae_name(args.vae_name)
+    check_plain_name(args.vae_name, "--vae-name")
     folder = Path(args.save_dir) / args.vae_name
     weights, stats_file = folder / f"{args.vae_name}.pt", folder / f"{args.vae_name}-latents-stats.pt"
     if weights.is_file() and stats_file.is_file():

@@ -12,8 +12,8 @@ from models.unwrap import unwrap
 
 
 def test_repae_latent_norm_runs_under_a_ddp_wrapper(tmp_path):
-    """REPA-E's SiT step gets the DDP-wrapped SiT: its latent BatchNorm must still normalise the latents
-    and count the batch (a lookup through the wrapper found no norm and trained on raw latents)."""
+    """REPA-E's SiT step gets the DDP-wrapped SiT: its latent BatchNorm still normalises the latents and
+    counts the batch."""
     torch.manual_seed(0)
     sit = create_model("SiT-Ti/4", input_size=8, in_channels=4, num_classes=5, z_dims=[16], encoder_depth=1,
                        bn_momentum=0.1).train()

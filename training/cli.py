@@ -47,6 +47,12 @@ def check_writable_dir(path: str | os.PathLike, flag: str) -> None:
         return
 
 
+def check_plain_name(name: str, flag: str) -> None:
+    """A plain file name for ``flag``: no folders, nothing that leads out of the folder it names a file in."""
+    if not name or name in (".", "..") or Path(name).name != name or "\\" in name:
+        raise ValueError(f"{flag} {name!r}: give a plain name without folders (choose the folder with its own flag)")
+
+
 def first_paragraph(doc: str) -> str:
     """A script's ``--help`` description: the first paragraph of its docstring, as one line."""
     return " ".join(doc.strip().split("\n\n")[0].split())

@@ -63,8 +63,8 @@ def parse_args(argv=None, description: str | None = None) -> argparse.Namespace:
           "initialisation of the same network")
     _flag(p, "generator_lr", type=float, default=2e-6)
     _flag(p, "guidance_lr", type=float, default=2e-6)
-    _flag(p, "warmup_step", type=int, default=500, help="linear warm-up from 0 (diffusers' constant_with_warmup), over warmup_step / processes "
-          "iterations as DMD2's accelerate-prepared scheduler")
+    _flag(p, "warmup_step", type=int, default=500, help="linear warm-up from 0 (diffusers' constant_with_warmup), "
+          "over warmup_step / processes iterations as DMD2's accelerate-prepared scheduler")
     _flag(p, "max_grad_norm", type=float, default=10.0)
     _flag(p, "min_step_percent", type=float, default=0.02)
     _flag(p, "max_step_percent", type=float, default=0.98)

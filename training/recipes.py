@@ -144,6 +144,12 @@ def is_aligned(args: argparse.Namespace) -> bool:
     return is_sit(args.model) and (args.proj_coeff > 0 or args.cls > 0)
 
 
+def use_tf32(args: argparse.Namespace) -> bool:
+    """TF32 matmuls: always for DiT, the U-Net and plain SiT (their train.py turn it on), with --allow-tf32 for
+    REPA and REG."""
+    return args.allow_tf32 or not is_aligned(args)
+
+
 def resolve_family_flags(args: argparse.Namespace) -> None:
     """Refuse the other families' flags, then fill this family's defaults (so args.json records them): a
     SiT model takes REPA's once an alignment flag is given, SiT's own otherwise."""
