@@ -233,7 +233,9 @@ def eps_model(denoiser: Denoiser, alphas_cumprod):
     sigmas = ddpm_sigmas(alphas_cumprod)
 
     def model(x, t, y, cls_token=None, **kwargs):
-        pred = denoiser(x, sigmas.to(x.device)[t], y, cls_token=cls_token, **kwargs)
+        if cls_token is not None:  # REG's; other models take no such argument
+            kwargs["cls_token"] = cls_token
+        pred = denoiser(x, sigmas.to(x.device)[t], y, **kwargs)
         return pred.eps.to(x.dtype) if cls_token is None else (pred.eps.to(x.dtype), pred.token.eps)
 
     return model

@@ -98,6 +98,17 @@ class ExactSiT(nn.Module):
         return (d_alpha * x0 + d_sigma * eps).to(x.dtype), []
 
 
+class ExactEDM(nn.Module):
+    """EDM's interface, ``D(x; sigma)`` on its own scale ``x = x0 + sigma eps`` (no null class, no guidance),
+    around the exact denoiser."""
+
+    prediction = "x0"
+
+    def forward(self, x, sigma, class_labels):
+        sigma = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1).expand(len(x))
+        return posterior_mean(x, torch.ones_like(sigma), sigma, class_labels).to(x.dtype)
+
+
 TOKEN_DIM = 6
 TOKENS = torch.randn(len(IMAGES), TOKEN_DIM, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
 

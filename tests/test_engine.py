@@ -170,3 +170,49 @@ def test_a_loss_of_some_steps_is_logged_as_its_mean_over_those_steps():
     engine.train(engine.batches(loader, sampler, BATCH), STEPS, log_every=STEPS, log=records.append, every={},
                  global_batch=BATCH)
     assert len(gen_losses) == 2 and records[0]["gen"] == pytest.approx(sum(gen_losses) / 2)
+
+
+class Slope(Method):
+    """One weight vector ``w`` (4 entries, starting at 0) with loss ``c * sum(w)``: its gradient is ``c``
+    everywhere, so plain SGD (learning rate 1) gives every update in closed form."""
+
+    def __init__(self, slope: float = 1.0, max_grad_norm: float | None = None, decay: float = 0.5):
+        net = nn.Linear(4, 1, bias=False)
+        nn.init.zeros_(net.weight)
+        self.modules, self.emas = {"model": net}, {"ema": ("model", decay)}
+        self.optimizers = {"opt": torch.optim.SGD(net.parameters(), lr=1.0)}
+        self.slope, self.max_grad_norm, self.norms = slope, max_grad_norm, []
+
+    def train_step(self, engine, batch):
+        loss = self.slope * self.modules["model"].weight.sum()
+        engine.backward(loss)
+        norm = engine.step("opt", self.max_grad_norm)
+        if norm is not None:
+            self.norms.append(float(norm))
+        return {"loss": loss.detach()}
+
+
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_the_ema_averages_the_weights_after_each_update(grad_accum):
+    """``ema_k = d ema_(k-1) + (1 - d) w_k`` with ``w_k`` the weights after update k, once per step
+    however many micro-batches it has: with w_k = -k and d = 0.5, -0.5, -1.25, -2.125."""
+    method = Slope()
+    engine = Engine(setup_accelerator(), method, grad_accum=grad_accum)
+    engine.init_emas()
+    emas = []
+    for _ in range(3):
+        engine.one_step(iter([None] * grad_accum))
+        engine.steps += 1
+        emas.append(engine.emas["ema"].weight[0, 0].item())
+    assert method.modules["model"].weight[0, 0].item() == -3.0
+    assert emas == [-0.5, -1.25, -2.125]
+
+
+def test_clipping_scales_the_gradient_to_the_norm_and_returns_the_norm_before():
+    """A gradient of 3 on 4 entries has norm 6; clipped to 1.5 each entry becomes 0.75 (SGD, rate 1)."""
+    for max_norm, entry in ((1.5, 0.75), (100.0, 3.0)):
+        method = Slope(slope=3.0, max_grad_norm=max_norm)
+        engine = Engine(setup_accelerator(), method)
+        engine.one_step(iter([None]))
+        torch.testing.assert_close(method.modules["model"].weight, torch.full((1, 4), -entry))
+        assert method.norms == [pytest.approx(6.0)]

@@ -22,6 +22,7 @@ from exact_denoisers import (
     SIZE,
     TOKENS,
     ExactDiT,
+    ExactEDM,
     ExactEpsOnly,
     ExactREG,
     ExactSiT,
@@ -71,6 +72,11 @@ CASES = {  # name: (model factory, generate() keyword arguments)
                                                     S_noise=1.003)),
     "sit_edm18_cosine": (lambda: ExactSiT("cosine"), dict(sampler="edm", num_steps=18, path_type="cosine")),
     "unet_edm18": (lambda: ExactEpsOnly(0.0), dict(sampler="edm", num_steps=18)),
+    # an EDM network (x0 on EDM's scale, DMD2's ImageNet teacher) by every sampler
+    "edm_model_edm18": (ExactEDM, dict(sampler="edm", num_steps=18)),
+    "edm_model_ddim25": (ExactEDM, dict(sampler="ddim", num_steps=25)),
+    "edm_model_ode50_cosine": (ExactEDM, dict(sampler="ode", num_steps=50, path_type="cosine")),
+    "edm_model_sde50": (ExactEDM, dict(sampler="sde", num_steps=50)),
 }
 
 

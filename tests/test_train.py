@@ -162,13 +162,23 @@ def test_gradient_accumulation_multiplies_the_batch_as_repa_does(tmp_path, monke
         assert torch.allclose(value, b["model"][name], atol=1e-6), name
 
 
-def test_adam_flags_reach_the_optimizer(tmp_path):
+def test_adam_flags_reach_the_optimizer(tmp_path, quick_grids):
     train.main(train.parse_args([*TINY_TRAIN, "--max-steps", "1", "--ckpt-every", "1", "--results-dir", str(tmp_path),
                                  "--adam-beta1", "0.8", "--adam-beta2", "0.95", "--adam-weight-decay", "0.01",
                                  "--adam-epsilon", "1e-6"]))
     group = torch.load(tmp_path / "000-DiT-Ti-4" / "checkpoints" / "0000001.pt", weights_only=False)["opt"]
     group = group["param_groups"][0]
     assert group["betas"] == (0.8, 0.95) and group["weight_decay"] == 0.01 and group["eps"] == 1e-6
+
+
+def test_max_grad_norm_clips_the_update(tmp_path, quick_grids):
+    """Gradients clipped to a norm far below Adam's epsilon barely move the weights (unclipped, Adam's first
+    step moves each trained weight by about the learning rate, 1e-3): the EMA (decay 0.9999) stays by them."""
+    train.main(train.parse_args([*TINY_TRAIN, "--max-steps", "1", "--ckpt-every", "1", "--results-dir", str(tmp_path),
+                                 "--max-grad-norm", "1e-12"]))
+    state = torch.load(tmp_path / "000-DiT-Ti-4" / "checkpoints" / "0000001.pt", weights_only=False)
+    moved = max((state["model"][k] - v).abs().max() for k, v in state["ema"].items())
+    assert moved < 1e-6, f"the weights moved by {moved:.2e} with gradients clipped to 1e-12"
 
 
 def test_batch_sizes_split_the_batch_over_processes_and_accumulation_multiplies_it():

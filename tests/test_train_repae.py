@@ -3,6 +3,8 @@ go, the checkpoint, exact resume, and bad input refused in one line."""
 
 from __future__ import annotations
 
+from copy import deepcopy
+
 import numpy as np
 import pytest
 import torch
@@ -85,6 +87,110 @@ def test_gradients_reach_the_vae_only_through_the_alignment_and_the_sit_only_in_
                                                               kl_weight=0.0, discriminator_weight=0.0)
         method.train_step(engine, batch)
         assert any(seen["opt_vae"]["vae"]) == expect
+
+
+def loss_config(folder, **weights) -> str:
+    """A copy of REPA-E's loss YAML with some weights changed."""
+    text = "model: {vq_model: {quantize_mode: vae}}\nlosses:\n" + "".join(f"  {k}: {v}\n" for k, v in weights.items())
+    path = folder / f"loss-{len(list(folder.glob('loss-*.yaml')))}.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def fresh(vae_ckpt, folder, *extra):
+    """A freshly built REPA-E method (seed 0), its engine and one batch of 4 built-in images."""
+    args = train_repae.parse_args(flags(vae_ckpt, folder, "--max-train-steps", "1", *extra))
+    validate(args)
+    torch.manual_seed(0)
+    dataset = build_dataset("builtin", None, 32, 10, num_images=8)
+    method = build_method(args, dataset, torch.device("cpu"))
+    engine = Engine(setup_accelerator("no", "none"), method)
+    engine.init_emas()
+    batch = next(engine.batches(*make_loader(dataset, 4, 1, 0, 0, 0), 4))
+    return method, engine, batch
+
+
+def one_step(engine, batch, seed: int = 1) -> None:
+    """The engine's step (the method's three updates, then the EMA) from a fixed random state."""
+    torch.manual_seed(seed)
+    engine.one_step(iter([batch]))
+
+
+@torch.no_grad()
+def reconstruction(method, x, seed: int = 2) -> torch.Tensor:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return method.modules["vae"](x)[2]
+
+
+def test_the_vae_step_raises_the_discriminators_score_of_its_reconstructions(tiny_vae, tmp_path):
+    """With the GAN term alone, the VAE's update makes its reconstructions look more real to the
+    discriminator it was taken against (hinge GAN, generator side: -D(recon))."""
+    cfg = loss_config(tmp_path, reconstruction_weight=0.0, perceptual_weight=0.0, kl_weight=0.0,
+                      discriminator_weight=1.0)
+    method, engine, batch = fresh(tiny_vae, tmp_path, "--loss-cfg-path", cfg, "--vae-align-proj-coeff", "0")
+    x = method.batches(batch)[1]
+    critic = deepcopy(method.modules["discriminator"])  # in training mode, as the step reads it
+    with torch.no_grad():
+        before = critic(reconstruction(method, x)).mean()
+    one_step(engine, batch)
+    with torch.no_grad():
+        after = critic(reconstruction(method, x)).mean()
+    assert after - before > 0.02, f"D(recon) went from {before:.4f} to {after:.4f}"  # measured +0.05 (-0.05 flipped)
+
+
+def test_the_discriminator_step_raises_its_score_of_images_and_lowers_that_of_reconstructions(tiny_vae, tmp_path):
+    """The hinge loss has the images on its real branch and the reconstructions on its fake one."""
+    method, engine, batch = fresh(tiny_vae, tmp_path)
+    x, disc = method.batches(batch)[1], method.modules["discriminator"]
+    recon = reconstruction(method, x)
+    with torch.no_grad():
+        real, fake = disc(x).mean(), disc(recon).mean()
+    one_step(engine, batch)
+    with torch.no_grad():
+        real_after, fake_after = disc(x).mean(), disc(recon).mean()
+    assert real_after - real > 1e-3 and fake - fake_after > 1e-3, \
+        f"D(x) {real:.5f} -> {real_after:.5f}, D(recon) {fake:.5f} -> {fake_after:.5f}"
+
+
+def test_the_vae_losses_leave_the_discriminator_and_the_sit_updates_unchanged(tiny_vae, tmp_path):
+    """The discriminator and the SiT are frozen in the VAE's step: however the VAE's GAN term and its
+    alignment are weighted, their own updates (and the SiT's EMA) come out the same."""
+    after = []
+    for weight, coeff in ((0.1, 1.5), (10.0, 100.0)):
+        cfg = loss_config(tmp_path, discriminator_weight=weight, perceptual_weight=0.0)
+        method, engine, batch = fresh(tiny_vae, tmp_path, "--loss-cfg-path", cfg, "--vae-align-proj-coeff", str(coeff))
+        one_step(engine, batch)
+        after.append(engine.state_dict({}))
+    assert not all(torch.equal(v, after[1]["vae"][k]) for k, v in after[0]["vae"].items())  # the VAE's did change
+    for key in ("discriminator", "model", "ema"):
+        for name, value in after[0][key].items():
+            assert torch.equal(value, after[1][key][name]), f"{key}.{name} depends on the VAE's loss weights"
+
+
+def test_the_latent_batchnorm_moves_once_a_step_in_the_sit_step_and_the_ema_follows(tiny_vae, tmp_path):
+    """The SiT's BatchNorm keeps its running statistics in the VAE's step (eval mode) and updates them in
+    its own step (train mode): one update per step; the EMA averages them like the weights."""
+    method, engine, batch = fresh(tiny_vae, tmp_path)
+    bn, ema_bn = method.modules["model"].bn, engine.emas["ema"].bn
+    start = bn.running_mean.clone(), bn.running_var.clone()
+    one_step(engine, batch)
+    assert int(bn.num_batches_tracked) == 1
+    for name, before in zip(("running_mean", "running_var"), start):
+        moved = getattr(bn, name)
+        assert (moved - before).abs().min() > 1e-4, f"{name} did not move"
+        torch.testing.assert_close(getattr(ema_bn, name), torch.lerp(before, moved, 1 - 0.9999))
+
+
+def test_max_grad_norm_clips_all_three_updates(tiny_vae, tmp_path):
+    """Gradients clipped to a norm far below Adam's epsilon leave every network (almost) where it was;
+    unclipped, Adam's first step moves each trained weight by about the learning rate (1e-4)."""
+    method, engine, batch = fresh(tiny_vae, tmp_path, "--max-grad-norm", "1e-12")
+    before = {key: {k: p.detach().clone() for k, p in engine.module(key).named_parameters()} for key in method.modules}
+    one_step(engine, batch)
+    for key, weights in before.items():
+        moved = max((p - weights[k]).abs().max() for k, p in engine.module(key).named_parameters())
+        assert moved < 1e-7, f"{key} moved by {moved:.2e} with gradients clipped to 1e-12"
 
 
 @pytest.mark.slow
