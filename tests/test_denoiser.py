@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from exact_denoisers import NUM_CLASSES, SIZE, ExactDiT, ExactSiT
+from exact_denoisers import NUM_CLASSES, SIZE, ExactDiT, ExactEDM, ExactSiT
 
 from diffusion import create_diffusion
 from diffusion.denoiser import (
@@ -16,6 +16,7 @@ from diffusion.denoiser import (
     Prediction,
     ddpm_sigmas,
     denoiser_for,
+    noised,
     eps_model,
     flow_sigma,
     flow_time,
@@ -87,6 +88,26 @@ def test_a_flow_model_in_a_ddpm_sampler_answers_the_ddpm_model_of_the_same_data(
     y = torch.tensor([1, 2, NUM_CLASSES, 9])
     read = eps_model(FlowDenoiser(ExactSiT(path), path), ABAR)
     torch.testing.assert_close(read(x_t, steps, y=y), ExactDiT(0.0)(x_t, steps, y)[:, :3], atol=2e-4, rtol=1e-4)
+
+
+def test_every_family_read_through_its_adapter_gives_the_same_x0_and_eps():
+    """The DDPM, flow (both paths) and EDM stand-ins are the exact denoiser of one training set; at the same
+    variance-preserving input and noise level their adapters must agree, and ``x0 + sigma eps`` must be
+    the EDM-scale input ``sqrt(1 + sigma^2) x_vp``."""
+    gen = torch.Generator().manual_seed(2)
+    sigma = ddpm_sigmas(ABAR)[torch.tensor([30, 300, 600, 850])]  # on the DDPM table, inside EDM's range
+    x0, eps = torch.randn(4, 3, SIZE, SIZE, generator=gen), torch.randn(4, 3, SIZE, SIZE, generator=gen)
+    x_vp = noised(x0, sigma, eps)
+    y = torch.tensor([0, 4, 9, NUM_CLASSES - 1])
+    answers = [denoiser_for(model, ABAR, path)(x_vp, sigma, y, x0_dtype=torch.float64)
+               for model, path in ((ExactDiT(0.0), "linear"), (ExactSiT("linear"), "linear"),
+                                   (ExactSiT("cosine"), "cosine"), (ExactEDM(), "linear"))]
+    edm_scale = (1 + sigma.view(-1, 1, 1, 1) ** 2).sqrt() * x_vp.double()
+    for pred in answers:
+        torch.testing.assert_close(pred.x0 + sigma.view(-1, 1, 1, 1) * pred.eps.double(), edm_scale,
+                                   atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(pred.x0, answers[0].x0, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(pred.eps, answers[0].eps, atol=1e-4, rtol=1e-4)
 
 
 def test_native_samplers_call_the_model_itself():

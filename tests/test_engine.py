@@ -176,7 +176,7 @@ class Slope(Method):
     """One weight vector ``w`` (4 entries, starting at 0) with loss ``c * sum(w)``: its gradient is ``c``
     everywhere, so plain SGD (learning rate 1) gives every update in closed form."""
 
-    def __init__(self, slope: float = 1.0, max_grad_norm: float | None = None, decay: float = 0.5):
+    def __init__(self, slope: float = 1.0, max_grad_norm: float | None = None, decay: float = 0.25):
         net = nn.Linear(4, 1, bias=False)
         nn.init.zeros_(net.weight)
         self.modules, self.emas = {"model": net}, {"ema": ("model", decay)}
@@ -195,7 +195,7 @@ class Slope(Method):
 @pytest.mark.parametrize("grad_accum", [1, 2])
 def test_the_ema_averages_the_weights_after_each_update(grad_accum):
     """``ema_k = d ema_(k-1) + (1 - d) w_k`` with ``w_k`` the weights after update k, once per step
-    however many micro-batches it has: with w_k = -k and d = 0.5, -0.5, -1.25, -2.125."""
+    however many micro-batches it has: with w_k = -k and d = 0.25, -0.75, -1.6875, -2.671875."""
     method = Slope()
     engine = Engine(setup_accelerator(), method, grad_accum=grad_accum)
     engine.init_emas()
@@ -205,7 +205,7 @@ def test_the_ema_averages_the_weights_after_each_update(grad_accum):
         engine.steps += 1
         emas.append(engine.emas["ema"].weight[0, 0].item())
     assert method.modules["model"].weight[0, 0].item() == -3.0
-    assert emas == [-0.5, -1.25, -2.125]
+    assert emas == [-0.75, -1.6875, -2.671875]
 
 
 def test_clipping_scales_the_gradient_to_the_norm_and_returns_the_norm_before():

@@ -4,6 +4,7 @@ closed forms, the loss YAML, LPIPS' backbone loading."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -122,6 +123,18 @@ def test_generator_loss_is_the_weighted_sum_and_the_gan_term_waits_for_its_start
     d = loss.discriminator(x, recon, disc, step=10)
     torch.testing.assert_close(d["loss"], hinge_d_loss(disc(x), disc(recon.detach())))
     assert loss.discriminator(x, recon, disc, step=3)["loss"] == 0
+
+
+def test_the_reconstruction_term_is_weighted_and_divided_by_exp_logvar():
+    """``w_rec * L1(x, r) / exp(logvar_init)`` (REPA-E keeps logvar frozen, 0 in its recipe)."""
+    torch.manual_seed(0)
+    vae, disc = VAE_models["tiny-f4d4"](), NLayerDiscriminator(ndf=8, n_layers=2)
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    posterior, _, recon = vae(x)
+    for kind, distance in (("l1", (x - recon).abs().mean()), ("l2", (x - recon).pow(2).mean())):
+        config = LossConfig(reconstruction_loss=kind, reconstruction_weight=2.0, logvar_init=1.0, perceptual_weight=0.0)
+        losses = VAELoss(config).generator(x, recon, posterior, disc, step=0)
+        torch.testing.assert_close(losses["rec"], 2.0 * distance / math.e)
 
 
 @pytest.mark.slow

@@ -182,6 +182,27 @@ def test_the_latent_batchnorm_moves_once_a_step_in_the_sit_step_and_the_ema_foll
         torch.testing.assert_close(getattr(ema_bn, name), torch.lerp(before, moved, 1 - 0.9999))
 
 
+def test_the_sit_step_reuses_the_time_and_noise_of_the_vae_steps_alignment(tiny_vae, tmp_path):
+    """REPA-E draws one time and one noise per sample for the step: the SiT's update sees the latents
+    noised exactly as the VAE's alignment did."""
+    method, engine, batch = fresh(tiny_vae, tmp_path)
+    objective, calls = method.objective, []
+
+    class Recording:
+        def __getattr__(self, name):
+            return getattr(objective, name)
+
+        def __call__(self, *args, **kwargs):
+            calls.append(kwargs)
+            return objective(*args, **kwargs)
+
+    method.objective = Recording()
+    one_step(engine, batch)
+    align, sit = calls
+    assert align.get("align_only") and not sit.get("align_only")
+    assert sit.get("t") is align["t"] and sit.get("noise") is align["noise"]
+
+
 def test_max_grad_norm_clips_all_three_updates(tiny_vae, tmp_path):
     """Gradients clipped to a norm far below Adam's epsilon leave every network (almost) where it was;
     unclipped, Adam's first step moves each trained weight by about the learning rate (1e-4)."""
