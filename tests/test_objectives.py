@@ -63,3 +63,29 @@ def test_total_loss_is_the_weighted_sum_and_every_term_reaches_the_gradient():
     total, denoise, proj, cls = (flat_grad(losses[k], params) for k in ("loss", "denoise", "proj", "cls"))
     assert proj.norm() > 0 and cls.norm() > 0
     torch.testing.assert_close(total, denoise + 0.5 * proj + 0.03 * cls, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("path", ["linear", "cosine"])
+def test_regs_class_token_is_noised_on_the_latents_path_at_their_time_and_regressed_to_its_velocity(path):
+    """REG eq. 7: the token enters as ``alpha_t cls + sigma_t n`` (the latents' t, its own noise n) and its
+    loss is ``|v_cls - (d_alpha_t cls + d_sigma_t n)|^2``; a model answering zeros makes that the target's norm."""
+    from diffusion.transport import interpolant
+
+    seen = {}
+
+    def model(x_t, t, y, cls_token=None):
+        seen["x_t"], seen["cls"] = x_t, cls_token
+        return torch.zeros_like(x_t), [], torch.zeros_like(cls_token)
+
+    torch.manual_seed(0)
+    x, noise, cls = torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4), torch.randn(3, 5)
+    t = torch.tensor([0.2, 0.5, 0.9]).view(-1, 1, 1, 1)
+    losses = InterpolantObjective(path_type=path, proj_coeff=0.0, cls_coeff=1.0)(
+        model, x, torch.zeros(3, dtype=torch.long), cls_token=cls, t=t, noise=noise)
+    alpha, sigma, d_alpha, d_sigma = (torch.as_tensor(c).reshape(-1, 1) for c in interpolant(t.flatten(), path))
+    torch.testing.assert_close(seen["x_t"], alpha.view(-1, 1, 1, 1) * x + sigma.view(-1, 1, 1, 1) * noise)
+    n = (seen["cls"] - alpha * cls) / sigma  # the token's own noise, read back from what the model saw
+    assert (n - noise.flatten(1)[:, :5]).abs().max() > 0.1  # not the latents' noise
+    torch.testing.assert_close(losses["cls"], (d_alpha * cls + d_sigma * n).pow(2).mean())
+    torch.testing.assert_close(losses["denoise"], (d_alpha.view(-1, 1, 1, 1) * x + d_sigma.view(-1, 1, 1, 1) * noise)
+                               .pow(2).mean())
