@@ -125,6 +125,7 @@ def test_cache_latents_refuses_to_resume_or_keep_latents_of_another_vae(data_dir
     assert partial.is_file() and not target.exists()
 
 
+@pytest.mark.multiprocess
 def test_cache_latents_over_two_processes_matches_one(data_dir, tmp_path):
     cache(data_dir, tmp_path / "one")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

@@ -101,6 +101,7 @@ def test_pretrain_vae_refuses_more_than_one_process(tmp_path, monkeypatch):
         pretrain_vae.main(args)
 
 
+@pytest.mark.multiprocess
 def test_pretrain_vae_launched_on_two_processes_exits_with_one_line(tmp_path):
     from conftest import run_script
 

@@ -282,6 +282,7 @@ def test_edm_networks_are_built_as_dmd2_builds_them(tmp_path):
     assert resolve_sampling_config(query)[1]["model_kwargs"]["use_fp16"] is False
 
 
+@pytest.mark.multiprocess
 def test_two_gloo_processes_shard_both_networks(teacher, tmp_path):
     """--fsdp over two processes: the generator and the guidance model (the fake score's blocks, the head) sharded,
     their blocks checkpointed (--gradient_checkpointing), the generator turn reading the guidance model through its
