@@ -4,7 +4,8 @@ loads and samples as recorded, resumes, and its two-step run retrains bit for bi
 
 The fixtures were recorded by ``tests/fixtures/record_run_fixtures.py`` (its docstring: which commit, what each
 file holds; large ones are kept without optimizer states, or only the weights sampling reads plus the sha256 of
-every tensor of the full checkpoint).
+every tensor of the full checkpoint). Bit for bit holds for the same torch, CPU kernels and thread count (the
+runs pin theirs); the recording's are in ``run_fixtures.pt["source"]``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from fixtures.record_run_fixtures import (
     complete,
     draw,
+    environment,
     fill,
     make_inputs,
     quick_grids,
@@ -105,7 +107,8 @@ def compare(ckpt: Path, kind: str, kept: dict) -> list[str]:
 def test_every_recorded_run_retrains_bit_for_bit(reruns, kind):
     """The recorded command, run afresh for 2 steps, gives every tensor of the recorded checkpoint exactly."""
     wrong = compare(reruns(kind)[0], kind, tensors(stored(kind)))
-    assert not wrong, f"{len(wrong)} tensors differ: " + "; ".join(wrong[:12])
+    assert not wrong, (f"{len(wrong)} tensors differ (recorded with {RECORD['source']}; here {environment()}): "
+                       + "; ".join(wrong[:12]))
 
 
 def resume_argv(kind: str, source: Path, out: Path) -> list[str]:
