@@ -106,6 +106,9 @@ def compare(ckpt: Path, kind: str, kept: dict) -> list[str]:
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_recorded_run_retrains_bit_for_bit(reruns, kind):
     """The recorded command, run afresh for 2 steps, gives every tensor of the recorded checkpoint exactly."""
+    here = f"torch {torch.__version__}, CPU kernels {torch.backends.cpu.get_cpu_capability()} "
+    if here not in RECORD["source"]:  # other kernels sum in another order: bits are not comparable
+        pytest.skip(f"recorded with {RECORD['source']}; here {here.strip()}: rerecord the fixtures on this setup")
     wrong = compare(reruns(kind)[0], kind, tensors(stored(kind)))
     assert not wrong, (f"{len(wrong)} tensors differ (recorded with {RECORD['source']}; here {environment()}): "
                        + "; ".join(wrong[:12]))
