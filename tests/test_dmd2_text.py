@@ -11,42 +11,16 @@ import pytest
 import torch
 
 import train_dmd2
-from data.lmdb import write_arrays
 from training.checkpoint import load_checkpoint
-
-PROMPTS = ["a red disc", "a blue square", "green stripes", "a cat"]
 
 
 @pytest.fixture(scope="module")
 def sd_folder(tmp_path_factory):
-    """unet/ scheduler/ text_encoder/ tokenizer/ vae/ as ``StableDiffusionPipeline.save_pretrained`` lays them out."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    """unet/ scheduler/ text_encoder/ tokenizer/ vae/ as ``StableDiffusionPipeline.save_pretrained`` lays them out,
+    with prompts.txt and DMD2's LMDB (laion_lmdb/) of latents and prompts: the run fixtures' teacher."""
+    from fixtures.record_run_fixtures import sd_folder
 
-    root = tmp_path_factory.mktemp("sd")
-    torch.manual_seed(0)
-    UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-                         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
-                         norm_num_groups=8, attention_head_dim=4).save_pretrained(root / "unet")
-    DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).save_pretrained(root / "scheduler")
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in "abcdefghijklmnopqrstuvwxyz":
-        vocab[c], vocab[c + "</w>"] = len(vocab), len(vocab) + 1
-    (root / "vocab.json").write_text(json.dumps(vocab))
-    (root / "merges.txt").write_text("#version: 0.2\n")
-    CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"), model_max_length=77).save_pretrained(root / "tokenizer")
-    CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=1,
-                                 num_attention_heads=4, bos_token_id=0, eos_token_id=1, pad_token_id=1)
-                  ).save_pretrained(root / "text_encoder")
-    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-                  up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 8, 8), latent_channels=4,
-                  layers_per_block=1, norm_num_groups=4, sample_size=64).save_pretrained(root / "vae")
-    (root / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
-    rng = np.random.default_rng(0)
-    write_arrays(root / "laion_lmdb", {"latents": rng.standard_normal((8, 4, 8, 8)).astype(np.float16),
-                                       "prompts": np.array([PROMPTS[i % 4] for i in range(8)])})
-    return root
+    return sd_folder(tmp_path_factory.mktemp("sd"))
 
 
 @pytest.mark.slow
