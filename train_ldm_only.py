@@ -13,14 +13,29 @@ BatchNorm stays at ``<vae-ckpt>-latents-stats.pt``. Same engine and run folder a
 
 from __future__ import annotations
 
-from train_repae import main
+import argparse
+
+from data import class_names
 from training.cli import first_paragraph, run_cli
 from training.engine import NonFiniteLoss
+from training.fit import TrainData, fit
+from training.repae_recipe import LDM_RESUME_KEYS, build_ldm_method, open_dataset, run_spec, validate
 from training.repae_recipe import parse_args as recipe_args
 
 
-def parse_args(argv=None):
+def parse_args(argv=None) -> argparse.Namespace:
     return recipe_args(argv, first_paragraph(__doc__), ldm_only=True)
+
+
+def main(args: argparse.Namespace) -> None:
+    validate(args, ldm_only=True)
+
+    def build(process):
+        dataset = open_dataset(args, "h5-latents")
+        return build_ldm_method(args, dataset, process.device), TrainData(
+            dataset, "h5-latents", class_names("h5-latents", args.num_classes, dataset))
+
+    fit(build, run_spec(args, LDM_RESUME_KEYS))
 
 
 if __name__ == "__main__":

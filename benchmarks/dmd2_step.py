@@ -66,7 +66,8 @@ def main(args: argparse.Namespace) -> list[dict]:
                        "3e-3", "--cls_loss_weight", "1e-2", "--diffusion_gan", "--diffusion_gan_max_timestep", "1000",
                        "--dfake_gen_update_ratio", str(args.dfake_gen_update_ratio), "--warmup_step", "0",
                        *(["--gradient_checkpointing"] if args.gradient_checkpointing else [])])
-    cfg = {"latent_channels": 4, "latent_size": size, "model_kwargs": {}, "ckpt": args.model}
+    cfg = {"latent_channels": 4, "latent_size": size, "model_kwargs": {}, "ckpt": args.model, "model": args.model,
+           "image_size": args.image_size, "num_classes": 1000, "vae": "ema"}
     draw = condition_sampler(teacher, 1000)
 
     def data(_batch):

@@ -113,6 +113,8 @@ def resolve_sampling_config(args) -> tuple[dict, dict]:
     trained = ckpt.get("args", {}) if isinstance(ckpt, dict) and "args" in ckpt else {}
     if not isinstance(trained, dict):
         trained = vars(trained)
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("sampling_record"), dict):  # what the method recorded
+        trained = {**trained, **ckpt["sampling_record"]}
     if "image_size" not in trained and "resolution" in trained:  # REPA / REG name it --resolution
         trained["image_size"] = trained["resolution"]
     recorded = trained.get("model")

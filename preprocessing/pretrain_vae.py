@@ -25,13 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data.h5 import H5Images  # noqa: E402
 from loss.autoencoder import LossConfig, VAELoss  # noqa: E402
+from models.unwrap import unwrap  # noqa: E402
 from models.vae import VAE_models, to_ldm_state_dict  # noqa: E402
 from training.checkpoint import save_atomic  # noqa: E402
 from training.cli import check_plain_name, first_paragraph, run_cli  # noqa: E402
-from training.data import make_loader  # noqa: E402
-from training.engine import Engine, Method  # noqa: E402
+from training.engine import Method, adamw  # noqa: E402
+from training.fit import Checkpoints, Grids, RunSpec, TrainData, fit  # noqa: E402
 from training.methods import Batches  # noqa: E402
-from training.setup import seed_everything, setup_accelerator  # noqa: E402
 
 
 class ReconstructionMethod(Method):
@@ -39,7 +39,7 @@ class ReconstructionMethod(Method):
 
     def __init__(self, vae, vae_loss: VAELoss, batches: Batches, lr: float):
         self.modules = {"vae": vae.to(batches.device)}
-        self.optimizers = {"opt_vae": torch.optim.AdamW(vae.parameters(), lr=lr, fused=True)}
+        self.optimizers = {"opt_vae": adamw(vae.parameters(), lr)}
         self.emas = {}
         self.vae_loss, self.batches = vae_loss, batches
 
@@ -91,32 +91,35 @@ def main(args: argparse.Namespace) -> Path:
     for name in ("max_train_steps", "batch_size", "stats_images"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
-    dataset = H5Images(args.data_dir)
-    accelerator = setup_accelerator()
-    seed_everything(args.seed)
-    perceptual = None
-    if args.lpips_vgg or args.lpips_random:
-        from loss.perceptual import PerceptualLoss
+    built = {}
 
-        perceptual = PerceptualLoss(random_backbone=args.lpips_random, vgg_path=args.lpips_vgg)
-    config = LossConfig(discriminator_weight=0.0, perceptual_weight=1.0 if perceptual else 0.0)
-    batches = Batches("h5", None, dataset, accelerator.device)
-    vae = VAE_models[args.vae_arch]()
-    engine = Engine(accelerator, ReconstructionMethod(vae, VAELoss(config, perceptual), batches, args.learning_rate))
-    loader, sampler = make_loader(dataset, args.batch_size, 1, 0, args.seed, 0)
+    def build(process):
+        dataset = H5Images(args.data_dir)
+        perceptual = None
+        if args.lpips_vgg or args.lpips_random:
+            from loss.perceptual import PerceptualLoss
 
-    def log(record):
-        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+            perceptual = PerceptualLoss(random_backbone=args.lpips_random, vgg_path=args.lpips_vgg)
+        config = LossConfig(discriminator_weight=0.0, perceptual_weight=1.0 if perceptual else 0.0)
+        batches = Batches("h5", None, dataset, process.device)
+        vae = VAE_models[args.vae_arch]()
+        built.update(method=ReconstructionMethod(vae, VAELoss(config, perceptual), batches, args.learning_rate),
+                     dataset=dataset, device=process.device)
+        return built["method"], TrainData(dataset, "h5")
 
-    engine.train(engine.batches(loader, sampler, args.batch_size), args.max_train_steps,
-                 log_every=max(1, args.max_train_steps // 10), log=log, every={}, global_batch=args.batch_size)
-    vae = engine.module("vae").eval()
+    fit(build, RunSpec(results_dir=args.save_dir, results_flag="--save-dir", run_name=args.vae_name,
+                       exp_name=args.vae_name, record=vars(args), max_steps=args.max_train_steps,
+                       steps_flag="--max-train-steps", batch_size=args.batch_size, batch_flag="--batch-size",
+                       seed=args.seed, num_workers=0, log_every=max(1, args.max_train_steps // 10),
+                       checkpoints=Checkpoints(every=0), grids=Grids(every=0)))
+    dataset, device = built["dataset"], built["device"]
+    vae = unwrap(built["method"].modules["vae"]).eval()
     latents = []
     with torch.no_grad():
         for start in range(0, min(args.stats_images, len(dataset)), args.batch_size):
             indices = range(start, min(start + args.batch_size, args.stats_images, len(dataset)))
             images = torch.stack([torch.from_numpy(dataset.image(i).copy()) for i in indices]).float()
-            latents.append(vae.encode(images.to(accelerator.device) / 127.5 - 1).sample().cpu())
+            latents.append(vae.encode(images.to(device) / 127.5 - 1).sample().cpu())
     z = torch.cat(latents).transpose(0, 1).flatten(1)
     stats = {"latents_scale": (1 / z.std(dim=1)).view(1, -1, 1, 1), "latents_bias": z.mean(dim=1).view(1, -1, 1, 1)}
     save_atomic(to_ldm_state_dict(vae.state_dict()), weights)

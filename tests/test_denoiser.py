@@ -16,10 +16,10 @@ from diffusion.denoiser import (
     Prediction,
     ddpm_sigmas,
     denoiser_for,
-    noised,
     eps_model,
     flow_sigma,
     flow_time,
+    noised,
     velocity_model,
 )
 from diffusion.transport import interpolate, target_velocity

@@ -147,8 +147,8 @@ def test_run_management_and_logging_flags_end_to_end(teacher, tmp_path, monkeypa
                         trackers.append((project, init_kwargs)))
     monkeypatch.setenv("WANDB_MODE", "disabled")
     sample_grid = training.hooks.sample_grid
-    monkeypatch.setattr(training.hooks, "sample_grid", lambda ema, codec, noise, labels, *a, nrow, **k:
-                        grids.append((len(noise), nrow)) or sample_grid(ema, codec, noise, labels, *a, nrow=nrow, **k))
+    monkeypatch.setattr(training.hooks, "sample_grid", lambda images_of, noise, labels, *a, nrow, **k:
+                        grids.append((len(noise), nrow)) or sample_grid(images_of, noise, labels, *a, nrow=nrow, **k))
     out, cache, logs = tmp_path / "out", tmp_path / "cache", tmp_path / "logs"
     train_dmd2.main(train_dmd2.parse_args([
         "--teacher", str(teacher), "--output_path", str(out), *TINY, "--train_iters", "4", "--log_iters", "2",
@@ -185,7 +185,7 @@ def test_run_management_and_logging_flags_end_to_end(teacher, tmp_path, monkeypa
         "--dfake_gen_update_ratio", "1", "--ckpt_only_path", str(run / "checkpoints" / "0000004.pt")]))
     (run3,) = list(out3.iterdir())
     after = load_checkpoint(run3 / "checkpoints" / "0000005.pt")
-    assert after["args"]["warmup_from"] == 4
+    assert after["warmup_from"] == 4  # the warm-up restarts there, and a resume keeps it
     for key in ("model", "guidance"):  # learning rate 0 at the first step after the warm-up restarts
         assert all(torch.equal(first[key][k], after[key][k]) for k in first[key]), key
     assert all(int(s["step"]) == 1 for s in after["opt"]["state"].values())  # fresh optimizer states

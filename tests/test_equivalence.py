@@ -147,7 +147,7 @@ def tensors(state, prefix: str = "") -> dict[str, torch.Tensor]:
 
 def entries(ckpt: dict) -> list[str]:
     """The networks, EMAs and optimizer states of a checkpoint."""
-    return [k for k, v in ckpt.items() if isinstance(v, dict) and k not in ("args", "data", "model_kwargs")]
+    return [k for k, v in ckpt.items() if isinstance(v, dict) and k not in ("args", "data", "model_kwargs", "sampling_record")]
 
 
 

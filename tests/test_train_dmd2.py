@@ -322,7 +322,7 @@ def test_unet_and_sit_teachers(model, flags, tmp_path):
     (run,) = list(out.iterdir())
     ckpt = load_checkpoint(run / "checkpoints" / "0000002.pt")
     expected = {"UNet-Ti": ("cosine", EPS_CONDITIONING_SIGMA), "SiT-Ti/4": ("linear", float("inf"))}[model]
-    assert (ckpt["args"]["noise_schedule"], ckpt["generator_sigmas"][0]) == expected
+    assert (ckpt["sampling_record"]["noise_schedule"], ckpt["generator_sigmas"][0]) == expected
     result = run_script("sample.py", "--ckpt", str(run / "checkpoints" / "0000002.pt"), "--output",
                         str(tmp_path / "s.png"))
     assert result.returncode == 0, result.stderr

@@ -30,7 +30,8 @@ from loss.dmd import (
     gan_generator_loss,
 )
 from training.dmd2_teacher import GRID, DiffusersEps, Teacher, noised
-from training.engine import Method
+from training.engine import Method, Trainable, adamw
+from training.schedule import constant_with_warmup
 
 
 class Guidance(nn.Module):
@@ -87,24 +88,29 @@ class DMD2Method(Method):
                  dm_loss_weight: float = 1.0, gan_alone: bool = False,
                  gen_cls_loss: bool = False, diffusion_gan: bool = False, diffusion_gan_max_timestep: int = 0,
                  denoising: bool = False, backward_simulation: bool = False, max_grad_norm: float | None = 10.0,
-                 model_kwargs: dict | None = None, sampling: dict | None = None):
+                 model_kwargs: dict | None = None, sampling: dict | None = None, codec=None, num_classes: int = 0,
+                 sampling_record: dict | None = None, warmup_step: int = 0, processes: int = 1, warmup_from: int = 0,
+                 notes: tuple[str, ...] = ()):
         """``shape``: one sample's (C, H, W); ``batch_size``: the generator's batch when there are no real
         images (``data`` returns ``(None, None)``); ``generator_sigmas``: the noise levels it generates from
         (one: its conditioning level; with ``denoising``, its steps, the first at the top); ``sampling``: the
-        ``generate`` arguments that read the teacher's family (noise schedule, path type) for the grids."""
+        ``generate`` arguments that read the teacher's family (noise schedule, path type) for the grids;
+        ``sampling_record``: what a checkpoint records for sampling the generator (its model, resolution, classes,
+        VAE, noise schedule or path); the learning rates warm up over ``warmup_step`` from step ``warmup_from``
+        (``training.schedule.constant_with_warmup`` on ``processes``)."""
         self.teacher, self.data, self.draw_labels, self.shape = teacher, data, draw_labels, tuple(shape)
         self.batch_size, self.device = batch_size, device
         self.modules = {"model": generator.to(device), "guidance": guidance.to(device)}
         self.modules_generator = generator  # the unwrapped generator, whatever the engine wraps it in
         teacher.model.to(device).requires_grad_(False).eval()
-
-        def adamw(module, lr):  # fused: the engine's skip after a non-finite loss happens on the device
-            params = [p for p in module.parameters() if p.requires_grad]
-            return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=0.01, fused=True)
-
-        self.optimizers = {"opt": adamw(generator, generator_lr), "opt_guidance": adamw(guidance, guidance_lr)}
+        self.optimizers = {"opt": adamw([p for p in generator.parameters() if p.requires_grad], generator_lr,
+                                        weight_decay=0.01),
+                           "opt_guidance": adamw([p for p in guidance.parameters() if p.requires_grad], guidance_lr,
+                                                 weight_decay=0.01)}
         self.emas = {}
-        self.sampled = ("model",)  # no EMA: samples come from the generator itself (gathered with --fsdp)
+        self.sampled = "model"  # no EMA: samples come from the generator itself (gathered with --fsdp)
+        self.codec, self.num_classes, self.sampling_record = codec, num_classes, dict(sampling_record or {})
+        self.warmup_step, self.processes, self.warmup_from, self.notes = warmup_step, processes, warmup_from, notes
         self.ratio, self.cfg_scale, self.max_grad_norm = dfake_gen_update_ratio, real_guidance_scale, max_grad_norm
         self.min_step, self.max_step = int(min_step_percent * GRID), int(max_step_percent * GRID)
         self.gen_cls_weight, self.cls_weight = gen_cls_loss_weight, cls_loss_weight
@@ -115,7 +121,7 @@ class DMD2Method(Method):
         self.generator_sigmas = [float(s) for s in generator_sigmas]
         self.levels = torch.tensor(self.generator_sigmas, dtype=torch.float64)
         generator.generator_sigmas = self.generator_sigmas  # how it samples (diffusion.pipeline.few_step_sample)
-        self.trainable = {name for name, p in guidance.named_parameters() if p.requires_grad}
+        self.guidance_trainable = Trainable(guidance)
         self.model_kwargs = {"in_channels": shape[0], "input_size": shape[-1], **(model_kwargs or {})}
         self.sampling = sampling or {}  # the teacher's noise schedule / path, which the generator is read on
 
@@ -170,11 +176,21 @@ class DMD2Method(Method):
         top = k == 0  # DMD2's pure-noise mask at the first (top) level
         return torch.where(top.view(-1, *[1] * len(self.shape)), noised(torch.zeros_like(eps), sigma, eps), x), sigma
 
-    def set_guidance_trainable(self, guidance: nn.Module, flag: bool) -> None:
-        """Freeze (or unfreeze) what trains by design, by name: sharding replaces the parameter objects."""
-        for name, p in guidance.named_parameters():
-            if name in self.trainable:
-                p.requires_grad_(flag)
+    # ----- what the run reads -----
+    def lr_at(self, step: int, base: float, total: int) -> float:
+        """DMD2's warm-up, restarted at a ``--ckpt_only_path`` start."""
+        return constant_with_warmup(step - self.warmup_from, base, self.warmup_step, self.processes)
+
+    def describe(self) -> list[str]:
+        levels = [round(s, 4) for s in self.generator_sigmas]
+        return [*super().describe(), f"generator noise levels {levels}", *self.notes]
+
+    def grid_conditions(self, samples: int | None, nrow: int | None) -> tuple[torch.Tensor, int]:
+        """A text-to-image generator's grid shows its first training prompts (``samples`` of them)."""
+        prompts = getattr(self.teacher, "prompts", None)
+        if prompts is not None:
+            return prompts[:samples].cpu(), nrow
+        return super().grid_conditions(samples, nrow)
 
     # ----- the step -----
     def train_step(self, engine, batch) -> dict[str, torch.Tensor]:
@@ -188,13 +204,13 @@ class DMD2Method(Method):
 
         # 1. the generator turn
         if update_generator:
-            self.set_guidance_trainable(guidance, False)
+            self.guidance_trainable.set(guidance, False)
             with engine.autocast():
                 x = self.generate(self.modules["model"], x_vp, sigma, y)
                 loss, record = self.generator_losses(guidance, x, y)
             engine.backward(loss)
             norm = engine.step("opt", self.max_grad_norm)
-            self.set_guidance_trainable(guidance, True)
+            self.guidance_trainable.set(guidance, True)
             if norm is not None:
                 record["generator_grad_norm"] = norm
         else:
@@ -233,7 +249,13 @@ class DMD2Method(Method):
         return total, losses
 
     def extra_state(self) -> dict:
-        return {"model_kwargs": self.model_kwargs, "generator_sigmas": self.generator_sigmas}
+        return {"model_kwargs": self.model_kwargs, "generator_sigmas": self.generator_sigmas,
+                "sampling_record": self.sampling_record,
+                "warmup_from": self.warmup_from}
+
+    def load_extra_state(self, state: dict) -> None:
+        """The warm-up's start (checkpoints before the sampling record kept it in their ``args``)."""
+        self.warmup_from = state.get("warmup_from", (state.get("args") or {}).get("warmup_from", 0))
 
     def export_weights(self, key: str, weights: dict) -> dict:
         """A diffusers generator is saved as DMD2 saves it: the UNet's own state dict (no ``unet.`` prefix)."""

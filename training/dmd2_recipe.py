@@ -237,9 +237,11 @@ def check_teacher_shape(args: argparse.Namespace, cfg: dict) -> None:
 
 
 def freeze(model: torch.nn.Module) -> None:
-    """Freeze the teacher, remembering which parameters train by design (``model.trainable_names``) for the
-    fake score and the generator copied from it."""
-    model.trainable_names = {name for name, p in model.named_parameters() if p.requires_grad}
+    """Freeze the teacher, remembering which parameters train by design (``model.trainable``) for the fake
+    score and the generator copied from it."""
+    from training.engine import Trainable
+
+    model.trainable = Trainable(model)
     model.requires_grad_(False)
 
 
@@ -386,14 +388,22 @@ def condition_sampler(teacher: Teacher, num_classes: int):
     return draw
 
 
-def build_method(args, teacher: Teacher, cfg: dict, codec, data, draw_labels, device, batch_size: int):
+def sampling_record(cfg: dict) -> dict:
+    """What a generator's checkpoint records for sampling it: the teacher's model, resolution, classes, codec and
+    noise schedule or path (``models.pretrained`` reads it)."""
+    return {"model": cfg["model"], "image_size": cfg["image_size"], "num_classes": cfg["num_classes"],
+            "vae": cfg["vae"], "noise_schedule": {"squaredcos_cap_v2": "cosine"}.get(cfg.get("noise_schedule"), "linear"),
+            "path_type": cfg.get("path_type")}
+
+
+def build_method(args, teacher: Teacher, cfg: dict, codec, data, draw_labels, device, batch_size: int, *,
+                 processes: int = 1, warmup_from: int = 0, notes: tuple[str, ...] = ()):
     from models.discriminator import dmd2_classifier_head
     from training.dmd2 import DMD2Method, Guidance
 
     generator, fake = deepcopy(teacher.model), deepcopy(teacher.model)
     for net in (generator, fake):  # what trains by design (not a fixed sin-cos position table)
-        for name, p in net.named_parameters():
-            p.requires_grad_(name in teacher.model.trainable_names)
+        teacher.model.trainable.set(net.requires_grad_(False), True)
     if not args.initialie_generator:
         fresh_init(generator)
     if args.generator_ckpt_path:
@@ -422,6 +432,7 @@ def build_method(args, teacher: Teacher, cfg: dict, codec, data, draw_labels, de
         raise ValueError(f"--real_guidance_scale {args.real_guidance_scale} needs the teacher's null class, which "
                          f"{cfg['ckpt']} never learned (no label dropout); distil it with --real_guidance_scale 1")
     cls_weight = args.guidance_cls_loss_weight if args.cls_on_clean_image else args.cls_loss_weight
+    teacher_note = f"teacher {cfg['ckpt']} ({cfg['model']}, {teacher.family})"
     return DMD2Method(
         teacher, generator, Guidance(fake, head), data, draw_labels, shape=(channels, size, size), batch_size=batch_size,
         generator_lr=args.generator_lr, guidance_lr=args.guidance_lr, device=device,
@@ -434,4 +445,6 @@ def build_method(args, teacher: Teacher, cfg: dict, codec, data, draw_labels, de
         diffusion_gan_max_timestep=args.diffusion_gan_max_timestep, denoising=args.denoising,
         backward_simulation=args.backward_simulation, max_grad_norm=args.max_grad_norm,
         model_kwargs=cfg.get("model_kwargs") or {},
-        sampling={"noise_schedule": cfg.get("noise_schedule", "linear"), "path_type": cfg.get("path_type") or "linear"})
+        sampling={"noise_schedule": cfg.get("noise_schedule", "linear"), "path_type": cfg.get("path_type") or "linear"},
+        codec=codec, num_classes=cfg["num_classes"], sampling_record=sampling_record(cfg),
+        warmup_step=args.warmup_step, processes=processes, warmup_from=warmup_from, notes=(teacher_note, *notes))

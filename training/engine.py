@@ -54,20 +54,64 @@ class NonFiniteLoss(RuntimeError):
 
 
 class Method:
-    """What a training method provides to the engine (subclass and fill in).
+    """What a training method declares to the engine and the run around it (subclass and fill in).
 
     ``modules``: the trained networks by checkpoint key; ``optimizers``: by checkpoint key;
     ``emas``: EMA checkpoint key -> (module key, decay). ``train_step`` runs on one micro-batch, calls
     ``engine.backward`` and ``engine.step`` for its updates and returns its losses as scalars
     (``"loss"`` among them) for the log.
+
+    What the run samples (grids, evaluations): the network ``sampled`` (an EMA key, or a module key for a
+    method without EMA), built with ``model_kwargs`` (``in_channels`` and ``input_size`` among them), read by
+    ``diffusion.pipeline.generate`` with ``sampling`` (noise schedule or path), for ``num_classes`` classes
+    (0: none), decoded by ``codec``.
     """
 
     modules: dict[str, torch.nn.Module]
     optimizers: dict[str, torch.optim.Optimizer]
     emas: dict[str, tuple[str, float]]
+    sampled: str = "ema"
+    model_kwargs: dict = {}
+    sampling: dict = {}
+    num_classes: int = 0
+    codec = None
 
     def train_step(self, engine: Engine, batch) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def lr_at(self, step: int, base: float, total: int) -> float:
+        """The learning rate of step ``step`` of ``total`` for an optimizer built with ``base`` (constant)."""
+        return base
+
+    def describe(self) -> list[str]:
+        """Lines for the log when the run starts: each module's parameters, and those that train."""
+        lines = []
+        for key, module in self.modules.items():
+            count = sum(p.numel() for p in module.parameters())
+            trained = sum(p.numel() for p in module.parameters() if p.requires_grad)
+            lines.append(f"{key}: {count:,} parameters" + (f", {trained:,} trained" if trained != count else ""))
+        return lines
+
+    def grid_conditions(self, samples: int | None, nrow: int | None) -> tuple[torch.Tensor, int]:
+        """The conditions of the sample grid and its row length: ``samples`` labels (default: one row per
+        class) spread over the classes (``training.visual.grid_labels``)."""
+        from training.visual import grid_labels
+
+        if samples is None:
+            return grid_labels(max(self.num_classes, 1))
+        labels, rows = grid_labels(max(self.num_classes, 1), samples)
+        return labels, (nrow or rows) if self.num_classes > samples else rows
+
+    def grid_images(self, network: torch.nn.Module, noise: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] of the sampled ``network`` from ``noise`` (shaped by ``model_kwargs``) for the sample
+        grid; by default a diffusion model's or a distilled generator's (``training.visual``)."""
+        from training.visual import diffusion_grid_images
+
+        return diffusion_grid_images(network, self.codec, noise, conditions, max(self.num_classes, 1), **self.sampling)
+
+    def flops_per_sample(self) -> float | None:
+        """Training FLOPs per sample, for the MFU in the log (None: not counted)."""
+        return None
 
     def extra_state(self) -> dict:
         """Anything else a checkpoint must hold (e.g. the model's constructor arguments)."""
@@ -83,6 +127,27 @@ class Method:
     def import_weights(self, key: str, weights: dict) -> dict:
         """The inverse of ``export_weights``, applied when a checkpoint is loaded."""
         return weights
+
+
+def adamw(params, lr: float, betas=(0.9, 0.999), weight_decay: float = 0.0, eps: float = 1e-8) -> torch.optim.AdamW:
+    """AdamW with the fused kernel, as every method builds its optimizers: with it the engine's skip of the
+    update after a non-finite loss happens on the device (``Engine.step``), without a host sync."""
+    return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay, eps=eps, fused=True)
+
+
+class Trainable:
+    """The parameters of a network that train by design, by name (a fixed sin-cos position table does not):
+    ``set(module, flag)`` switches ``requires_grad`` of those only. Names, not parameter objects, so that it
+    holds for the network under DDP / compile wrappers (unwrapped) and after FSDP replaces its parameters."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.names = {name for name, p in module.named_parameters() if p.requires_grad}
+
+    def set(self, module: torch.nn.Module, flag: bool) -> torch.nn.Module:
+        for name, p in module.named_parameters():
+            if name in self.names:
+                p.requires_grad_(flag)
+        return module
 
 
 class Engine:
@@ -101,8 +166,8 @@ class Engine:
             from training.sharding import owner, shard_module
 
             self.full = {key: deepcopy(ema).cpu() for key, ema in self.emas.items()}
-            # networks a method samples from directly (no EMA: DMD2's generator), gathered the same way
-            self.full.update({key: deepcopy(method.modules[key]).cpu().eval() for key in getattr(method, "sampled", ())})
+            if method.sampled in method.modules:  # a method sampling a trained network directly (no EMA: DMD2)
+                self.full[method.sampled] = deepcopy(method.modules[method.sampled]).cpu().eval()
             for module in method.modules.values():
                 shard_module(module, method.optimizers.values())
             for ema in self.emas.values():
@@ -221,7 +286,7 @@ class Engine:
                         "continuing with fresh random streams (not bit-exact)")
 
     def gathered(self, key: str) -> torch.nn.Module:
-        """EMA ``key`` (or a module the method lists in ``sampled``) as a whole network on every process, to
+        """EMA ``key`` (or the module the method samples, ``sampled``) as a whole network on every process, to
         sample from. With sharding its weights are all-gathered into an unsharded copy, so every process
         must call it."""
         source = self.emas[key] if key in self.emas else self.module(key)

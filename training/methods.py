@@ -17,7 +17,7 @@ import torch
 from data.latents import sample_latents as draw_cached_latents
 from training.alignment import encoder_targets
 from training.data import random_flip
-from training.engine import Method
+from training.engine import Method, adamw
 
 
 class Batches:
@@ -56,18 +56,39 @@ class Batches:
 
 class DenoisingMethod(Method):
     """One network, its EMA and AdamW, trained with ``objective(model, x, y, **extra)``: DiT and the U-Net
-    as it is (``loss.denoising.DDPMObjective``; ``sampling`` holds the noise schedule)."""
+    as it is (``loss.denoising.DDPMObjective``; ``sampling`` holds the noise schedule). ``lr_schedule(step,
+    base, total)``: the learning rate (default constant); the batches' codec decodes the samples."""
 
     def __init__(self, model: torch.nn.Module, objective, batches: Batches, *, lr: float, betas=(0.9, 0.999),
                  weight_decay: float = 0.0, eps: float = 1e-8, ema_decay: float = 0.9999,
-                 max_grad_norm: float | None = None, model_kwargs: dict | None = None, sampling: dict | None = None):
+                 max_grad_norm: float | None = None, model_kwargs: dict | None = None, sampling: dict | None = None,
+                 lr_schedule=None):
         self.modules = {"model": model.to(batches.device)}
-        # fused: the engine's skip after a non-finite loss happens on the device
-        self.optimizers = {"opt": torch.optim.AdamW(model.parameters(), lr=lr, betas=betas,
-                                                     weight_decay=weight_decay, eps=eps, fused=True)}
+        self.optimizers = {"opt": adamw(model.parameters(), lr, betas, weight_decay, eps)}
         self.emas = {"ema": ("model", ema_decay)}
         self.objective, self.batches, self.max_grad_norm = objective, batches, max_grad_norm
         self.model_kwargs, self.sampling = model_kwargs or {}, sampling or {}
+        self.num_classes, self.codec = self.model_kwargs.get("num_classes", 0), batches.codec
+        self.lr_schedule = lr_schedule
+
+    def lr_at(self, step: int, base: float, total: int) -> float:
+        return self.lr_schedule(step, base, total) if self.lr_schedule else base
+
+    def describe(self) -> list[str]:
+        mk = self.model_kwargs
+        return [super().describe()[0] + f", input {mk['in_channels']}x{mk['input_size']}x{mk['input_size']}"]
+
+    def flops_per_sample(self) -> float:
+        from training.throughput import train_flops_per_sample
+
+        model, mk, device = self.modules["model"], self.model_kwargs, self.batches.device
+        inputs = (torch.zeros(1, mk["in_channels"], mk["input_size"], mk["input_size"], device=device),
+                  torch.zeros(1, device=device), torch.zeros(1, device=device, dtype=torch.long))
+        cls_dim = getattr(model, "cls_token_dim", None)
+        inputs += (torch.zeros(1, cls_dim, device=device),) if cls_dim else ()
+        flops = train_flops_per_sample(model.eval(), *inputs)
+        model.train()
+        return flops
 
     def inputs(self, batch) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """``(x, y, extra objective arguments)`` of one micro-batch."""

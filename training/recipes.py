@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
 from diffusion import NOISE_SCHEDULES
@@ -22,7 +23,7 @@ from models.encoders import load_encoders
 from training import checkpoint as ckpt_io
 from training.alignment import check_token_counts
 from training.methods import Batches, DenoisingMethod, InterpolantMethod
-from training.schedule import LR_SCHEDULES
+from training.schedule import LR_SCHEDULES, lr_at
 
 
 def parse_args(argv=None, description: str | None = None) -> argparse.Namespace:
@@ -223,14 +224,9 @@ def resume_checkpoint_path(args: argparse.Namespace, ckpt_subdir: str) -> Path |
     return ckpt_io.resolve_resume(args.resume, ckpt_subdir) if args.resume else None
 
 
-def check_resume_args(resume: dict, args: argparse.Namespace) -> None:
-    """Resuming is re-running the same command: the settings that shape the run must match."""
-    old = resume.get("args", {})
-    for key in ("model", "image_size", "num_classes", "vae", "global_batch_size", "global_seed", "enc_type",
-                "encoder_depth", "proj_coeff", "cls", "path_type", "weighting", "noise_schedule", "cfg_prob", "fsdp"):
-        if key in old and old[key] != getattr(args, key):
-            raise ValueError(f"--resume: the checkpoint was trained with --{key.replace('_', '-')} {old[key]}, "
-                             f"not {getattr(args, key)}; pass the same flags as the original run")
+# Resuming is re-running the same command: the settings that shape the run must match.
+RESUME_KEYS = ("model", "image_size", "num_classes", "vae", "global_batch_size", "global_seed", "enc_type",
+               "encoder_depth", "proj_coeff", "cls", "path_type", "weighting", "noise_schedule", "cfg_prob", "fsdp")
 
 
 def build_method(args: argparse.Namespace, kind: str, dataset, codec, device) -> DenoisingMethod:
@@ -256,9 +252,10 @@ def build_method(args: argparse.Namespace, kind: str, dataset, codec, device) ->
     model = create_model(args.model, **model_kwargs)
     if encoders:
         check_token_counts(encoders, model.x_embedder.num_patches, args.image_size, args.model)
+    lr = partial(lr_at, schedule=args.lr_schedule, warmup_steps=args.lr_warmup_steps, min_lr=args.min_lr)
     common = dict(lr=args.lr, betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay,
                   eps=args.adam_epsilon, ema_decay=args.ema_decay, max_grad_norm=args.max_grad_norm,
-                  model_kwargs=model_kwargs)
+                  model_kwargs=model_kwargs, lr_schedule=lambda step, base, total: lr(step, base, total_steps=total))
     batches = Batches(kind, codec, dataset, device, with_raw=bool(encoders))
     if not is_sit(args.model):
         schedule = NOISE_SCHEDULES[args.noise_schedule]

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from training.alignment import encoder_targets
-from training.engine import Method
+from training.engine import Method, Trainable, adamw
 
 
 class REPAEMethod(Method):
@@ -36,26 +36,25 @@ class REPAEMethod(Method):
                  model_kwargs: dict | None = None, sampling: dict | None = None):
         device = batches.device
         self.modules = {"model": sit.to(device), "vae": vae.to(device), "discriminator": discriminator.to(device)}
-
-        def adamw(module, rate):  # fused: the engine's skip after a non-finite loss happens on the device
-            return torch.optim.AdamW(module.parameters(), lr=rate, betas=betas, weight_decay=weight_decay, eps=eps,
-                                     fused=True)
-
-        self.optimizers = {"opt": adamw(sit, lr), "opt_vae": adamw(vae, vae_lr), "opt_disc": adamw(discriminator, disc_lr)}
+        self.optimizers = {key: adamw(self.modules[module].parameters(), rate, betas, weight_decay, eps)
+                           for key, module, rate in (("opt", "model", lr), ("opt_vae", "vae", vae_lr),
+                                                     ("opt_disc", "discriminator", disc_lr))}
         self.emas = {"ema": ("model", ema_decay)}
         self.objective, self.vae_loss, self.encoders, self.batches = objective, vae_loss, list(encoders), batches
         self.max_grad_norm, self.vae_align_proj_coeff = max_grad_norm, vae_align_proj_coeff
         self.model_kwargs, self.sampling = model_kwargs or {}, sampling or {}
-        # parameters frozen by design (the SiT's sin-cos position table) stay frozen when a network is switched
-        self.fixed = {id(p) for m in (sit, discriminator) for p in m.parameters() if not p.requires_grad}
+        self.num_classes = self.model_kwargs.get("num_classes", 0)
+        # switching a network keeps what is frozen by design frozen (the SiT's sin-cos position table, which
+        # REPA-E's requires_grad(model, True) unfreezes)
+        self.switch = {"model": Trainable(sit), "discriminator": Trainable(discriminator)}
 
-    def trainable(self, module: torch.nn.Module, flag: bool) -> torch.nn.Module:
-        """Switch ``requires_grad`` of the module's trainable parameters (``requires_grad_`` would also
-        unfreeze the fixed position table, which REPA-E's ``requires_grad(model, True)`` does)."""
-        for p in module.parameters():
-            if id(p) not in self.fixed:
-                p.requires_grad_(flag)
-        return module
+    @property
+    def codec(self):
+        """The VAE being trained decodes the samples, with its current weights."""
+        from models.unwrap import unwrap
+        from models.vae import VAECodec
+
+        return VAECodec(unwrap(self.modules["vae"]))
 
     def train_step(self, engine, batch) -> dict[str, torch.Tensor]:
         raw, x, y = self.batches(batch)
@@ -64,8 +63,8 @@ class REPAEMethod(Method):
         step, clip = engine.steps, self.max_grad_norm
 
         # 1. the VAE, through its losses and the frozen SiT's alignment
-        self.trainable(sit, False).eval()
-        self.trainable(disc, False)
+        self.switch["model"].set(sit, False).eval()
+        self.switch["discriminator"].set(disc, False)
         with engine.autocast():
             posterior, z, recon = self.modules["vae"](x)
             losses = self.vae_loss.generator(x, recon, posterior, disc, step)
@@ -76,14 +75,14 @@ class REPAEMethod(Method):
         grad_norm_vae = engine.step("opt_vae", clip)
 
         # 2. the discriminator
-        self.trainable(disc, True)
+        self.switch["discriminator"].set(disc, True)
         with engine.autocast():
             d = self.vae_loss.discriminator(x, recon, self.modules["discriminator"], step)
         engine.backward(d["loss"])
         engine.step("opt_disc", clip)
 
         # 3. the SiT, on the detached latents with step 1's time and noise
-        self.trainable(sit, True).train()
+        self.switch["model"].set(sit, True).train()
         with engine.autocast():
             out = self.objective(self.modules["model"], z.detach(), y, zs, t=t, noise=noise)
         engine.backward(out["loss"])

@@ -88,17 +88,44 @@ def parse_args(argv=None, description: str | None = None, ldm_only: bool = False
     ours.add_argument("--eval-samples", type=int, default=500)
     ours.add_argument("--eval-sampling-steps", type=int, default=50)
     ours.add_argument("--eval-cfg-scale", type=float, default=1.0)
-    args = p.parse_args(argv)
-    if ldm_only:  # the SiT's BatchNorm stays at the VAE's statistics; nothing trains the VAE
-        args.dataset, args.bn_momentum, args.vae_align_proj_coeff = "h5-latents", 0.1, 0.0
-    args.ldm_only = ldm_only
-    # what the shared run machinery reads (hooks, run folders)
-    args.eval_ref = args.inception_weights = None
-    args.overfit, args.resume, args.lr_schedule, args.lr_warmup_steps, args.min_lr = False, None, "constant", 0, 0.0
-    return args
+    return p.parse_args(argv)
 
 
-def validate(args: argparse.Namespace) -> None:
+# Resuming is re-running the same command: the settings that shape the run must match.
+LDM_RESUME_KEYS = ("model", "vae", "image_size", "num_classes", "global_batch_size", "global_seed", "enc_type",
+                   "encoder_depth", "proj_coeff", "path_type", "weighting", "cfg_prob")
+
+
+def run_spec(args: argparse.Namespace, resume_keys: tuple[str, ...], convert=None):
+    """The run as REPA-E's flags describe it (``train_repae.py`` and ``train_ldm_only.py``)."""
+    from training.fit import Checkpoints, Evaluation, Grids, Resume, RunSpec, Trackers
+
+    return RunSpec(
+        results_dir=args.results_dir, results_flag="--output-dir", run_name=args.model, exp_name=args.exp_name,
+        record=vars(args), max_steps=args.max_steps, epochs=args.epochs, steps_flag="--max-train-steps",
+        batch_size=args.global_batch_size, batch_flag="--batch-size", grad_accum=args.gradient_accumulation_steps,
+        seed=args.global_seed, num_workers=args.num_workers, mixed_precision=args.mixed_precision,
+        allow_tf32=args.allow_tf32, compile=("model",) if args.compile else (), log_every=args.log_every,
+        checkpoints=Checkpoints(every=args.ckpt_every), grids=Grids(every=args.sampling_steps, seed=args.global_seed),
+        evaluation=Evaluation(args.eval_every, args.eval_samples, args.eval_sampling_steps, args.eval_cfg_scale),
+        resume=Resume(resume_path(args), resume_keys, "--resume-step", script="train_repae.py", convert=convert),
+        trackers=Trackers(args.report_to, args.logging_dir))
+
+
+def data_kind(args: argparse.Namespace, ldm_only: bool) -> str:
+    """``h5-latents`` for ``train_ldm_only.py`` (images.h5 and the cached latents), else ``--dataset``."""
+    return "h5-latents" if ldm_only else args.dataset
+
+
+def resume_path(args: argparse.Namespace) -> Path | None:
+    """REPA-E's ``--resume-step``: ``{continue-train-exp-dir or output-dir/exp-name}/checkpoints/{step:07d}.pt``."""
+    if not args.resume_step:
+        return None
+    return Path(args.continue_train_exp_dir or Path(args.results_dir) / args.exp_name) / "checkpoints" / \
+        f"{args.resume_step:07d}.pt"
+
+
+def validate(args: argparse.Namespace, ldm_only: bool = False) -> None:
     """One line for each flag that cannot work, before anything is loaded or written."""
     if not args.model.startswith("SiT-") or args.model not in MODEL_NAMES:
         raise ValueError(f"--model {args.model}: REPA-E trains a SiT; one of "
@@ -109,39 +136,37 @@ def validate(args: argparse.Namespace) -> None:
                  "gradient_accumulation_steps", "num_classes"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
-    if args.proj_coeff < 0 or args.vae_align_proj_coeff < 0:
+    if args.proj_coeff < 0 or not ldm_only and args.vae_align_proj_coeff < 0:
         raise ValueError("--proj-coeff and --vae-align-proj-coeff must be >= 0")
-    if args.dataset is None:
+    if not ldm_only and args.dataset is None:
         args.dataset = "h5" if (Path(args.data_path or ".") / "images.h5").is_file() else "folder"
-    if args.dataset in ("h5", "h5-latents") and not (Path(args.data_path or ".") / "images.h5").is_file():
+    kind = data_kind(args, ldm_only)
+    if kind in ("h5", "h5-latents") and not (Path(args.data_path or ".") / "images.h5").is_file():
         raise ValueError(f"--data-dir {args.data_path}: no images.h5 (REPA-E's layout); write it: {CONVERT} --dest "
                          f"{Path(args.data_path or '.') / 'images.h5'}")
-    if args.dataset == "folder" and not (args.data_path and Path(args.data_path).is_dir()):
+    if kind == "folder" and not (args.data_path and Path(args.data_path).is_dir()):
         raise ValueError(f"--data-dir {args.data_path}: neither images.h5 nor a folder of class sub-folders of "
                          "images (or pass --dataset builtin)")
-    if args.eval_every and args.dataset != "builtin":
+    if args.eval_every and kind != "builtin":
         raise ValueError("--eval-every scores proxy metrics, which exist for --dataset builtin only")
     if args.continue_train_exp_dir and not args.resume_step:
         raise ValueError("--continue-train-exp-dir needs --resume-step, the checkpoint's step")
-    if args.resume_step:
-        folder = Path(args.continue_train_exp_dir or Path(args.results_dir) / args.exp_name)
-        args.resume = str(folder / "checkpoints" / f"{args.resume_step:07d}.pt")
-        if not Path(args.resume).is_file():
-            raise ValueError(f"--resume-step {args.resume_step}: {args.resume} does not exist")
+    if args.resume_step and not resume_path(args).is_file():
+        raise ValueError(f"--resume-step {args.resume_step}: {resume_path(args)} does not exist")
 
 
-def open_dataset(args: argparse.Namespace):
-    """The training data the flags name: REPA-E's h5 layout (with the cached latents for ldm-only runs),
-    the built-in images or an image folder."""
+def open_dataset(args: argparse.Namespace, kind: str):
+    """The training data of ``kind`` (``data_kind``): REPA-E's h5 layout (with the cached latents for ldm-only
+    runs), the built-in images or an image folder."""
     from data import build_dataset
     from data.h5 import H5Images, H5ImagesAndLatents
 
-    if args.dataset == "h5-latents":
+    if kind == "h5-latents":
         dataset = H5ImagesAndLatents(args.data_path, args.vae_latents_name)
-    elif args.dataset == "h5":
+    elif kind == "h5":
         dataset = H5Images(args.data_path)
     else:
-        return build_dataset(args.dataset, args.data_path, args.image_size, args.num_classes)
+        return build_dataset(kind, args.data_path, args.image_size, args.num_classes)
     size = dataset.image(0).shape[-1]
     if size != args.image_size:
         raise ValueError(f"{dataset.path} holds {size} px images, not --resolution {args.image_size}")
@@ -165,7 +190,7 @@ def build_ldm_method(args: argparse.Namespace, dataset, device):
     from loss.denoising import InterpolantObjective
     from models import create_model
     from models.encoders import load_encoders
-    from models.vae import VAE_models, load_vae_weights
+    from models.vae import VAE_models, VAECodec, load_vae_weights
     from training.alignment import check_token_counts
     from training.methods import Batches, LDMOnlyMethod
     from training.repae import load_latents_stats
@@ -181,7 +206,7 @@ def build_ldm_method(args: argparse.Namespace, dataset, device):
     encoders = load_encoders(args.enc_type, device, args.image_size) if args.proj_coeff > 0 else []
     model_kwargs = dict(input_size=size, in_channels=channels, num_classes=args.num_classes,
                         class_dropout_prob=args.cfg_prob, z_dims=[e.embed_dim for e in encoders],
-                        encoder_depth=args.encoder_depth, qk_norm=args.qk_norm, bn_momentum=args.bn_momentum)
+                        encoder_depth=args.encoder_depth, qk_norm=args.qk_norm, bn_momentum=0.1)
     sit = create_model(args.model, **model_kwargs)
     if encoders:
         check_token_counts(encoders, sit.x_embedder.num_patches, args.image_size, args.model)
@@ -192,7 +217,8 @@ def build_ldm_method(args: argparse.Namespace, dataset, device):
                            betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay,
                            eps=args.adam_epsilon, ema_decay=args.ema_decay, max_grad_norm=args.max_grad_norm,
                            model_kwargs=model_kwargs, sampling={"path_type": args.path_type})
-    return method, vae.to(device).eval().requires_grad_(False)
+    method.codec = VAECodec(vae.to(device).eval().requires_grad_(False))  # the frozen VAE decodes the samples
+    return method
 
 
 def build_method(args: argparse.Namespace, dataset, device):

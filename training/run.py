@@ -180,13 +180,12 @@ def summary(run_dir: Path, steps: int, num_classes: int) -> list[str]:
     return lines
 
 
-def open_run(accelerator, run_folder: RunFolder, ckpt_subdir: str, args, data: str, tracker_note: str | None,
-             logging_dir: str | None = None, project: str | None = None,
-             wandb: dict | None = None) -> tuple[Path, logging.Logger]:
-    """Open the planned run folder (on the main process), record ``args``, start the log and the trackers
-    (their files in ``{run folder}/{logging_dir}``, default the run folder; the project ``project``, default
-    the run's name; ``wandb``: more of ``wandb.init``'s arguments, e.g. entity and name); every process gets
-    the folder and a logger. ``data`` describes the training data for the first log line."""
+def open_run(accelerator, run_folder: RunFolder, ckpt_subdir: str, record: dict, data: str, tracker_note: str | None,
+             trackers, exp_name: str | None = None) -> tuple[Path, logging.Logger]:
+    """Open the planned run folder (on the main process), write ``record`` to ``args.json``, start the log and
+    the trackers (``training.fit.Trackers``: their files in ``{run folder}/{logging_dir}``, default the run
+    folder; the project, default the run's name); every process gets the folder and a logger. ``data``
+    describes the training data for the first log line."""
     from accelerate.utils import gather_object
 
     is_main = accelerator.is_main_process
@@ -194,24 +193,24 @@ def open_run(accelerator, run_folder: RunFolder, ckpt_subdir: str, args, data: s
     run_dir = Path(gather_object([str(run_dir) if is_main else ""])[0])
     logger = create_logger(run_dir, is_main)
     if is_main:
-        save_args(run_dir, args)
+        save_args(run_dir, record)
     logger.info(f"run folder {run_dir}; {accelerator.num_processes} process(es) on {accelerator.device}; data: {data}")
     for line in (note, tracker_note):
         if line:
             logger.info(line)
-    if args.report_to != "none":
-        tracker_dir = run_dir / logging_dir if logging_dir else run_dir
+    if trackers.report_to != "none":
+        tracker_dir = run_dir / trackers.logging_dir if trackers.logging_dir else run_dir
         tracker_dir.mkdir(parents=True, exist_ok=True)
         accelerator.project_configuration.project_dir = str(run_dir)
         accelerator.project_configuration.logging_dir = str(tracker_dir)
-        accelerator.init_trackers(project or args.exp_name or run_dir.name,
-                                  config={k: str(v) for k, v in vars(args).items()},
-                                  init_kwargs={"wandb": {"dir": str(tracker_dir), **(wandb or {})}})
+        accelerator.init_trackers(trackers.project or exp_name or run_dir.name,
+                                  config={k: str(v) for k, v in record.items()},
+                                  init_kwargs={"wandb": {"dir": str(tracker_dir), **trackers.wandb}})
     return run_dir, logger
 
 
-def save_args(run_dir: Path, args) -> None:
-    (Path(run_dir) / "args.json").write_text(json.dumps(vars(args), indent=2, default=str) + "\n")
+def save_args(run_dir: Path, record: dict) -> None:
+    (Path(run_dir) / "args.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
 
 
 CHECKPOINT_DIRS = (checkpoint_dir(False), checkpoint_dir(True))

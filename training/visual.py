@@ -44,22 +44,27 @@ def grid_labels(num_classes: int, size: int = 16) -> tuple[torch.Tensor, int]:
 
 
 @torch.no_grad()
-def sample_grid(ema, codec, noise, labels, num_classes: int, path: Path, nrow: int = 8, names=None,
-                **sampling) -> None:
-    """Decode EMA samples for fixed noise and labels into a PNG grid (rows named after their class
-    from ``names`` when each row shows one). Runs inside a forked RNG so that the training stream
-    (and so exact resume) is untouched. ``sampling``: extra ``diffusion.pipeline.generate``
-    arguments (noise schedule, path type)."""
+def diffusion_grid_images(network, codec, noise, labels, num_classes: int, **sampling) -> torch.Tensor:
+    """Images in [-1, 1] of a diffusion model (or a distilled generator) for the sample grid: ``GRID_STEPS``
+    of its family's default sampler, guided at ``GRID_CFG_SCALE`` when it has a null class; ``sampling``:
+    extra ``diffusion.pipeline.generate`` arguments (noise schedule, path type)."""
+    # --cfg-prob 0: no null class to guide with; a distilled generator has the guidance built in
+    scale = GRID_CFG_SCALE if has_null_class(network) and not is_generator(network) else 1.0
+    z = generate(network, noise, labels, sampler=grid_sampler(network), num_steps=GRID_STEPS, cfg_scale=scale,
+                 cls_cfg_scale=scale, num_classes=num_classes, clip_denoised=codec.bounded, **sampling)
+    return codec.decode(z)
+
+
+@torch.no_grad()
+def sample_grid(images_of, noise, labels, path: Path, nrow: int = 8, names=None) -> None:
+    """A PNG grid of ``images_of(noise, labels)`` (rows named after their class from ``names`` when each row
+    shows one). Runs inside a forked RNG so that the training stream (and so exact resume) is untouched."""
     devices = [noise.device] if noise.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(0)
-        # --cfg-prob 0: no null class to guide with; a distilled generator has the guidance built in
-        scale = GRID_CFG_SCALE if has_null_class(ema) and not is_generator(ema) else 1.0
-        z = generate(ema, noise, labels, sampler=grid_sampler(ema), num_steps=GRID_STEPS,
-                     cfg_scale=scale, cls_cfg_scale=scale, num_classes=num_classes,
-                     clip_denoised=codec.bounded, **sampling)
+        images = images_of(noise, labels)
         rows = row_labels(labels.tolist(), nrow, names) if names else None
-        save_grid(codec.decode(z), path, nrow=nrow, row_labels=rows)
+        save_grid(images, path, nrow=nrow, row_labels=rows)
 
 
 @torch.no_grad()
