@@ -26,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.train_throughput import peak_memory_bytes, reset_peak_memory, synchronize  # noqa: E402
+from diffusion.network import contract  # noqa: E402
 from diffusion.pipeline import base_alphas_cumprod, diffusion_for  # noqa: E402
 from loss.denoising import DDPMObjective, InterpolantObjective  # noqa: E402
 from models import MODEL_NAMES, create_model  # noqa: E402
@@ -53,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def teacher_for(name: str, latent_size: int, device):
     model = create_model(name, input_size=latent_size, num_classes=1000, in_channels=4).to(device).eval()
     freeze(model)
-    if model.prediction == "velocity":
+    if contract(model).prediction == "velocity":
         return FlowTeacher(model, "linear", InterpolantObjective("linear", proj_coeff=0.0), null=1000)
     return DDPMTeacher(model, base_alphas_cumprod(), DDPMObjective(diffusion_for(model, "")), null=1000)
 

@@ -34,9 +34,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .network import PREDICTIONS, contract
 from .transport import check_path_type, eps_from_velocity, expand_t_like_x, interpolant, x0_from_velocity
-
-PREDICTIONS = ("eps", "velocity", "x0")
 
 
 @dataclass
@@ -117,7 +116,7 @@ class Denoiser:
         (REPA-E's ``BatchNorm2d(affine=False)`` of the latents) samples normalised latents; they are
         ``z * sqrt(running_var) + running_mean``, as REPA-E decodes (``z / latents_scale +
         latents_bias``, without BatchNorm's eps). Other models return ``z``."""
-        bn = getattr(self.model, "bn", None)
+        bn = contract(self.model).latent_norm
         if bn is None:
             return z
         shape = (1, -1, *([1] * (z.ndim - 2)))
@@ -211,7 +210,7 @@ class EDMDenoiser(Denoiser):
 def denoiser_for(model, alphas_cumprod=None, path_type: str = "linear") -> Denoiser:
     """The adapter of a model by what it declares it predicts (``model.prediction``): ``"eps"`` models
     need their training ``alphas_cumprod``, ``"velocity"`` models their ``path_type``; ``"x0"`` is EDM's."""
-    prediction = getattr(model, "prediction", None)
+    prediction = contract(model).prediction
     if prediction not in PREDICTIONS:
         raise ValueError(f"{type(model).__name__} declares no prediction (its .prediction must be one of "
                          f"{', '.join(PREDICTIONS)}), so no sampler can read it")

@@ -15,6 +15,7 @@ import torch
 
 from .denoiser import ddpm_sigmas, denoiser_for, eps_model, noised, velocity_model
 from .guidance import guided_ddpm_model
+from .network import contract
 
 DDPM_SAMPLERS = ("ddpm", "ddim")  # GaussianDiffusion loops on respaced integer steps
 FLOW_SAMPLERS = ("ode", "sde")    # REPA / REG: Euler (Heun) ODE, Euler-Maruyama SDE
@@ -28,7 +29,7 @@ def diffusion_for(model, timestep_respacing, noise_schedule: str = "linear"):
     model outputs one, else the fixed posterior variance beta_tilde_t (DDPM's sigma_small)."""
     from diffusion import create_diffusion
 
-    learn_sigma = getattr(model, "prediction", "eps") == "eps" and getattr(model, "learn_sigma", True)
+    learn_sigma = contract(model).learned_variance
     return create_diffusion(timestep_respacing, noise_schedule=noise_schedule, learn_sigma=learn_sigma,
                             sigma_small=not learn_sigma)
 
@@ -38,29 +39,6 @@ def base_alphas_cumprod(noise_schedule: str = "linear") -> np.ndarray:
     from diffusion import create_diffusion
 
     return create_diffusion("", noise_schedule=noise_schedule).alphas_cumprod
-
-
-def has_null_class(model) -> bool:
-    """Whether the model learned the null class that guidance needs (label dropout > 0 in training)."""
-    embedder = getattr(model, "y_embedder", None)  # EDM's networks have none (label dropout 0)
-    return embedder is not None and embedder.embedding_table.num_embeddings > embedder.num_classes
-
-
-def is_flow_model(model) -> bool:
-    """Whether the model predicts a velocity on an interpolant path (SiT / REPA / REG)."""
-    return getattr(model, "prediction", None) == "velocity"
-
-
-def default_guided_channels(model) -> int | None:
-    """The channels guidance acts on unless told otherwise: the model's ``guided_channels`` (a DiT: the
-    first three, as official DiT), else every channel (None)."""
-    return getattr(model, "guided_channels", None)
-
-
-def is_generator(model) -> bool:
-    """Whether the model is a distilled few-step generator (``train_dmd2.py``): it carries the noise
-    levels it generates from, ``generator_sigmas``."""
-    return bool(getattr(model, "generator_sigmas", None))
 
 
 def few_step_sample(den, noise: torch.Tensor, labels: torch.Tensor, sigmas) -> torch.Tensor:
@@ -159,8 +137,8 @@ def generate(model, noise: torch.Tensor, labels: torch.Tensor, *, sampler: str, 
     clipping x0 when ``clip_denoised`` (pixel space). ``ode`` / ``sde``: REPA's ``euler_sampler`` /
     ``euler_maruyama_sampler`` on ``path_type`` (a flow model's own; a DDPM model is read through
     its velocity). Guidance: ``cfg_scale`` inside ``[guidance_low, guidance_high]`` in REPA's time
-    (sigma / (1 + sigma) for the DDPM samplers) on the first ``guided_channels`` channels (default:
-    ``default_guided_channels``). For a REG model the random class tokens are drawn here, after
+    (sigma / (1 + sigma) for the DDPM samplers) on the first ``guided_channels`` channels (default: the
+    model's ``guided_channels``). For a REG model the random class tokens are drawn here, after
     ``noise`` (as REG's generate.py does), and guided by ``cls_cfg_scale``. A model with its own
     latent normalisation returns de-normalised latents (``Denoiser.denormalize``).
     """
@@ -170,21 +148,22 @@ def generate(model, noise: torch.Tensor, labels: torch.Tensor, *, sampler: str, 
         raise ValueError(f"unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
     if heun and sampler != "ode":
         raise ValueError(f"Heun's method is a step of the ODE sampler (ode), not of {sampler}")
-    if sampler == FEW_STEP or is_generator(model):
-        if sampler != FEW_STEP or not is_generator(model):
+    net = contract(model)
+    if sampler == FEW_STEP or net.generator_sigmas:
+        if sampler != FEW_STEP or not net.generator_sigmas:
             raise ValueError(f"--sampler {FEW_STEP} is how a distilled generator (train_dmd2.py) samples, and such a "
-                             f"generator samples with nothing else; this model {'is' if is_generator(model) else 'is not'} "
-                             "one: " + (f"use --sampler {FEW_STEP}" if is_generator(model) else "choose another sampler"))
+                             f"generator samples with nothing else; this model {'is' if net.generator_sigmas else 'is not'} "
+                             "one: " + (f"use --sampler {FEW_STEP}" if net.generator_sigmas else "choose another sampler"))
         if cfg_scale > 1.0:
             raise ValueError("a distilled generator has the teacher's guidance built in: sample it with --cfg-scale 1")
         den = denoiser_for(model, base_alphas_cumprod(noise_schedule), path_type)
-        return den.denormalize(few_step_sample(den, noise, labels, model.generator_sigmas).to(noise.dtype))
-    if cfg_scale > 1.0 and not has_null_class(model):
+        return den.denormalize(few_step_sample(den, noise, labels, net.generator_sigmas).to(noise.dtype))
+    if cfg_scale > 1.0 and net.null_class is None:
         raise ValueError(f"--cfg-scale {cfg_scale} needs the null class, which this model never learned (trained "
                          "with --cfg-prob 0); sample it with --cfg-scale 1")
     if guided_channels is None:
-        guided_channels = default_guided_channels(model)
-    cls_dim = getattr(model, "cls_token_dim", None)
+        guided_channels = net.guided_channels
+    cls_dim = net.cls_token_dim
     den = denoiser_for(model, base_alphas_cumprod(noise_schedule), path_type)
     cls_latents = None if cls_dim is None else torch.randn(len(noise), cls_dim, device=noise.device)
     cls = dict(cls_latents=cls_latents, cls_cfg_scale=cls_cfg_scale if cls_dim else 0.0)

@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from diffusion.network import contract
 from diffusion.transport import interpolant, sample_time
-from models.unwrap import unwrap
 
 
 def mean_flat(x: torch.Tensor) -> torch.Tensor:
@@ -76,7 +76,7 @@ class InterpolantObjective:
         when given, replace fresh draws (REPA-E reuses the VAE step's in the SiT step). ``align_only``
         runs the first ``encoder_depth`` blocks only and returns the projection loss, which is
         differentiable with respect to ``x`` (REPA-E's VAE step)."""
-        bn = getattr(unwrap(model), "bn", None)
+        bn = contract(model).latent_norm
         if bn is not None:
             x = bn(x)
         if t is None or noise is None:

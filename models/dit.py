@@ -107,6 +107,10 @@ class DiT(nn.Module):
         x = torch.einsum("nhwpqc->nchpwq", x)
         return x.reshape(x.shape[0], c, h * p, w * p)
 
+    def bottleneck_module(self) -> nn.Module:
+        """DMD2's GAN head reads the tokens after block depth / 2 (``diffusion.network``)."""
+        return self.blocks[len(self.blocks) // 2 - 1]
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x: (N, C, H, W) inputs, t: (N,) diffusion steps, y: (N,) class labels."""
         x = self.x_embedder(x) + self.pos_embed  # (N, T, D)

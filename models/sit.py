@@ -158,6 +158,10 @@ class SiT(nn.Module):
 
     unpatchify = DiT.unpatchify
 
+    def bottleneck_module(self) -> nn.Module:
+        """DMD2's GAN head reads the tokens after block depth / 2 (``diffusion.network``)."""
+        return self.blocks[len(self.blocks) // 2 - 1]
+
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cls_token: torch.Tensor | None = None,
         align_only: bool = False,

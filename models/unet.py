@@ -166,6 +166,10 @@ class UNet(nn.Module):
             h = layer(h, emb) if getattr(layer, "takes_embedding", False) else layer(h)
         return h
 
+    def bottleneck_module(self) -> nn.Module:
+        """DMD2's GAN head reads the middle block's output (``diffusion.network``)."""
+        return self.mid[-1]
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x: (N, C, H, W) noisy images, t: (N,) diffusion steps, y: (N,) class labels."""
         emb = torch.cat([self.t_embedder(t), self.y_embedder(y)], dim=1)

@@ -32,7 +32,7 @@ def posterior_mean(x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, y:
 
 
 def label_table_with_null_class() -> nn.Module:
-    """What ``has_null_class`` reads: a label table with the null row, so guidance is allowed."""
+    """What ``diffusion.network.contract`` reads for the null class: a label table with the null row, so guidance is allowed."""
     table = nn.Module()
     table.num_classes = NUM_CLASSES
     table.embedding_table = nn.Embedding(NUM_CLASSES + 1, 1)

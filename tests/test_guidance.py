@@ -11,7 +11,8 @@ from torch import nn
 from diffusion import create_diffusion
 from diffusion.denoiser import ddpm_sigmas
 from diffusion.guidance import guided_ddpm_model
-from diffusion.pipeline import FEW_STEP, SAMPLERS, default_guided_channels, generate
+from diffusion.network import contract
+from diffusion.pipeline import FEW_STEP, SAMPLERS, generate
 from models import create_model
 
 NUM_CLASSES, C = 5, 4
@@ -84,8 +85,8 @@ def test_guidance_acts_on_the_masked_channels_only(sampler, prediction):
 def test_a_dit_guides_its_first_three_channels_by_default_and_the_unet_all():
     dit = create_model("DiT-Ti/4", input_size=8, in_channels=4, num_classes=NUM_CLASSES)
     unet = create_model("UNet-Ti", input_size=8, in_channels=3, num_classes=NUM_CLASSES)
-    assert default_guided_channels(dit) == 3 and default_guided_channels(unet) is None
-    assert default_guided_channels(create_model("SiT-Ti/4", input_size=8, in_channels=4)) is None
+    assert contract(dit).guided_channels == 3 and contract(unet).guided_channels is None
+    assert contract(create_model("SiT-Ti/4", input_size=8, in_channels=4)).guided_channels is None
 
 
 def test_learned_variance_channels_are_never_guided():

@@ -6,9 +6,9 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from diffusion.network import unwrap
 from loss.denoising import InterpolantObjective
 from models import create_model
-from models.unwrap import unwrap
 
 
 def test_repae_latent_norm_runs_under_a_ddp_wrapper(tmp_path):

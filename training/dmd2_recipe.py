@@ -253,7 +253,8 @@ def unreadable_teacher(path: Path, err: Exception) -> ValueError:
 def load_teacher(args: argparse.Namespace, device) -> tuple[Teacher, dict, object]:
     """``(teacher, its sampling config, its codec)`` from ``--teacher``; every kind of checkpoint this
     repository samples, EDM's pickles and diffusers folders."""
-    from diffusion.pipeline import base_alphas_cumprod, diffusion_for, has_null_class
+    from diffusion.network import contract
+    from diffusion.pipeline import base_alphas_cumprod, diffusion_for
     from loss.denoising import DDPMObjective, InterpolantObjective
     from models.pretrained import REPAE_VAES, build_for_sampling, load_codec, resolve_sampling_config
 
@@ -284,12 +285,13 @@ def load_teacher(args: argparse.Namespace, device) -> tuple[Teacher, dict, objec
         model = build_for_sampling(state_dict, cfg, codec, device)
     except (ValueError, KeyError, RuntimeError) as err:
         raise unreadable_teacher(path, err) from None
-    if getattr(model, "cls_token_dim", None):
+    declared = contract(model)
+    if declared.cls_token_dim:
         raise ValueError(f"--teacher {path} is a REG model (class-token entanglement): DMD2 cannot distil REG "
                          "teachers yet; distil a SiT / REPA teacher")
     freeze(model)
-    null = cfg["num_classes"] if has_null_class(model) else None
-    if model.prediction == "velocity":
+    null = declared.null_class
+    if declared.prediction == "velocity":
         objective = InterpolantObjective(cfg["path_type"], proj_coeff=0.0)
         return FlowTeacher(model, cfg["path_type"], objective, null), cfg, codec
     schedule = cfg.get("noise_schedule", "linear")

@@ -36,6 +36,7 @@ from diffusion.denoiser import (
     flow_sigma,
     noised,
 )
+from diffusion.network import bottleneck_module
 from diffusion.transport import expand_t_like_x
 
 GRID = 1000  # DMD2's --num_train_timesteps
@@ -86,20 +87,10 @@ class Teacher:
         null = self.null.to(y.device).expand_as(y) if torch.is_tensor(self.null) else torch.full_like(y, self.null)
         return torch.cat([y, null.to(y.dtype)])
 
-    def bottleneck_module(self, net: torch.nn.Module) -> torch.nn.Module:
-        """The module whose output is the bottleneck (see the module docstring)."""
-        if hasattr(net, "blocks"):  # DiT / SiT
-            return net.blocks[len(net.blocks) // 2 - 1]
-        if hasattr(net, "mid"):  # the U-Net of models/unet.py
-            return net.mid[-1]
-        if hasattr(net, "unet"):  # a diffusers UNet2DConditionModel behind DiffusersEps
-            return net.unet.mid_block
-        raise ValueError(f"{type(net).__name__}: no bottleneck for the GAN head")
-
     def bottleneck(self, net: torch.nn.Module, x_vp: torch.Tensor, sigma: torch.Tensor, y) -> torch.Tensor:
         """The bottleneck features of ``net`` at ``(x_vp, sigma)``, as (N, C, h, w); the rest of the network
         does not run."""
-        module = self.bottleneck_module(net)
+        module = bottleneck_module(net)
 
         def stop(_module, _inputs, output):
             raise _Features(output)
@@ -199,6 +190,10 @@ class DiffusersEps(torch.nn.Module):
     def __init__(self, unet: torch.nn.Module):
         super().__init__()
         self.unet = unet
+
+    def bottleneck_module(self) -> torch.nn.Module:
+        """DMD2's GAN head reads the UNet's ``mid_block`` (``diffusion.network``)."""
+        return self.unet.mid_block
 
     def forward(self, x, t, y, **kwargs):
         return self.unet(x, t, encoder_hidden_states=y, **kwargs).sample

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from data.latents import sample_latents as draw_cached_latents
+from diffusion.network import contract
 from training.alignment import encoder_targets
 from training.data import random_flip
 from training.engine import Method, adamw
@@ -84,7 +85,7 @@ class DenoisingMethod(Method):
         model, mk, device = self.modules["model"], self.model_kwargs, self.batches.device
         inputs = (torch.zeros(1, mk["in_channels"], mk["input_size"], mk["input_size"], device=device),
                   torch.zeros(1, device=device), torch.zeros(1, device=device, dtype=torch.long))
-        cls_dim = getattr(model, "cls_token_dim", None)
+        cls_dim = contract(model).cls_token_dim
         inputs += (torch.zeros(1, cls_dim, device=device),) if cls_dim else ()
         flops = train_flops_per_sample(model.eval(), *inputs)
         model.train()
@@ -139,5 +140,5 @@ class LDMOnlyMethod(InterpolantMethod):
     The BatchNorm stays in eval mode, at the VAE's latent statistics, while the rest trains."""
 
     def train_step(self, engine, batch) -> dict[str, torch.Tensor]:
-        engine.module("model").bn.eval()
+        contract(engine.module("model")).latent_norm.eval()
         return super().train_step(engine, batch)

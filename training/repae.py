@@ -51,7 +51,7 @@ class REPAEMethod(Method):
     @property
     def codec(self):
         """The VAE being trained decodes the samples, with its current weights."""
-        from models.unwrap import unwrap
+        from diffusion.network import unwrap
         from models.vae import VAECodec
 
         return VAECodec(unwrap(self.modules["vae"]))

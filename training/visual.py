@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffusion.pipeline import FEW_STEP, generate, has_null_class, is_flow_model, is_generator
+from diffusion.network import contract
+from diffusion.pipeline import FEW_STEP, generate
 from training.monitor import row_labels, save_grid, to_uint8
 
 GRID_STEPS = 50        # a quick, comparable view across checkpoints
@@ -18,19 +19,21 @@ GRID_CFG_SCALE = 4.0   # official DiT sample.py default; REPA samples with 4.0 d
 def grid_sampler(model) -> str:
     """Deterministic where the family allows: DDIM for DiT, the Euler ODE for SiT / REPA (as REPA's
     in-training samples), the SDE for REG (REG's own sampler); a distilled generator its own steps."""
-    if is_generator(model):
+    net = contract(model)
+    if net.generator_sigmas:
         return FEW_STEP
-    if not is_flow_model(model):
+    if net.prediction != "velocity":
         return "ddim"
-    return "sde" if getattr(model, "cls_token_dim", None) else "ode"
+    return "sde" if net.cls_token_dim else "ode"
 
 
 def eval_sampler(model) -> str:
     """The samplers the papers report FID with: DDPM for DiT, Euler-Maruyama for SiT / REPA / REG (a distilled
     generator: its own steps)."""
-    if is_generator(model):
+    net = contract(model)
+    if net.generator_sigmas:
         return FEW_STEP
-    return "sde" if is_flow_model(model) else "ddpm"
+    return "sde" if net.prediction == "velocity" else "ddpm"
 
 
 def grid_labels(num_classes: int, size: int = 16) -> tuple[torch.Tensor, int]:
@@ -49,7 +52,8 @@ def diffusion_grid_images(network, codec, noise, labels, num_classes: int, **sam
     of its family's default sampler, guided at ``GRID_CFG_SCALE`` when it has a null class; ``sampling``:
     extra ``diffusion.pipeline.generate`` arguments (noise schedule, path type)."""
     # --cfg-prob 0: no null class to guide with; a distilled generator has the guidance built in
-    scale = GRID_CFG_SCALE if has_null_class(network) and not is_generator(network) else 1.0
+    net = contract(network)
+    scale = GRID_CFG_SCALE if net.null_class is not None and not net.generator_sigmas else 1.0
     z = generate(network, noise, labels, sampler=grid_sampler(network), num_steps=GRID_STEPS, cfg_scale=scale,
                  cls_cfg_scale=scale, num_classes=num_classes, clip_denoised=codec.bounded, **sampling)
     return codec.decode(z)
