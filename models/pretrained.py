@@ -1,17 +1,20 @@
-"""Loading weights for sampling: our checkpoints, the official DiT releases, REPA's and REG's.
+"""Loading weights for sampling: this repository's checkpoints, the official releases and the originals' own.
 
-Official DiT releases (``DiT-XL-2-256x256.pt``, ``DiT-XL-2-512x512.pt``) and REPA's ``last.pt``
-are raw state dicts; ours and REG's are ``{model, ema, opt, args, steps, ...}`` and sampling
-uses ``ema``. A checkpoint with ``args`` (ours, REG's) supplies the flags it was trained with,
-so ``--model``, ``--image-size`` / ``--resolution``, ``--num-classes`` and ``--vae`` default to
-those. A SiT's projector sizes, class token, qk-norm and learned-sigma half are read from the
-weights themselves; only ``--encoder-depth`` (where the projectors read) must come from the
-checkpoint's args or the flag. A U-Net's shape comes from the ``model_kwargs`` train.py records.
+A checkpoint written here carries its ``sampling_record`` (``sampling_record``: model, resolution, classes,
+codec, prediction, noise schedule or path and time convention, a generator's noise levels), which sampling reads
+as it is. Every other format has one named reader (``FORMATS``): the raw state dicts of the releases (official
+DiT-XL/2, SiT, REPA's ``last.pt``, DMD2's ImageNet-64 generators), EDM's network pickles, and the checkpoints
+that record their training flags instead (REPA's, REG's, REPA-E's, SiT's ``train.py``, and this repository's
+before the record), which share one layout and one reader. The flags of the sampling command (``Query``) win
+over what a checkpoint says; a SiT's projector sizes, class token, qk-norm and learned-sigma half are read from
+its weights.
 """
 
 from __future__ import annotations
 
 import os
+from argparse import Namespace
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -91,65 +94,185 @@ def edm_config(path: Path, kwargs: dict, generator_sigmas=None) -> dict:
     return cfg
 
 
-def resolve_sampling_config(args) -> tuple[dict, dict]:
-    """Fill ``model``, ``image_size``, ``num_classes`` and ``vae`` of ``args`` (None = unset)
-    from the checkpoint's recorded flags, then from the official defaults.
+@dataclass
+class Query:
+    """What a sampling command says about its checkpoint (None: what the checkpoint records, then the default):
+    ``ckpt`` (None: the official DiT-XL/2 at ``image_size``), the model, resolution, classes and VAE, the SiT's
+    interpolant path and REPA's encoder depth, projector sizes, REG's class token and ``--legacy`` blocks."""
 
-    Returns the state dict to load and the resolved settings.
-    """
-    official = args.ckpt is None
-    if official:
-        if args.model not in (None, "DiT-XL/2"):
+    ckpt: str | None = None
+    model: str | None = None
+    image_size: int | None = None
+    num_classes: int | None = None
+    vae: str | None = None
+    path_type: str | None = None
+    encoder_depth: int | None = None
+    projector_embed_dims: str | None = None
+    cls: int | None = None
+    legacy: bool = False
+    default_model: str = "DiT-XL/2"
+    default_vae: str = "ema"
+
+    @classmethod
+    def of(cls, args) -> Query:
+        """The query of a script's parsed flags (those it has)."""
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None})
+
+
+def sampling_record(network, model: str, image_size: int, num_classes: int, vae: str, *, dataset=None,
+                    noise_schedule: str | None = None, path_type: str | None = None, vae_weights=None,
+                    **extra) -> dict:
+    """What a checkpoint of this repository records for sampling it (``ckpt["sampling_record"]``, written by the
+    method): the model, resolution, classes, dataset and codec (``vae``; REPA-E's VAEs: ``vae_weights``, "vae"
+    for the checkpoint's own tuned VAE or the file it trained on), what the network predicts, its DDPM noise
+    schedule (eps) or interpolant path and time convention (velocity); ``extra``: a generator's noise levels,
+    LoRA scale."""
+    from diffusion.network import contract
+
+    prediction = contract(network).prediction
+    record = {"model": model, "image_size": image_size, "num_classes": num_classes, "vae": vae, "dataset": dataset,
+              "prediction": prediction}
+    if prediction == "eps":
+        record["noise_schedule"] = noise_schedule or "linear"
+    if prediction == "velocity":
+        record.update(path_type=path_type or "linear", time_convention=getattr(network, "time_convention", "repa"))
+    if vae_weights is not None:
+        record["vae_weights"] = vae_weights
+    return {**record, **extra}
+
+
+def resolve_sampling_config(args) -> tuple[dict, dict]:
+    """``sampling_config`` of a sampling script's flags."""
+    return sampling_config(Query.of(args))
+
+
+def sampling_config(query: Query) -> tuple[dict, dict]:
+    """``(state dict, settings)`` to sample a checkpoint with: the query's flags over what the checkpoint
+    records (``read_record``), over the official defaults."""
+    if query.ckpt is None:
+        if query.model not in (None, "DiT-XL/2"):
             raise ValueError("only DiT-XL/2 has official weights; pass --ckpt for other models")
-        path = find_official(args.image_size or 256)
+        path = find_official(query.image_size or 256)
     else:
-        path = Path(args.ckpt)
+        path = Path(query.ckpt)
     if path.suffix == ".pkl":  # EDM's network pickle (edm-imagenet-64x64-cond-adm.pkl, network-snapshot-*.pkl)
         from models.edm_pickle import load_edm_pickle
 
         state_dict, init_kwargs = load_edm_pickle(path)
         return state_dict, edm_config(path, init_kwargs)
     ckpt = load_checkpoint(path)
-    trained = ckpt.get("args", {}) if isinstance(ckpt, dict) and "args" in ckpt else {}
-    if not isinstance(trained, dict):
-        trained = vars(trained)
-    if isinstance(ckpt, dict) and isinstance(ckpt.get("sampling_record"), dict):  # what the method recorded
-        trained = {**trained, **ckpt["sampling_record"]}
-    if "image_size" not in trained and "resolution" in trained:  # REPA / REG name it --resolution
-        trained["image_size"] = trained["resolution"]
-    recorded = trained.get("model")
-    if recorded and args.model and args.model != recorded:
-        raise ValueError(f"{path} holds a {recorded} (it was trained with --model {recorded}), not a {args.model}: "
-                         "leave out --model")
-    defaults = {"model": getattr(args, "default_model", "DiT-XL/2"), "image_size": 256, "num_classes": 1000,
-                "vae": args.default_vae}
-    cfg = {k: (getattr(args, k, None) if getattr(args, k, None) is not None else trained.get(k, v))
-           for k, v in defaults.items()}
+    state_dict = model_state_dict(ckpt, prefer="ema")
+    fmt, record = read_record(ckpt, state_dict, query)
+    if record.get("model") and query.model and query.model != record["model"]:
+        raise ValueError(f"{path} holds a {record['model']} (it was trained with --model {record['model']}), not a "
+                         f"{query.model}: leave out --model")
+    defaults = {"model": query.default_model, "image_size": 256, "num_classes": 1000, "vae": query.default_vae}
+    cfg = {k: getattr(query, k) if getattr(query, k) is not None else record.get(k) or v for k, v in defaults.items()}
     if cfg["model"].startswith("SiT-") and path.name in OFFICIAL.values():
         raise ValueError(f"{path.name} is the official DiT-XL/2 release, not a SiT: sample it with --model DiT-XL/2 "
                          "and --sampler ddpm or ddim")
-    state_dict = model_state_dict(ckpt, prefer="ema")
-    if any(".base_layer." in k for k in state_dict):  # a LoRA generator (train_dmd2.py --generator_lora)
-        state_dict = merge_lora(state_dict, float(trained["lora_alpha"]) / float(trained["lora_rank"]))
-    if recorded == "EDM" or is_edm_weights(state_dict):  # ours (from train_dmd2.py) or DMD2's released generator
-        release = not trained
-        kwargs = EDM_IMAGENET64 if release else ckpt["model_kwargs"]
-        sigmas = [DMD2_CONDITIONING_SIGMA] if release else ckpt.get("generator_sigmas")
-        return state_dict, edm_config(path, kwargs, sigmas)
-    cfg["ckpt"], cfg["dataset"] = str(path), trained.get("dataset")
-    if isinstance(ckpt, dict) and ckpt.get("generator_sigmas"):  # a distilled generator (train_dmd2.py)
-        cfg["generator_sigmas"] = [float(s) for s in ckpt["generator_sigmas"]]
+    if "lora_alpha" in record:  # a LoRA generator (train_dmd2.py --generator_lora)
+        state_dict = merge_lora(state_dict, float(record["lora_alpha"]) / float(record["lora_rank"]))
+    if record.get("prediction") == "x0":  # EDM: ours (from train_dmd2.py) or DMD2's released generator
+        return state_dict, edm_config(path, record["model_kwargs"], record.get("generator_sigmas"))
+    cfg.update(ckpt=str(path), dataset=record.get("dataset"), format=fmt)
+    if record.get("generator_sigmas"):  # a distilled generator (train_dmd2.py)
+        cfg["generator_sigmas"] = [float(s) for s in record["generator_sigmas"]]
     if cfg["vae"] in REPAE_VAES:  # REPA-E: the tuned VAE is in the checkpoint, or (ldm-only) in --vae-ckpt
-        cfg["vae_weights"] = ckpt["vae"] if isinstance(ckpt.get("vae"), dict) else trained.get("vae_ckpt")
+        weights = record.get("vae_weights")
+        cfg["vae_weights"] = ckpt["vae"] if weights == "vae" and isinstance(ckpt.get("vae"), dict) else weights
     if cfg["model"].startswith("SiT-"):
-        state_dict = legacy_blocks(state_dict, trained, args)
-        cfg["model_kwargs"] = sit_kwargs(state_dict, trained, args)
-        cfg["model_kwargs"]["time_convention"] = sit_time_convention(ckpt, trained, cfg["model_kwargs"])
-        cfg["path_type"] = getattr(args, "path_type", None) or trained_path_type(trained, path)
+        state_dict = legacy_blocks(state_dict, record, query)
+        cfg["model_kwargs"] = sit_kwargs(state_dict, record, query)
+        cfg["model_kwargs"]["time_convention"] = record.get("time_convention") or "repa"
+        cfg["path_type"] = query.path_type or record.get("path_type") or "linear"
     else:
         cfg["model_kwargs"] = recorded_shape(ckpt) if cfg["model"].startswith("UNet") else {}
-        cfg["noise_schedule"] = NOISE_SCHEDULES[trained.get("noise_schedule") or "linear"]
+        cfg["noise_schedule"] = NOISE_SCHEDULES[record.get("noise_schedule") or "linear"]
     return state_dict, cfg
+
+
+def read_record(ckpt, state_dict: dict, query: Query) -> tuple[str, dict]:
+    """``(format, what the checkpoint says about sampling it)``: this repository's own record, else one reader
+    per foreign format, which the checkpoint's shape names (``FORMATS``)."""
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("sampling_record"), dict):
+        return "diffusion-lab", {**trained_flags(ckpt), **ckpt["sampling_record"]}
+    for name, (matches, read) in FORMATS.items():
+        if matches(ckpt, state_dict, query):
+            return name, read(ckpt, state_dict, query)
+    raise ValueError("no reader for this checkpoint")  # "flags" matches every checkpoint that records its flags
+
+
+def trained_flags(ckpt) -> dict:
+    """The flags a checkpoint was trained with (``args``, a dict or an argparse Namespace), REPA's / REG's
+    ``--resolution`` as ``image_size``."""
+    trained = ckpt.get("args") if isinstance(ckpt, dict) else None
+    trained = dict(vars(trained) if isinstance(trained, Namespace) else trained or {})
+    if "image_size" not in trained and "resolution" in trained:
+        trained["image_size"] = trained["resolution"]
+    return trained
+
+
+def _raw(ckpt) -> bool:
+    return not trained_flags(ckpt)
+
+
+def read_dmd2_release(ckpt, state_dict, query) -> dict:
+    """DMD2's released ImageNet-64 generators: raw EDMPrecond state dicts, one step from sigma 80."""
+    return {"model": "EDM", "prediction": "x0", "model_kwargs": EDM_IMAGENET64,
+            "generator_sigmas": [DMD2_CONDITIONING_SIGMA]}
+
+
+def read_release(ckpt, state_dict, query) -> dict:
+    """Raw state dicts: the official DiT-XL/2 files, SiT's release (SiT's time: the learned-sigma half and no
+    projectors) and REPA's ``last.pt`` (projectors; REPA's time); which network, the flags say."""
+    out, embed = state_dict.get("final_layer.linear.weight"), state_dict.get("x_embedder.proj.weight")
+    sit_release = out is not None and embed is not None and "projectors.0.0.weight" not in state_dict and \
+        out.shape[0] == 2 * embed.shape[1] * embed.shape[-1] ** 2
+    return {"time_convention": "sit" if sit_release else "repa"}
+
+
+def read_flags(ckpt, state_dict, query) -> dict:
+    """Checkpoints that record their training flags: REPA's, REG's, REPA-E's, SiT's ``train.py`` (its
+    capitalised ``--path-type``: SiT's time), DiT-style ones, and this repository's before it wrote a sampling
+    record (a generator's noise levels, its network's arguments and an EDM network beside the flags)."""
+    trained = trained_flags(ckpt)
+    record = {k: trained[k] for k in ("model", "image_size", "num_classes", "vae", "dataset", "noise_schedule",
+                                      "encoder_depth", "bn_momentum", "lora_alpha", "lora_rank") if k in trained}
+    if trained.get("model", "").startswith("SiT-"):
+        record.update(sit_path(trained), time_convention="sit" if trained.get("path_type") in SIT_PATH_TYPES
+                      else "repa")
+    if trained.get("vae") in REPAE_VAES:
+        record["vae_weights"] = "vae" if isinstance(ckpt.get("vae"), dict) else trained.get("vae_ckpt")
+    recorded = ckpt.get("model_kwargs") or {}
+    if "time_convention" in recorded:  # a SiT generator of train_dmd2.py
+        record["time_convention"] = recorded["time_convention"]
+    if ckpt.get("generator_sigmas"):
+        record["generator_sigmas"] = ckpt["generator_sigmas"]
+    if trained.get("model") == "EDM" or is_edm_weights(state_dict):
+        record.update(prediction="x0", model_kwargs=recorded)
+    return record
+
+
+def sit_path(trained: dict) -> dict:
+    """The interpolant path a SiT was trained on: REPA's ``--path-type`` (linear, cosine) or SiT's
+    ``train.py`` ones (Linear, GVP: the same paths in SiT's time), linear when unrecorded."""
+    if trained.get("prediction", "v") not in ("v", "velocity"):  # REPA's --prediction v, SiT's velocity
+        raise ValueError(f"a SiT trained with --prediction {trained['prediction']}; only velocity prediction can be "
+                         "sampled here")
+    path_type = trained.get("path_type") or "linear"
+    if path_type == "VP":
+        raise ValueError("a SiT trained on SiT's VP path, which this repository does not sample; sample a Linear or "
+                         "GVP one")
+    return {"path_type": SIT_PATH_TYPES.get(path_type, path_type)}
+
+
+# The foreign formats, in the order they are told apart: name -> (matches(ckpt, state_dict, query), reader).
+FORMATS = {
+    "DMD2 release": (lambda ckpt, sd, q: _raw(ckpt) and is_edm_weights(sd), read_dmd2_release),
+    "DiT / SiT / REPA release": (lambda ckpt, sd, q: _raw(ckpt), read_release),
+    "flags": (lambda ckpt, sd, q: True, read_flags),
+}
 
 
 def load_codec(cfg: dict, device) -> torch.nn.Module:
@@ -167,18 +290,18 @@ def load_codec(cfg: dict, device) -> torch.nn.Module:
     return VAECodec(vae.to(device).eval())
 
 
-def legacy_blocks(state_dict: dict, trained: dict, args) -> dict:
+def legacy_blocks(state_dict: dict, trained: dict, query: Query) -> dict:
     """REPA's ``--legacy``: its first checkpoints split the blocks into ``blocks`` (the first
     ``encoder_depth``) and ``decoder_blocks``; ``decoder_blocks.N`` is ``blocks.(N + encoder_depth)``."""
     legacy = any(k.startswith("decoder_blocks.") for k in state_dict)
-    if not getattr(args, "legacy", False):
+    if not query.legacy:
         if legacy:
             raise ValueError("this is one of REPA's legacy checkpoints (decoder_blocks.*): pass --legacy and its "
                              "--encoder-depth, as REPA's generate.py needs")
         return state_dict
     if not legacy:
         raise ValueError("--legacy: the checkpoint has no decoder_blocks.* to rename; leave the flag out")
-    depth = getattr(args, "encoder_depth", None) or trained.get("encoder_depth")
+    depth = query.encoder_depth or trained.get("encoder_depth")
     if depth is None:
         raise ValueError("--legacy needs --encoder-depth (where REPA's legacy checkpoint splits its blocks)")
     renamed = {}
@@ -190,18 +313,18 @@ def legacy_blocks(state_dict: dict, trained: dict, args) -> dict:
     return renamed
 
 
-def sit_kwargs(state_dict: dict, trained: dict, args) -> dict:
+def sit_kwargs(state_dict: dict, trained: dict, query: Query) -> dict:
     """SiT arguments from the weights (projectors, class token, qk-norm, learned sigma), checked
     against ``--projector-embed-dims`` / ``--cls`` when given, plus the encoder depth."""
     z_dims = []
     while f"projectors.{len(z_dims)}.4.weight" in state_dict:
         z_dims.append(int(state_dict[f"projectors.{len(z_dims)}.4.weight"].shape[0]))
     cls_dim = int(state_dict["cls_projectors2.weight"].shape[1]) if "cls_projectors2.weight" in state_dict else None
-    given = getattr(args, "projector_embed_dims", None)
+    given = query.projector_embed_dims
     if given is not None and [int(z) for z in str(given).split(",")] != z_dims:
         raise ValueError(f"--projector-embed-dims {given} does not match the checkpoint, whose projectors give "
                          f"{','.join(map(str, z_dims)) or 'nothing (plain SiT)'}; pass that or leave the flag out")
-    given_cls = getattr(args, "cls", None)
+    given_cls = query.cls
     if given_cls is not None and cls_dim is not None and given_cls != cls_dim:
         raise ValueError(f"--cls {given_cls} does not match the checkpoint's class token size {cls_dim} "
                          "(REG: the encoder's dimension, 768 for DINOv2-B); pass --cls {cls_dim}")
@@ -212,38 +335,10 @@ def sit_kwargs(state_dict: dict, trained: dict, args) -> dict:
                   qk_norm="blocks.0.attn.q_norm.weight" in state_dict)
     if "bn.running_var" in state_dict:  # REPA-E's latent BatchNorm: sampling de-normalises with its statistics
         kwargs["bn_momentum"] = float(trained.get("bn_momentum", 0.1))
-    depth = getattr(args, "encoder_depth", None) or trained.get("encoder_depth")
+    depth = query.encoder_depth or trained.get("encoder_depth")
     if depth is not None:
         kwargs["encoder_depth"] = int(depth)
     return kwargs
-
-
-def trained_path_type(trained: dict, path: Path) -> str:
-    """The interpolant path a SiT was trained on: REPA's ``--path-type`` (linear, cosine) or SiT's
-    ``train.py`` ones (Linear, GVP: the same paths in SiT's time), linear when unrecorded."""
-    if trained.get("prediction", "v") not in ("v", "velocity"):  # REPA's --prediction v, SiT's velocity
-        raise ValueError(f"{path} is a SiT trained with --prediction {trained['prediction']}; only velocity "
-                         "prediction can be sampled here")
-    path_type = trained.get("path_type") or "linear"
-    if path_type == "VP":
-        raise ValueError(f"{path} is a SiT trained on SiT's VP path, which this repository does not sample; "
-                         "sample a Linear or GVP one")
-    return SIT_PATH_TYPES.get(path_type, path_type)
-
-
-def sit_time_convention(ckpt, trained: dict, kwargs: dict) -> str:
-    """The time a SiT's weights were trained in (``models.sit``): ``"sit"`` (t=1 data) for checkpoints of
-    SiT's own ``train.py`` (its capitalised ``--path-type``) and for the SiT release (a raw state dict with
-    the learned-sigma half and no projectors: REPA's raw ``last.pt`` has projectors and no such half);
-    what ``train_dmd2.py`` records for a generator (``model_kwargs``); else REPA's, ``"repa"``."""
-    recorded = (ckpt.get("model_kwargs") or {}).get("time_convention") if isinstance(ckpt, dict) else None
-    if recorded is not None:
-        return recorded
-    if trained.get("path_type") in SIT_PATH_TYPES:
-        return "sit"
-    if not trained and kwargs["learn_sigma"] and not kwargs["z_dims"]:
-        return "sit"
-    return "repa"
 
 
 def recorded_shape(ckpt: dict) -> dict:

@@ -321,8 +321,10 @@ def test_unet_and_sit_teachers(model, flags, tmp_path):
     distil(teacher_run / "checkpoints" / "0000002.pt", out, "--train_iters", "2")
     (run,) = list(out.iterdir())
     ckpt = load_checkpoint(run / "checkpoints" / "0000002.pt")
-    expected = {"UNet-Ti": ("cosine", EPS_CONDITIONING_SIGMA), "SiT-Ti/4": ("linear", float("inf"))}[model]
-    assert (ckpt["sampling_record"]["noise_schedule"], ckpt["generator_sigmas"][0]) == expected
+    record = ckpt["sampling_record"]
+    expected = {"UNet-Ti": ("eps", "cosine", EPS_CONDITIONING_SIGMA), "SiT-Ti/4": ("velocity", "linear", float("inf"))}
+    assert (record["prediction"], record.get("noise_schedule", record.get("path_type")),
+            ckpt["generator_sigmas"][0]) == expected[model]
     result = run_script("sample.py", "--ckpt", str(run / "checkpoints" / "0000002.pt"), "--output",
                         str(tmp_path / "s.png"))
     assert result.returncode == 0, result.stderr

@@ -250,7 +250,6 @@ class DMD2Method(Method):
 
     def extra_state(self) -> dict:
         return {"model_kwargs": self.model_kwargs, "generator_sigmas": self.generator_sigmas,
-                "sampling_record": self.sampling_record,
                 "warmup_from": self.warmup_from}
 
     def load_extra_state(self, state: dict) -> None:

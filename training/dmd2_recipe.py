@@ -256,18 +256,15 @@ def load_teacher(args: argparse.Namespace, device) -> tuple[Teacher, dict, objec
     from diffusion.network import contract
     from diffusion.pipeline import base_alphas_cumprod, diffusion_for
     from loss.denoising import DDPMObjective, InterpolantObjective
-    from models.pretrained import REPAE_VAES, build_for_sampling, load_codec, resolve_sampling_config
+    from models.pretrained import REPAE_VAES, Query, build_for_sampling, load_codec, sampling_config
 
     path = Path(args.teacher)
     if is_diffusers_folder(path):
         teacher, cfg, codec, teacher.encoder = load_text_teacher(args, path, device)
         freeze(teacher.model)
         return teacher, cfg, codec
-    query = argparse.Namespace(ckpt=str(path), model=None, image_size=None, num_classes=None, vae=None,
-                               default_vae="ema", default_model="DiT-XL/2", encoder_depth=None,
-                               projector_embed_dims=None, cls=None, legacy=False, path_type=None)
     try:
-        state_dict, cfg = resolve_sampling_config(query)
+        state_dict, cfg = sampling_config(Query(ckpt=str(path)))
     except (ValueError, KeyError, RuntimeError) as err:
         raise unreadable_teacher(path, err) from None
     if cfg["vae"] in REPAE_VAES or "bn.running_var" in state_dict:  # checked before its VAE is loaded
@@ -390,12 +387,18 @@ def condition_sampler(teacher: Teacher, num_classes: int):
     return draw
 
 
-def sampling_record(cfg: dict) -> dict:
-    """What a generator's checkpoint records for sampling it: the teacher's model, resolution, classes, codec and
-    noise schedule or path (``models.pretrained`` reads it)."""
-    return {"model": cfg["model"], "image_size": cfg["image_size"], "num_classes": cfg["num_classes"],
-            "vae": cfg["vae"], "noise_schedule": {"squaredcos_cap_v2": "cosine"}.get(cfg.get("noise_schedule"), "linear"),
-            "path_type": cfg.get("path_type")}
+def generator_record(args, teacher: Teacher, cfg: dict, levels: list[float]) -> dict:
+    """What a generator's checkpoint records for sampling it (``models.pretrained.sampling_record``): the teacher's
+    model, resolution, classes, codec and noise schedule or path, the generator's noise levels, its LoRA scale."""
+    from models.pretrained import sampling_record
+
+    schedule = {"squaredcos_cap_v2": "cosine"}.get(cfg.get("noise_schedule"), "linear")
+    extra = {"model_kwargs": cfg["model_kwargs"]} if cfg["model"] == "EDM" else {}
+    if args.generator_lora:
+        extra.update(lora_alpha=args.lora_alpha, lora_rank=args.lora_rank)
+    return sampling_record(teacher.model, cfg["model"], cfg["image_size"], cfg["num_classes"], cfg["vae"],
+                           noise_schedule=schedule, path_type=cfg.get("path_type"),
+                           generator_sigmas=[float(s) for s in levels], **extra)
 
 
 def build_method(args, teacher: Teacher, cfg: dict, codec, data, draw_labels, device, batch_size: int, *,
@@ -435,12 +438,12 @@ def build_method(args, teacher: Teacher, cfg: dict, codec, data, draw_labels, de
                          f"{cfg['ckpt']} never learned (no label dropout); distil it with --real_guidance_scale 1")
     cls_weight = args.guidance_cls_loss_weight if args.cls_on_clean_image else args.cls_loss_weight
     teacher_note = f"teacher {cfg['ckpt']} ({cfg['model']}, {teacher.family})"
+    levels = generator_levels(args, teacher)
     return DMD2Method(
         teacher, generator, Guidance(fake, head), data, draw_labels, shape=(channels, size, size), batch_size=batch_size,
         generator_lr=args.generator_lr, guidance_lr=args.guidance_lr, device=device,
         dfake_gen_update_ratio=args.dfake_gen_update_ratio, real_guidance_scale=args.real_guidance_scale,
-        generator_sigmas=generator_levels(args, teacher),
-        min_step_percent=args.min_step_percent, max_step_percent=args.max_step_percent,
+        generator_sigmas=levels, min_step_percent=args.min_step_percent, max_step_percent=args.max_step_percent,
         gen_cls_loss_weight=args.gen_cls_loss_weight, cls_loss_weight=cls_weight,
         dm_loss_weight=args.dm_loss_weight, gan_alone=args.gan_alone,
         gen_cls_loss=args.gen_cls_loss or args.gan_classifier, diffusion_gan=args.diffusion_gan,
@@ -448,5 +451,5 @@ def build_method(args, teacher: Teacher, cfg: dict, codec, data, draw_labels, de
         backward_simulation=args.backward_simulation, max_grad_norm=args.max_grad_norm,
         model_kwargs=cfg.get("model_kwargs") or {},
         sampling={"noise_schedule": cfg.get("noise_schedule", "linear"), "path_type": cfg.get("path_type") or "linear"},
-        codec=codec, num_classes=cfg["num_classes"], sampling_record=sampling_record(cfg),
+        codec=codec, num_classes=cfg["num_classes"], sampling_record=generator_record(args, teacher, cfg, levels),
         warmup_step=args.warmup_step, processes=processes, warmup_from=warmup_from, notes=(teacher_note, *notes))

@@ -64,7 +64,8 @@ class Method:
     What the run samples (grids, evaluations): the network ``sampled`` (an EMA key, or a module key for a
     method without EMA), built with ``model_kwargs`` (``in_channels`` and ``input_size`` among them), read by
     ``diffusion.pipeline.generate`` with ``sampling`` (noise schedule or path), for ``num_classes`` classes
-    (0: none), decoded by ``codec``.
+    (0: none), decoded by ``codec``. Every checkpoint carries ``sampling_record``, what sampling it later needs
+    (``models.pretrained.sampling_record``).
     """
 
     modules: dict[str, torch.nn.Module]
@@ -73,6 +74,7 @@ class Method:
     sampled: str = "ema"
     model_kwargs: dict = {}
     sampling: dict = {}
+    sampling_record: dict = {}
     num_classes: int = 0
     codec = None
 
@@ -243,6 +245,8 @@ class Engine:
             state.update({key: ema.state_dict() for key, ema in self.emas.items()})
             state.update({key: opt.state_dict() for key, opt in self.method.optimizers.items()})
         state.update(args=args, steps=self.steps, rng=rngs, data=dict(self.data), **self.method.extra_state())
+        if self.method.sampling_record:
+            state["sampling_record"] = self.method.sampling_record
         if self.accelerator.scaler is not None:
             state["scaler"] = self.accelerator.scaler.state_dict()
         return state

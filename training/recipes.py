@@ -20,6 +20,7 @@ from diffusion.pipeline import diffusion_for
 from loss.denoising import DDPMObjective, InterpolantObjective
 from models import MODEL_NAMES, create_model
 from models.encoders import load_encoders
+from models.pretrained import sampling_record
 from training import checkpoint as ckpt_io
 from training.alignment import check_token_counts
 from training.methods import Batches, DenoisingMethod, InterpolantMethod
@@ -257,14 +258,20 @@ def build_method(args: argparse.Namespace, kind: str, dataset, codec, device) ->
                   eps=args.adam_epsilon, ema_decay=args.ema_decay, max_grad_norm=args.max_grad_norm,
                   model_kwargs=model_kwargs, lr_schedule=lambda step, base, total: lr(step, base, total_steps=total))
     batches = Batches(kind, codec, dataset, device, with_raw=bool(encoders))
+    record = partial(sampling_record, model, args.model, args.image_size, args.num_classes, args.vae,
+                     dataset=args.dataset)
     if not is_sit(args.model):
         schedule = NOISE_SCHEDULES[args.noise_schedule]
         objective = DDPMObjective(diffusion_for(model, "", schedule))
-        return DenoisingMethod(model, objective, batches, sampling={"noise_schedule": schedule}, **common)
+        method = DenoisingMethod(model, objective, batches, sampling={"noise_schedule": schedule}, **common)
+        method.sampling_record = record(noise_schedule=args.noise_schedule)
+        return method
     objective = InterpolantObjective(args.path_type, args.weighting, args.prediction, args.proj_coeff, args.cls)
-    return InterpolantMethod(model, objective, batches, encoders=encoders, cls=args.cls > 0,
-                             legacy_drop=args.cfg_prob if args.legacy else 0.0, num_classes=args.num_classes,
-                             sampling={"path_type": args.path_type}, **common)
+    method = InterpolantMethod(model, objective, batches, encoders=encoders, cls=args.cls > 0,
+                               legacy_drop=args.cfg_prob if args.legacy else 0.0, num_classes=args.num_classes,
+                               sampling={"path_type": args.path_type}, **common)
+    method.sampling_record = record(path_type=args.path_type, encoder_depth=model.encoder_depth)
+    return method
 
 
 def open_dataset(args: argparse.Namespace):

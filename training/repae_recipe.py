@@ -218,7 +218,17 @@ def build_ldm_method(args: argparse.Namespace, dataset, device):
                            eps=args.adam_epsilon, ema_decay=args.ema_decay, max_grad_norm=args.max_grad_norm,
                            model_kwargs=model_kwargs, sampling={"path_type": args.path_type})
     method.codec = VAECodec(vae.to(device).eval().requires_grad_(False))  # the frozen VAE decodes the samples
+    method.sampling_record = repae_record(args, sit, vae_weights=args.vae_ckpt)
     return method
+
+
+def repae_record(args, sit, vae_weights: str, dataset: str | None = None) -> dict:
+    """What a REPA-E checkpoint records for sampling it (``models.pretrained.sampling_record``)."""
+    from models.pretrained import sampling_record
+
+    return sampling_record(sit, args.model, args.image_size, args.num_classes, args.vae, dataset=dataset,
+                           path_type=args.path_type, vae_weights=vae_weights, encoder_depth=sit.encoder_depth,
+                           bn_momentum=sit.bn.momentum)
 
 
 def build_method(args: argparse.Namespace, dataset, device):
@@ -263,9 +273,11 @@ def build_method(args: argparse.Namespace, dataset, device):
         if loss_config.perceptual_weight > 0 else None
     objective = InterpolantObjective(args.path_type, args.weighting, args.prediction, args.proj_coeff)
     batches = Batches(args.dataset, PixelCodec(), dataset, device, with_raw=True)
-    return REPAEMethod(sit, vae, discriminator, objective, VAELoss(loss_config, perceptual), encoders, batches,
-                       lr=args.lr, vae_lr=args.vae_learning_rate, disc_lr=args.disc_learning_rate,
-                       betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay,
-                       eps=args.adam_epsilon, ema_decay=args.ema_decay, max_grad_norm=args.max_grad_norm,
-                       vae_align_proj_coeff=args.vae_align_proj_coeff, model_kwargs=model_kwargs,
-                       sampling={"path_type": args.path_type})
+    method = REPAEMethod(sit, vae, discriminator, objective, VAELoss(loss_config, perceptual), encoders, batches,
+                         lr=args.lr, vae_lr=args.vae_learning_rate, disc_lr=args.disc_learning_rate,
+                         betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay,
+                         eps=args.adam_epsilon, ema_decay=args.ema_decay, max_grad_norm=args.max_grad_norm,
+                         vae_align_proj_coeff=args.vae_align_proj_coeff, model_kwargs=model_kwargs,
+                         sampling={"path_type": args.path_type})
+    method.sampling_record = repae_record(args, sit, "vae", args.dataset)  # the tuned VAE is in the checkpoint
+    return method
