@@ -24,6 +24,20 @@ FEW_STEP = "fewstep"              # a distilled generator (DMD2) on its own nois
 SAMPLERS = (*DDPM_SAMPLERS, *FLOW_SAMPLERS, EDM_SAMPLER, FEW_STEP)
 
 
+def default_sampler(prediction: str | None, *, class_token: bool = False, generator: bool = False,
+                    flow: str = "sde", ddpm: str = "ddpm") -> str:
+    """The sampler a family samples with unless told otherwise: a distilled generator its own steps, EDM's
+    networks EDM's Heun sampler, REG the SDE (REG's own), other flows (SiT / REPA) ``flow``, DDPM models
+    ``ddpm``; a script or a view picks ``flow`` and ``ddpm`` (a grid: the deterministic ones)."""
+    if generator:
+        return FEW_STEP
+    if prediction == "x0":
+        return EDM_SAMPLER
+    if prediction == "velocity":
+        return "sde" if class_token else flow
+    return ddpm
+
+
 def diffusion_for(model, timestep_respacing, noise_schedule: str = "linear"):
     """The DDPM process to sample (or train) ``model`` with: a learned variance (DiT's default) when the
     model outputs one, else the fixed posterior variance beta_tilde_t (DDPM's sigma_small)."""

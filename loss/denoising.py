@@ -20,13 +20,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from diffusion.gaussian_diffusion import mean_flat
 from diffusion.network import contract
-from diffusion.transport import interpolant, sample_time
-
-
-def mean_flat(x: torch.Tensor) -> torch.Tensor:
-    """Mean over every dimension but the first."""
-    return x.mean(dim=tuple(range(1, x.ndim)))
+from diffusion.transport import check_path_type, interpolate, sample_time, target_velocity
 
 
 def projection_loss(targets: list[torch.Tensor], projections: list[torch.Tensor]) -> torch.Tensor:
@@ -58,7 +54,7 @@ class InterpolantObjective:
                  proj_coeff: float = 0.5, cls_coeff: float = 0.0):
         if prediction != "v":
             raise ValueError(f"--prediction {prediction!r} is not supported: REPA and REG train v-prediction only")
-        interpolant(torch.zeros(1), path_type)  # validates path_type with a one-line error
+        check_path_type(path_type)
         self.path_type, self.weighting = path_type, weighting
         self.proj_coeff, self.cls_coeff = proj_coeff, cls_coeff
 
@@ -81,21 +77,17 @@ class InterpolantObjective:
             x = bn(x)
         if t is None or noise is None:
             t, noise = self.draw(x)
-        alpha_t, sigma_t, d_alpha_t, d_sigma_t = interpolant(t, self.path_type)
-        x_t = alpha_t * x + sigma_t * noise
+        x_t = interpolate(x, noise, t, self.path_type)
         if align_only:
             proj = projection_loss(zs or [], model(x_t, t.flatten(), y, align_only=True)[1])
             return {"proj": proj, "loss": proj}
-        target = d_alpha_t * x + d_sigma_t * noise
+        target = target_velocity(x, noise, t, self.path_type)
 
         kwargs = {}
         if cls_token is not None:  # REG: noise the class token on the same path, same t
             cls_noise = torch.randn_like(cls_token)
-            a, s = alpha_t.flatten()[:, None], sigma_t.flatten()[:, None]
-            da = d_alpha_t.flatten()[:, None] if torch.is_tensor(d_alpha_t) else d_alpha_t
-            ds = d_sigma_t.flatten()[:, None] if torch.is_tensor(d_sigma_t) else d_sigma_t
-            kwargs["cls_token"] = a * cls_token + s * cls_noise
-            cls_target = da * cls_token + ds * cls_noise
+            kwargs["cls_token"] = interpolate(cls_token, cls_noise, t, self.path_type)
+            cls_target = target_velocity(cls_token, cls_noise, t, self.path_type)
         out = model(x_t, t.flatten(), y, **kwargs)
 
         losses = {"denoise": mean_flat((out[0].float() - target.float()) ** 2).mean()}

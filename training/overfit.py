@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffusion.pipeline import generate
 from training.monitor import save_grid, to_uint8
-from training.visual import eval_sampler
+from training.visual import eval_sampler, sample_chunks, side_stream
 
 
 def nearest_pixel_error(samples: np.ndarray, sample_labels: np.ndarray, images: np.ndarray,
@@ -53,15 +52,10 @@ def overfit_report(ema, codec, subset, num_classes: int, run_dir: Path, step: in
     device = next(ema.parameters()).device
     images = torch.stack([subset[i][0] for i in range(len(subset))])
     labels = torch.as_tensor(subset.labels)
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(2)
-        latents = codec.encode(images.to(device))
-        noise = torch.randn_like(latents)
-        z = generate(ema, noise, labels.to(device), sampler=eval_sampler(ema), num_steps=sampling_steps,
-                     cfg_scale=cfg_scale, cls_cfg_scale=cfg_scale, num_classes=num_classes,
-                     clip_denoised=codec.bounded, **sampling)
-        samples = codec.decode(z)
+    with side_stream(device, 2):
+        noise = torch.randn_like(codec.encode(images.to(device)))
+        (samples,) = sample_chunks(ema, codec, noise, labels.to(device), len(noise), sampler=eval_sampler(ema),
+                                   num_steps=sampling_steps, cfg_scale=cfg_scale, num_classes=num_classes, **sampling)
     fake, real = to_uint8(samples), to_uint8(images)
     errors, nearest = nearest_pixel_error(fake, labels.numpy(), real, labels.numpy())
     report = {"step": step, "mean_pixel_error": float(errors.mean()), "max_pixel_error": float(errors.max()),

@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from diffusion.pipeline import DDPM_SAMPLERS, EDM_SAMPLER, FEW_STEP, FLOW_SAMPLERS, SAMPLERS
+from diffusion.pipeline import DDPM_SAMPLERS, EDM_SAMPLER, FEW_STEP, FLOW_SAMPLERS, SAMPLERS, default_sampler
 from models import MODEL_NAMES
 from models.pretrained import SIT_PATH_TYPES
 from training.cli import add_local_rank
@@ -113,8 +113,8 @@ def choose_sampler(args, cfg: dict) -> str:
         args.num_sampling_steps = args.num_steps_default
     if args.cfg_scale is None:  # EDM's networks learned no null class: they sample unguided
         args.cfg_scale = 1.0 if cfg["model"] == "EDM" else args.cfg_default
-    family_default = "edm" if cfg["model"] == "EDM" else "ddpm"
-    sampler = args.sampler or (("sde" if reg else args.flow_default) if flow else family_default)
+    prediction = "x0" if cfg["model"] == "EDM" else "velocity" if flow else "eps"
+    sampler = args.sampler or default_sampler(prediction, class_token=reg, flow=args.flow_default)
     if args.heun and sampler != "ode":
         raise ValueError(f"--heun is a step of the ODE sampler: it applies with --sampler ode, not {sampler}")
     if args.path_type is not None and sampler in DDPM_SAMPLERS:

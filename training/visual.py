@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from diffusion.network import contract
-from diffusion.pipeline import FEW_STEP, generate
+from diffusion.pipeline import default_sampler, generate
 from training.monitor import row_labels, save_grid, to_uint8
 
 GRID_STEPS = 50        # a quick, comparable view across checkpoints
@@ -19,21 +20,20 @@ GRID_CFG_SCALE = 4.0   # official DiT sample.py default; REPA samples with 4.0 d
 def grid_sampler(model) -> str:
     """Deterministic where the family allows: DDIM for DiT, the Euler ODE for SiT / REPA (as REPA's
     in-training samples), the SDE for REG (REG's own sampler); a distilled generator its own steps."""
-    net = contract(model)
-    if net.generator_sigmas:
-        return FEW_STEP
-    if net.prediction != "velocity":
-        return "ddim"
-    return "sde" if net.cls_token_dim else "ode"
+    return family_sampler(model, flow="ode", ddpm="ddim")
 
 
 def eval_sampler(model) -> str:
     """The samplers the papers report FID with: DDPM for DiT, Euler-Maruyama for SiT / REPA / REG (a distilled
     generator: its own steps)."""
+    return family_sampler(model)
+
+
+def family_sampler(model, **choices) -> str:
+    """``diffusion.pipeline.default_sampler`` of what ``model`` declares."""
     net = contract(model)
-    if net.generator_sigmas:
-        return FEW_STEP
-    return "sde" if net.prediction == "velocity" else "ddpm"
+    return default_sampler(net.prediction, class_token=bool(net.cls_token_dim), generator=bool(net.generator_sigmas),
+                           **choices)
 
 
 def grid_labels(num_classes: int, size: int = 16) -> tuple[torch.Tensor, int]:
@@ -54,18 +54,34 @@ def diffusion_grid_images(network, codec, noise, labels, num_classes: int, **sam
     # --cfg-prob 0: no null class to guide with; a distilled generator has the guidance built in
     net = contract(network)
     scale = GRID_CFG_SCALE if net.null_class is not None and not net.generator_sigmas else 1.0
-    z = generate(network, noise, labels, sampler=grid_sampler(network), num_steps=GRID_STEPS, cfg_scale=scale,
-                 cls_cfg_scale=scale, num_classes=num_classes, clip_denoised=codec.bounded, **sampling)
-    return codec.decode(z)
+    (images,) = sample_chunks(network, codec, noise, labels, len(noise), sampler=grid_sampler(network),
+                              num_steps=GRID_STEPS, cfg_scale=scale, num_classes=num_classes, **sampling)
+    return images
+
+
+@contextmanager
+def side_stream(device, seed: int):
+    """A forked RNG seeded with ``seed``: what runs inside leaves the training stream (and exact resume) as it was."""
+    devices = [device] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def sample_chunks(network, codec, noise, labels, chunk: int, cfg_scale: float = 1.0, **generate_kwargs):
+    """Decoded images in [-1, 1] of ``network`` for ``noise`` and ``labels``, ``chunk`` at a time
+    (``diffusion.pipeline.generate``; REG's class token guided with the image's scale)."""
+    for i in range(0, len(noise), chunk):
+        z = generate(network, noise[i:i + chunk], labels[i:i + chunk], cfg_scale=cfg_scale, cls_cfg_scale=cfg_scale,
+                     clip_denoised=codec.bounded, **generate_kwargs)
+        yield codec.decode(z)
 
 
 @torch.no_grad()
 def sample_grid(images_of, noise, labels, path: Path, nrow: int = 8, names=None) -> None:
     """A PNG grid of ``images_of(noise, labels)`` (rows named after their class from ``names`` when each row
     shows one). Runs inside a forked RNG so that the training stream (and so exact resume) is untouched."""
-    devices = [noise.device] if noise.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(0)
+    with side_stream(noise.device, 0):
         images = images_of(noise, labels)
         rows = row_labels(labels.tolist(), nrow, names) if names else None
         save_grid(images, path, nrow=nrow, row_labels=rows)
@@ -88,18 +104,11 @@ def evaluate_builtin(ema, codec, channels: int, latent_size: int, num_classes: i
     from evaluations.proxy import proxy_metrics, real_image_scores
 
     sampler = eval_sampler(ema)
-    devices = [device] if torch.device(device).type == "cuda" else []
     labels = (torch.arange(num_samples) % num_classes).to(device)
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(1)
+    with side_stream(device, 1):
         noise = torch.randn(num_samples, channels, latent_size, latent_size, device=device)
-        images = []
-        for start in range(0, num_samples, 500):
-            z = generate(ema, noise[start:start + 500], labels[start:start + 500], sampler=sampler,
-                         num_steps=sampling_steps, cfg_scale=cfg_scale, cls_cfg_scale=cfg_scale,
-                         num_classes=num_classes, clip_denoised=codec.bounded, **sampling)
-            images.append(codec.decode(z))
-        images = torch.cat(images)
+        images = torch.cat(list(sample_chunks(ema, codec, noise, labels, 500, sampler=sampler, num_steps=sampling_steps,
+                                              cfg_scale=cfg_scale, num_classes=num_classes, **sampling)))
     result = proxy_metrics(to_uint8(images), labels.cpu().numpy(), num_classes=num_classes, device=str(device))
     real = real_image_scores(num_samples, images.shape[-1], num_classes)
     result = {"step": step, **{k: float(v) for k, v in result.items()}, "samples": num_samples,
@@ -141,20 +150,14 @@ class InceptionCurve:
         if self.reference is None:
             self.reference = reference_features(self.ref_path, self.model, progress=rank == 0)
         sampler = eval_sampler(ema)
-        devices = [self.device] if torch.device(self.device).type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            gen = torch.Generator().manual_seed(1)
-            noise = torch.randn(num_samples, channels, latent_size, latent_size, generator=gen)
-            labels = torch.randint(0, num_classes, (num_samples,), generator=gen)
-            start, stop = rank * num_samples // world, (rank + 1) * num_samples // world
-            torch.manual_seed(1 + rank)
-            mine = []
-            for i in range(start, stop, 250):
-                j = min(i + 250, stop)
-                z = generate(ema, noise[i:j].to(self.device), labels[i:j].to(self.device), sampler=sampler,
-                             num_steps=sampling_steps, cfg_scale=cfg_scale, cls_cfg_scale=cfg_scale,
-                             num_classes=num_classes, clip_denoised=codec.bounded, **sampling)
-                mine.append(to_uint8(codec.decode(z)))
+        gen = torch.Generator().manual_seed(1)
+        noise = torch.randn(num_samples, channels, latent_size, latent_size, generator=gen)
+        labels = torch.randint(0, num_classes, (num_samples,), generator=gen)
+        start, stop = rank * num_samples // world, (rank + 1) * num_samples // world
+        with side_stream(self.device, 1 + rank):
+            mine = [to_uint8(images) for images in sample_chunks(
+                ema, codec, noise[start:stop].to(self.device), labels[start:stop].to(self.device), 250,
+                sampler=sampler, num_steps=sampling_steps, cfg_scale=cfg_scale, num_classes=num_classes, **sampling)]
         parts = gather_object([np.concatenate(mine) if mine else None])
         images = np.concatenate([p for p in parts if p is not None])
         metrics = evaluate(self.reference, images, self.model, progress=False)
