@@ -23,7 +23,7 @@ case "$RECIPE" in   # the paper's global batch and its GPU count
   dmd2-sd15)     GLOBAL_BATCH=2048; NUM_GPUS=${NUM_GPUS:-8}; NNODES=${NNODES:-8} ;;
   *)             GLOBAL_BATCH=256; NUM_GPUS=${NUM_GPUS:-8}; NNODES=${NNODES:-1} ;;
 esac
-DATA_DIR=${DATA_DIR:?set DATA_DIR to the preprocessed data (see README: Data layout)}
+DATA_DIR=${DATA_DIR:?set DATA_DIR to the preprocessed data (see docs/running.md, "Data layout")}
 OUTPUT_DIR=${OUTPUT_DIR:-exps}
 ENC_TYPE=${ENC_TYPE:-dinov2-vit-b}
 REPORT_TO=${REPORT_TO:-wandb}

@@ -13,7 +13,7 @@ from PIL import Image
 
 from data.procedural import render_batch, to_tensor
 
-# README, "Outputs": what a `make demo` run folder holds.
+# docs/running.md, "Outputs": what a `make demo` run folder holds.
 PROMISED = ["log.txt", "args.json", "metrics.jsonl", "loss.png", "samples/0000004.png", "checkpoints/0000002.pt",
             "checkpoints/0000004.pt", "proxy_metrics.jsonl", "proxy_metrics.json", "eval_samples.png"]
 SHORT = ["--max-steps", "4", "--ckpt-every", "2", "--log-every", "2", "--eval-every", "4", "--eval-samples", "20",

@@ -161,7 +161,7 @@ def test_fewstep_on_a_model_that_is_not_a_generator_is_one_line(tmp_path, capsys
 ])
 def test_a_generator_refuses_the_flags_of_other_samplers(script, flags, named, tmp_path):
     """A distilled generator samples with its own levels: a flag that would change another sampler is refused in one
-    line (the README's rule), even at the value it would take, before anything is written."""
+    line (docs/running.md, "Guidance"), even at the value it would take, before anything is written."""
     ckpt = save_generator(tmp_path / "generator.pt")
     args = script.parse_args(["--ckpt", str(ckpt), "--sample-dir", str(tmp_path / "s"), "--num-fid-samples", "2",
                               "--per-proc-batch-size", "2", *flags])
