@@ -5,7 +5,7 @@ VAE, into ``{output-dir}/{vae-latents-name}.h5`` for ``train_ldm_only.py``.
       --vae-latents-name e2e-sdvae --data-dir data --output-dir data --pproc-batch-size 128
 
 Each entry ``00000/img-mean-std-00000000.npy`` holds float32 cat(mean, std) (2C, h, w) of image
-``00000/img00000000.png`` (layout: ``data/h5.py``). Every process encodes its share; the main one
+``00000/img00000000.png`` (layout: ``imagedata/h5.py``). Every process encodes its share; the main one
 writes. The file grows as ``{name}.h5.partial``: a re-run after an interruption encodes only the
 images not in it yet, and the finished file gets its name and its ``{name}_h5.json`` last. The file's
 attributes record the VAE (``vae_arch`` and the sha256 of ``--vae-ckpt-path``); a partial or finished
@@ -23,7 +23,7 @@ import torch
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
-from data import h5 as layout
+from imagedata import h5 as layout
 from models.vae import VAE_models, load_vae_weights
 from models.weights import sha256_of
 from training.cli import check_writable_dir, first_paragraph, run_cli

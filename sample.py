@@ -15,8 +15,8 @@ import argparse
 
 import torch
 
-from data import class_names
 from diffusion.pipeline import generate
+from imagedata import class_names
 from models.pretrained import build_for_sampling, load_codec, resolve_sampling_config
 from training.cli import first_paragraph, run_cli, use_local_rank
 from training.monitor import row_labels, save_grid

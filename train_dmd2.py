@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import default_collate
 
-from data import class_names
+from imagedata import class_names
 from training.cli import check_writable_dir, first_paragraph, run_cli
 from training.dmd2_recipe import build_method, check_teacher_shape, condition_sampler, load_teacher, validate
 from training.dmd2_recipe import parse_args as recipe_args
@@ -42,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def open_data(args, cfg: dict, device):
     """``(kind, dataset)`` of ``--real_image_path`` / ``--dataset``, or ``(None, None)`` without real images."""
-    from data import build_dataset, resolve_dataset_kind
+    from imagedata import build_dataset, resolve_dataset_kind
 
     if args.real_image_path is None and args.dataset is None:
         if args.gan_classifier or args.cls_on_clean_image or (args.denoising and not args.backward_simulation):
@@ -50,7 +50,7 @@ def open_data(args, cfg: dict, device):
                              "--real_image_path (or --dataset builtin)")
         return None, None
     if cfg["model"] == "diffusers":  # DMD2's SD LMDB: latents and prompts
-        from data.lmdb import LMDBLatentsPrompts
+        from imagedata.lmdb import LMDBLatentsPrompts
 
         return "lmdb-latents", LMDBLatentsPrompts(args.real_image_path)
     kind = resolve_dataset_kind(args.dataset, args.real_image_path)

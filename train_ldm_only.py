@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from data import class_names
+from imagedata import class_names
 from training.cli import first_paragraph, run_cli
 from training.engine import NonFiniteLoss
 from training.fit import TrainData, fit

@@ -19,7 +19,7 @@ import argparse
 
 import torch
 
-from data import class_names
+from imagedata import class_names
 from training.cli import first_paragraph, run_cli
 from training.engine import NonFiniteLoss
 from training.fit import TrainData, fit

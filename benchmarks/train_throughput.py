@@ -7,7 +7,7 @@
 
 Every timed step is train.py's own step on synthetic data (no VAE, no data loading): the DDPM
 method's ``train_step`` (``training/methods.py``) on the training engine (``training/engine.py``),
-which draws the latents from cached posterior moments as ``data/latents.py`` does (pixel space: a
+which draws the latents from cached posterior moments as ``imagedata/latents.py`` does (pixel space: a
 random flip), samples t, takes the DDPM loss of ``create_diffusion("")``, back-propagates, steps
 the fused AdamW (lr 1e-4, no weight decay) and updates the EMA. ``--micro-batch-size`` splits the
 batch into micro-batches whose gradients accumulate before the one optimizer step. Model FLOPs per

@@ -57,7 +57,7 @@ def main(args: argparse.Namespace) -> None:
         acc = m["proxy_class_accuracy"]
         lines.append(f"| {name} | {len(images)} | {acc:.3f} | {acc / reference:.0%} | {m['proxy_fd']:.1f} |")
     (out / "report.md").write_text("\n".join(lines) + "\n")
-    from data import class_names
+    from imagedata import class_names
 
     per = min(PER_CLASS, *(np.bincount(labels)[np.unique(labels)].min() for _, _, labels, _ in runs))
     blocks, names = [], []

@@ -4,7 +4,7 @@ Every source is a sequence of uint8 HWC RGB images with ``len`` and ``batches(ba
 start, stop)``, which yields uint8 NHWC numpy arrays in order. An ``.npz`` written by
 ``np.savez`` (what ``sample_ddp.py`` and ADM's reference batches use) stores ``arr_0``
 uncompressed, so it is memory-mapped and any range is read without loading the rest; a
-compressed one is decompressed as a stream. A folder is read as ``data/folder.py``
+compressed one is decompressed as a stream. A folder is read as ``imagedata/folder.py``
 reads training images: ADM's center crop to ``image_size``.
 """
 
@@ -115,7 +115,7 @@ class FolderImages:
     """``root/<class>/<image>`` center-cropped to ``image_size`` (ADM's crop), read by ``num_workers`` workers."""
 
     def __init__(self, root: str | os.PathLike, image_size: int, num_workers: int = DEFAULT_WORKERS):
-        from data.folder import ImageFolderDataset
+        from imagedata.folder import ImageFolderDataset
 
         self.dataset = ImageFolderDataset(root, image_size, flip=False)
         self.paths = [path for path, _ in self.dataset.samples]
@@ -126,7 +126,7 @@ class FolderImages:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> np.ndarray:
-        from data.folder import center_crop_arr, load_rgb
+        from imagedata.folder import center_crop_arr, load_rgb
 
         return np.asarray(center_crop_arr(load_rgb(self.paths[index]), self.image_size))
 

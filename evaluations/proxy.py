@@ -34,8 +34,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from data.procedural import check_num_classes, render_batch, to_tensor
 from evaluations.frechet import feature_statistics, frechet_distance
+from imagedata.procedural import check_num_classes, render_batch, to_tensor
 from models import hub
 
 VERSION = 1

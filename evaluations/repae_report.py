@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data.h5 import H5Images  # noqa: E402
+from imagedata.h5 import H5Images  # noqa: E402
 from models.vae import VAE_models, load_vae_weights  # noqa: E402
 from training.checkpoint import latest_checkpoint, load_checkpoint  # noqa: E402
 from training.cli import first_paragraph, run_cli  # noqa: E402

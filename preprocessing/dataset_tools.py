@@ -4,9 +4,9 @@
       --dest=/data/imagenet_vae/imagenet_256_vae --resolution=256x256 --transform=center-crop-dhariwal
   python preprocessing/dataset_tools.py encode --source=/data/imagenet_vae/imagenet_256_vae \\
       --dest=/data/imagenet_vae/vae-sd
-  # data/repa.py REPADataset("/data/imagenet_vae") reads both folders, as REG's --data-dir
+  # imagedata/repa.py REPADataset("/data/imagenet_vae") reads both folders, as REG's --data-dir
 
-``convert --dest DIR/images.h5`` writes the same PNGs into REPA-E's HDF5 layout (``data/h5.py``).
+``convert --dest DIR/images.h5`` writes the same PNGs into REPA-E's HDF5 layout (``imagedata/h5.py``).
 ``convert`` reads an ImageNet-style folder (``SOURCE/<class>/<image>``, labels = index of
 the class folder in sorted order), a folder or ``.zip`` with its own ``dataset.json``, or
 ``builtin`` (the procedural dataset, ``--max-images`` required). Images are taken in sorted
@@ -37,10 +37,10 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data import h5 as h5_layout  # noqa: E402
-from data.folder import center_crop_arr, validate_image_folder  # noqa: E402
-from data.procedural import CLASS_NAMES, label_of, render_batch  # noqa: E402
-from data.repa import LABELS, Archive, is_image_name, read_labels, read_rgb  # noqa: E402
+from imagedata import h5 as h5_layout  # noqa: E402
+from imagedata.folder import center_crop_arr, validate_image_folder  # noqa: E402
+from imagedata.procedural import CLASS_NAMES, label_of, render_batch  # noqa: E402
+from imagedata.repa import LABELS, Archive, is_image_name, read_labels, read_rgb  # noqa: E402
 from models.vae import load_vae  # noqa: E402
 from training.cli import first_paragraph, run_cli  # noqa: E402
 
@@ -102,7 +102,7 @@ def builtin_images(count: int, resolution: int) -> Iterator[tuple[Image.Image, i
 
 
 class Destination:
-    """A new or empty folder, a ``.zip`` or REPA-E's ``images.h5`` (``data/h5.py``); the files are written as
+    """A new or empty folder, a ``.zip`` or REPA-E's ``images.h5`` (``imagedata/h5.py``); the files are written as
     ``NAME.partial`` and renamed when finished.
 
     ``finish`` writes ``dataset.json`` last (and for ``.h5`` then the list of entries beside it);

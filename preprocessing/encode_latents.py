@@ -6,7 +6,7 @@
   python train.py --model DiT-XL/2 --data-path latents/imagenet256-ema
 
 Stores the posterior mean and std of every image and of its horizontal flip (float16), so
-training keeps the random flip and draws a fresh latent sample each step (``data/latents.py``).
+training keeps the random flip and draws a fresh latent sample each step (``imagedata/latents.py``).
 The manifest is written last: an interrupted run leaves no usable (half) cache.
 """
 
@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data import build_dataset, resolve_dataset_kind  # noqa: E402
-from data.latents import FORMAT, MANIFEST  # noqa: E402
+from imagedata import build_dataset, resolve_dataset_kind  # noqa: E402
+from imagedata.latents import FORMAT, MANIFEST  # noqa: E402
 from models.vae import load_vae  # noqa: E402
 from training.cli import first_paragraph, run_cli  # noqa: E402
 from training.setup import setup_accelerator  # noqa: E402

@@ -2,13 +2,13 @@
 
   python preprocessing/make_lmdb.py --source /data/imagenet/train --dest data/imagenet-64x64_lmdb
   python preprocessing/make_lmdb.py --source builtin --num-images 10000 --num-classes 10 --dest data/builtin_lmdb
-  python train.py ... --data-path data/imagenet-64x64_lmdb        # read back by data/lmdb.py LMDBImages
+  python train.py ... --data-path data/imagenet-64x64_lmdb        # read back by imagedata/lmdb.py LMDBImages
 
 ``--source`` is ``builtin`` (the procedural set; ``--num-images`` required), ``cifar10``
 (``datasets/cifar10``) or an ImageNet-style folder (``SOURCE/<class>/<image>``, ADM center crop),
 each made by ``data.build_dataset`` at ``--image-size`` and stored unflipped, in dataset order. The
 keys are DMD2's (``images_{i}_data``, ``labels_{i}_data``, ``images_shape``, ``labels_shape``; see
-``data/lmdb.py``), so DMD2's own ``LMDBDataset`` reads the result too. The LMDB is written into
+``imagedata/lmdb.py``), so DMD2's own ``LMDBDataset`` reads the result too. The LMDB is written into
 ``DEST.partial`` and renamed to ``DEST`` when complete; an existing non-empty ``DEST`` is refused.
 """
 
@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data import build_dataset, resolve_dataset_kind  # noqa: E402
-from data.lmdb import LMDBWriter  # noqa: E402
+from imagedata import build_dataset, resolve_dataset_kind  # noqa: E402
+from imagedata.lmdb import LMDBWriter  # noqa: E402
 from training.cli import first_paragraph, run_cli  # noqa: E402
 
 BATCH = 256  # images per LMDB transaction

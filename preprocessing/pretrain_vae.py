@@ -23,8 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data.h5 import H5Images  # noqa: E402
 from diffusion.network import unwrap  # noqa: E402
+from imagedata.h5 import H5Images  # noqa: E402
 from loss.autoencoder import LossConfig, VAELoss  # noqa: E402
 from models.vae import VAE_models, to_ldm_state_dict  # noqa: E402
 from training.checkpoint import save_atomic  # noqa: E402

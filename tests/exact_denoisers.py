@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from data.procedural import render_batch, to_tensor
 from diffusion import create_diffusion
 from diffusion.transport import interpolant
+from imagedata.procedural import render_batch, to_tensor
 
 NUM_CLASSES, PER_CLASS, SIZE = 10, 3, 8
 IMAGES = to_tensor(render_batch(np.arange(NUM_CLASSES * PER_CLASS), 0, SIZE, NUM_CLASSES)).double()

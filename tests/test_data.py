@@ -5,9 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
-import data.procedural as procedural
-from data.folder import ImageFolderDataset, center_crop_arr, validate_image_folder
-from data.procedural import CLASS_NAMES, ProceduralImages, render, render_batch
+import imagedata.procedural as procedural
+from imagedata.folder import ImageFolderDataset, center_crop_arr, validate_image_folder
+from imagedata.procedural import CLASS_NAMES, ProceduralImages, render, render_batch
 
 # --- the built-in dataset ------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import torch
 from conftest import ROOT, run_script
 from PIL import Image
 
-from data.procedural import render_batch, to_tensor
+from imagedata.procedural import render_batch, to_tensor
 
 # docs/running.md, "Outputs": what a `make demo` run folder holds.
 PROMISED = ["log.txt", "args.json", "metrics.jsonl", "loss.png", "samples/0000004.png", "checkpoints/0000002.pt",

@@ -187,7 +187,7 @@ def test_command_saves_reference_statistics_of_a_folder(tmp_path, capsys, stand_
 
 def test_proxy_only_scores_builtin_samples(tmp_path, capsys, monkeypatch):
     import evaluations.proxy as proxy
-    from data.procedural import render_batch
+    from imagedata.procedural import render_batch
 
     monkeypatch.setenv("DIFFUSION_LAB_CACHE", str(tmp_path / "cache"))
     untrained = proxy.ProxyClassifier(10).eval()  # the real one trains for a minute; the wiring is what is tested

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from data import class_names
+from imagedata import class_names
 from training.monitor import row_labels, save_grid
 from training.overfit import comparison_rows
 

@@ -1,4 +1,4 @@
-"""DMD2's LMDB layouts (data/lmdb.py): the same key -> bytes as DMD2's own writers (recorded by
+"""DMD2's LMDB layouts (imagedata/lmdb.py): the same key -> bytes as DMD2's own writers (recorded by
 tests/fixtures/record_dmd2_lmdb.py), read back through both datasets and DataLoader workers, the
 converter (preprocessing/make_lmdb.py) and the one-line errors."""
 
@@ -15,8 +15,8 @@ import torch
 from conftest import run_script
 from torch.utils.data import DataLoader
 
-from data import build_dataset, resolve_dataset_kind
-from data.lmdb import (
+from imagedata import build_dataset, resolve_dataset_kind
+from imagedata.lmdb import (
     LMDBImages,
     LMDBLatentsPrompts,
     LMDBWriter,
@@ -25,7 +25,7 @@ from data.lmdb import (
     read_shape,
     write_arrays,
 )
-from data.procedural import ProceduralImages
+from imagedata.procedural import ProceduralImages
 from preprocessing import make_lmdb
 
 REFERENCE = torch.load(Path(__file__).parent / "fixtures" / "dmd2_lmdb_reference.pt")
@@ -209,7 +209,7 @@ def test_a_truncated_lmdb_is_one_line_not_a_bus_error(tmp_path):
                                    "labels": np.arange(64)})
     data = tmp_path / "db" / "data.mdb"
     os.truncate(data, data.stat().st_size // 2)
-    code = "import sys; from data.lmdb import LMDBImages; from training.cli import run_cli; run_cli(LMDBImages, sys.argv[1])"
+    code = "import sys; from imagedata.lmdb import LMDBImages; from training.cli import run_cli; run_cli(LMDBImages, sys.argv[1])"
     proc = run_script("-c", code, str(tmp_path / "db"))
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert f"{data} is truncated" in proc.stderr and "copy or unzip it again" in proc.stderr

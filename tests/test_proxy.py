@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import evaluations.proxy as proxy
-from data.procedural import render_batch
 from evaluations.proxy import (
     ProxyClassifier,
     accuracy,
@@ -17,6 +16,7 @@ from evaluations.proxy import (
     proxy_metrics,
     train_proxy_classifier,
 )
+from imagedata.procedural import render_batch
 from models import hub
 
 QUICK = dict(num_images=3000, steps=200, width=8, num_held_out=500)  # ~5 s; the real one uses the defaults

@@ -1,4 +1,4 @@
-"""REPA / REG data: ``preprocessing/dataset_tools.py`` convert + encode and ``data/repa.py`` REPADataset.
+"""REPA / REG data: ``preprocessing/dataset_tools.py`` convert + encode and ``imagedata/repa.py`` REPADataset.
 
 Encoding uses a tiny random diffusers AutoencoderKL (downsampling 8, 4 latent channels, as the
 SD-VAE) saved to a folder, so 32 px images give (8, 4, 4) moments.
@@ -15,10 +15,10 @@ import torch
 from conftest import ROOT
 from PIL import Image
 
-from data import build_dataset, resolve_dataset_kind
-from data.folder import center_crop_arr
-from data.procedural import label_of, render_batch
-from data.repa import REPADataset, is_repa_layout
+from imagedata import build_dataset, resolve_dataset_kind
+from imagedata.folder import center_crop_arr
+from imagedata.procedural import label_of, render_batch
+from imagedata.repa import REPADataset, is_repa_layout
 from preprocessing.dataset_tools import main, parse_args
 from training.cli import run_cli
 

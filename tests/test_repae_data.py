@@ -16,8 +16,8 @@ import torch
 
 import cache_latents
 import train_ldm_only
-from data.h5 import H5Images, H5ImagesAndLatents, listing_path
-from data.procedural import render_batch
+from imagedata.h5 import H5Images, H5ImagesAndLatents, listing_path
+from imagedata.procedural import render_batch
 from models.vae import VAE_models, to_ldm_state_dict
 from models.weights import sha256_of
 from preprocessing import dataset_tools

@@ -112,7 +112,7 @@ def test_eval_ref_records_an_inception_metric_curve(tmp_path, monkeypatch):
 
     import evaluations.evaluator as evaluator
     import evaluations.proxy as proxy
-    from data.procedural import render_batch
+    from imagedata.procedural import render_batch
 
     monkeypatch.setattr(evaluator, "load_inception", lambda *a, **k: StandInInception())
     untrained = proxy.ProxyClassifier(10).eval()

@@ -12,7 +12,7 @@ import torch
 import generate
 import save_vae_weights
 import train_repae
-from data import build_dataset
+from imagedata import build_dataset
 from models.vae import VAE_models, to_ldm_state_dict
 from training.data import make_loader
 from training.engine import Engine

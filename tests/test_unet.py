@@ -13,7 +13,7 @@ import torch
 from conftest import ROOT
 
 import train
-from data.cifar10 import CIFAR10Images
+from imagedata.cifar10 import CIFAR10Images
 from models import create_model
 from training.schedule import lr_at
 from training.visual import grid_labels
@@ -228,7 +228,7 @@ def test_makefile_workflow_quick_test_generate_status_clean(tmp_path):
 def test_unet_defaults_are_cifar10s_and_offline_falls_back_to_builtin(tmp_path, monkeypatch):
     import socket
 
-    import data.cifar10 as cifar
+    import imagedata.cifar10 as cifar
 
     def no_network(*args, **kwargs):
         raise OSError("network unreachable")

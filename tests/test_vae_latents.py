@@ -14,9 +14,9 @@ from conftest import run_script
 from PIL import Image
 
 import train
-from data import resolve_dataset_kind
-from data.latents import LatentDataset, sample_latents
-from data.procedural import ProceduralImages, label_of
+from imagedata import resolve_dataset_kind
+from imagedata.latents import LatentDataset, sample_latents
+from imagedata.procedural import ProceduralImages, label_of
 from models.vae import load_vae
 
 OFFLINE = {"HF_HUB_OFFLINE": "1"}

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from data.latents import sample_latents as draw_cached_latents
 from diffusion.network import contract
+from imagedata.latents import sample_latents as draw_cached_latents
 from training.alignment import encoder_targets
 from training.data import random_flip
 from training.engine import Method, adamw

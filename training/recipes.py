@@ -278,11 +278,11 @@ def open_dataset(args: argparse.Namespace):
     """``(kind, dataset, class names)`` for the flags, checked against them; a U-Net run without data flags
     takes CIFAR-10 when it can be had, else the built-in images (and says so). ``--overfit`` keeps the first
     ``--samples`` images of each class and caps the batch at their number."""
-    from data import CIFAR10_ROOT, build_dataset, class_names, resolve_dataset_kind
+    from imagedata import CIFAR10_ROOT, build_dataset, class_names, resolve_dataset_kind
     from training.data import overfit_subset
 
     if family_of(args.model) == "unet" and args.dataset is None and args.data_path is None:
-        from data.cifar10 import default_dataset
+        from imagedata.cifar10 import default_dataset
 
         args.dataset = default_dataset(CIFAR10_ROOT)
         if args.dataset == "builtin":

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from data.h5 import CONVERT
+from imagedata.h5 import CONVERT
 from models import MODEL_NAMES
 
 REPAE_DATASETS = ("h5", "builtin", "folder")
@@ -158,8 +158,8 @@ def validate(args: argparse.Namespace, ldm_only: bool = False) -> None:
 def open_dataset(args: argparse.Namespace, kind: str):
     """The training data of ``kind`` (``data_kind``): REPA-E's h5 layout (with the cached latents for ldm-only
     runs), the built-in images or an image folder."""
-    from data import build_dataset
-    from data.h5 import H5Images, H5ImagesAndLatents
+    from imagedata import build_dataset
+    from imagedata.h5 import H5Images, H5ImagesAndLatents
 
     if kind == "h5-latents":
         dataset = H5ImagesAndLatents(args.data_path, args.vae_latents_name)

@@ -100,8 +100,8 @@ def evaluate_builtin(ema, codec, channels: int, latent_size: int, num_classes: i
     Sampling runs in a forked RNG so the training stream (and exact resume) is untouched.
     REG's class token is guided with the same scale as the image (``cls_cfg_scale = cfg_scale``).
     """
-    from data import class_names
     from evaluations.proxy import proxy_metrics, real_image_scores
+    from imagedata import class_names
 
     sampler = eval_sampler(ema)
     labels = (torch.arange(num_samples) % num_classes).to(device)

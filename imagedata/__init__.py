@@ -14,7 +14,7 @@ CIFAR10_ROOT = "datasets/cifar10"  # where --dataset cifar10 looks (and download
 
 def resolve_dataset_kind(dataset: str | None, data_path: str | None) -> str:
     """``builtin`` | ``cifar10`` | ``folder`` | ``latents`` | ``repa`` | ``lmdb``; a ``--data-path`` holding a latent
-    cache means latents, one holding ``vae-sd/`` or ``imagenet_256_vae/`` (``data/repa.py``) means repa, one holding
+    cache means latents, one holding ``vae-sd/`` or ``imagenet_256_vae/`` (``imagedata/repa.py``) means repa, one holding
     ``cifar-10-batches-py/`` means cifar10, one holding an LMDB (``data.mdb``, DMD2's layout) means lmdb."""
     if dataset in ("builtin", "cifar10"):
         return dataset

@@ -313,7 +313,7 @@ class LMDBLatentsPrompts(_LMDBDataset):
 
     def __init__(self, path: str | Path):
         super().__init__(path)
-        remedy = "write it again (data.lmdb.LMDBWriter) or unzip DMD2's latents LMDB again"
+        remedy = "write it again (imagedata.lmdb.LMDBWriter) or unzip DMD2's latents LMDB again"
         env = self.env()
         shape = _require_shape(env, "latents", "DMD2 latents", remedy)
         self.count, self.latent_shape = shape[0], shape[1:]
