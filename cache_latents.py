@@ -23,11 +23,11 @@ import torch
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
+from common.cli import check_writable_dir, first_paragraph, run_cli
+from common.setup import setup_accelerator
 from imagedata import h5 as layout
 from models.vae import VAE_models, load_vae_weights
 from models.weights import sha256_of
-from training.cli import check_writable_dir, first_paragraph, run_cli
-from training.setup import setup_accelerator
 
 
 def parse_args(argv=None) -> argparse.Namespace:

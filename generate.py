@@ -22,7 +22,7 @@ import argparse
 from pathlib import Path
 
 import sample_ddp
-from training.cli import first_paragraph, run_cli, use_local_rank
+from common.cli import first_paragraph, run_cli, use_local_rank
 from training.sampling import add_eval_args, add_sampling_args
 
 

@@ -15,13 +15,13 @@ import argparse
 
 import torch
 
+from common.cli import first_paragraph, run_cli, use_local_rank
+from common.monitor import row_labels, save_grid
+from common.setup import enable_tf32
 from diffusion.pipeline import generate
 from imagedata import class_names
 from models.pretrained import build_for_sampling, load_codec, resolve_sampling_config
-from training.cli import first_paragraph, run_cli, use_local_rank
-from training.monitor import row_labels, save_grid
 from training.sampling import add_sampling_args, check_sampling_args, choose_sampler, sampling_settings
-from training.setup import enable_tf32
 
 IMAGENET_DEMO_CLASSES = [207, 360, 387, 974, 88, 979, 417, 279]  # official sample.py
 

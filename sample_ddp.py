@@ -30,11 +30,12 @@ from accelerate.utils import gather_object
 from PIL import Image
 from tqdm.auto import tqdm
 
+from common.cli import check_writable_dir, first_paragraph, run_cli, use_local_rank
+from common.monitor import to_uint8
+from common.setup import setup_accelerator
 from diffusion.pipeline import generate
 from models.pretrained import build_for_sampling, load_codec, resolve_sampling_config
 from models.weights import sha256_of
-from training.cli import check_writable_dir, first_paragraph, run_cli, use_local_rank
-from training.monitor import to_uint8
 from training.run import write_text_atomic
 from training.sampling import (
     add_eval_args,
@@ -44,7 +45,6 @@ from training.sampling import (
     sampling_settings,
     score,
 )
-from training.setup import setup_accelerator
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -117,6 +117,19 @@ def write_npz(folder: Path, n: int, labels: np.ndarray) -> Path:
 
 
 @torch.no_grad()
+def all_labels(args: argparse.Namespace, num_classes: int, num_batches: int, world: int) -> np.ndarray:
+    """The labels of the first ``--num-fid-samples`` images, redrawn as every process drew them."""
+    n = args.per_proc_batch_size
+    labels = np.empty(num_batches * n * world, dtype=np.int64)
+    for b in range(num_batches):
+        for rank in range(world):
+            where = [image_index(b, i, n * world, world, rank) for i in range(n)]
+            labs = batch_labels(batch_seed(args.global_seed, b, world, rank), n, num_classes,
+                                where if args.class_balanced else None)
+            labels[where] = labs.numpy()
+    return labels[: args.num_fid_samples]
+
+
 def main(args: argparse.Namespace) -> None:
     check_sampling_args(args)
     check_writable_dir(args.sample_dir, "--sample-dir")
@@ -168,15 +181,7 @@ def main(args: argparse.Namespace) -> None:
             tmp.replace(folder / f"{j:06d}.png")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        labels = np.empty(num_batches * global_batch, dtype=np.int64)
-        for b in range(num_batches):
-            for rk in range(world):
-                where = [image_index(b, i, global_batch, world, rk) for i in range(n)]
-                labs = batch_labels(batch_seed(args.global_seed, b, world, rk), n, cfg["num_classes"],
-                                    where if args.class_balanced else None)
-                labels[where] = labs.numpy()
-        labels = labels[: args.num_fid_samples]
-        path = write_npz(folder, args.num_fid_samples, labels)
+        path = write_npz(folder, args.num_fid_samples, all_labels(args, cfg["num_classes"], num_batches, world))
         print(f"saved .npz file to {path} [shape=({args.num_fid_samples}, {cfg['image_size']}, "
               f"{cfg['image_size']}, 3)]")
     accelerator.wait_for_everyone()

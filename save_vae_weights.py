@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from training.checkpoint import load_checkpoint, save_atomic
-from training.cli import check_plain_name, check_writable_dir, first_paragraph, run_cli
+from common.checkpoint import load_checkpoint, save_atomic
+from common.cli import check_plain_name, check_writable_dir, first_paragraph, run_cli
 
 REPAE_KEYS = ("vae", "ema", "discriminator")
 SUFFIXES = ("", "-latents-stats", "-discriminator-ckpt")  # the three files, {vae-name}{suffix}.pt

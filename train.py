@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import argparse
 
+from common.cli import first_paragraph, run_cli
 from models.vae import load_vae
-from training.cli import first_paragraph, run_cli
 from training.engine import NonFiniteLoss
 from training.fit import Checkpoints, Evaluation, Grids, Resume, RunSpec, Trackers, TrainData, fit
 from training.recipes import (

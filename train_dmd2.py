@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import default_collate
 
+from common.cli import check_writable_dir, first_paragraph, run_cli
 from imagedata import class_names
-from training.cli import check_writable_dir, first_paragraph, run_cli
 from training.dmd2_recipe import build_method, check_teacher_shape, condition_sampler, load_teacher, validate
 from training.dmd2_recipe import parse_args as recipe_args
 from training.dmd2_weights import ADDABLE, load_into, weights_only

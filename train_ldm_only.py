@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import argparse
 
+from common.cli import first_paragraph, run_cli
 from imagedata import class_names
-from training.cli import first_paragraph, run_cli
 from training.engine import NonFiniteLoss
 from training.fit import TrainData, fit
 from training.repae_recipe import LDM_RESUME_KEYS, build_ldm_method, open_dataset, run_spec, validate

@@ -26,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.train_throughput import peak_memory_bytes, reset_peak_memory, synchronize  # noqa: E402
+from common.setup import setup_accelerator  # noqa: E402
 from diffusion.network import contract  # noqa: E402
 from diffusion.pipeline import base_alphas_cumprod, diffusion_for  # noqa: E402
 from loss.denoising import DDPMObjective, InterpolantObjective  # noqa: E402
@@ -34,7 +35,6 @@ from training.dmd2_recipe import build_method, condition_sampler, freeze  # noqa
 from training.dmd2_recipe import parse_args as dmd2_args  # noqa: E402
 from training.dmd2_teacher import DDPMTeacher, FlowTeacher  # noqa: E402
 from training.engine import Engine  # noqa: E402
-from training.setup import setup_accelerator  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

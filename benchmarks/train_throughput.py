@@ -34,14 +34,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from common.cli import first_paragraph, run_cli  # noqa: E402
+from common.setup import enable_tf32  # noqa: E402
 from diffusion import create_diffusion  # noqa: E402
 from loss.denoising import DDPMObjective  # noqa: E402
 from models import MODEL_NAMES, create_model  # noqa: E402
 from models.vae import HUB_NAMES, SD_VAE_SCALE, PixelCodec, load_vae  # noqa: E402
-from training.cli import first_paragraph, run_cli  # noqa: E402
 from training.engine import Engine  # noqa: E402
 from training.methods import Batches, DenoisingMethod  # noqa: E402
-from training.setup import enable_tf32  # noqa: E402
 from training.throughput import mfu, peak_flops, train_flops_per_sample  # noqa: E402
 
 LR = 1e-4  # train.py's default

@@ -138,6 +138,19 @@ def _ddpm_sample(den, noise, labels, *, sampler, num_steps, cfg_scale, num_class
     return out if cls_latents is None else out[:, :k].reshape(noise.shape)
 
 
+def _generator_sample(model, net, noise, labels, sampler: str, cfg_scale: float, noise_schedule: str,
+                      path_type: str) -> torch.Tensor:
+    """``generate`` for a distilled generator, which samples in its own steps and nothing else."""
+    if sampler != FEW_STEP or not net.generator_sigmas:
+        raise ValueError(f"--sampler {FEW_STEP} is how a distilled generator (train_dmd2.py) samples, and such a "
+                         f"generator samples with nothing else; this model {'is' if net.generator_sigmas else 'is not'} "
+                         "one: " + (f"use --sampler {FEW_STEP}" if net.generator_sigmas else "choose another sampler"))
+    if cfg_scale > 1.0:
+        raise ValueError("a distilled generator has the teacher's guidance built in: sample it with --cfg-scale 1")
+    den = denoiser_for(model, base_alphas_cumprod(noise_schedule), path_type)
+    return den.denormalize(few_step_sample(den, noise, labels, net.generator_sigmas).to(noise.dtype))
+
+
 def generate(model, noise: torch.Tensor, labels: torch.Tensor, *, sampler: str, num_steps: int,
              cfg_scale: float = 1.0, num_classes: int = 1000, noise_schedule: str = "linear",
              eta: float = 0.0, clip_denoised: bool = False, heun: bool = False, guidance_low: float = 0.0,
@@ -164,14 +177,7 @@ def generate(model, noise: torch.Tensor, labels: torch.Tensor, *, sampler: str, 
         raise ValueError(f"Heun's method is a step of the ODE sampler (ode), not of {sampler}")
     net = contract(model)
     if sampler == FEW_STEP or net.generator_sigmas:
-        if sampler != FEW_STEP or not net.generator_sigmas:
-            raise ValueError(f"--sampler {FEW_STEP} is how a distilled generator (train_dmd2.py) samples, and such a "
-                             f"generator samples with nothing else; this model {'is' if net.generator_sigmas else 'is not'} "
-                             "one: " + (f"use --sampler {FEW_STEP}" if net.generator_sigmas else "choose another sampler"))
-        if cfg_scale > 1.0:
-            raise ValueError("a distilled generator has the teacher's guidance built in: sample it with --cfg-scale 1")
-        den = denoiser_for(model, base_alphas_cumprod(noise_schedule), path_type)
-        return den.denormalize(few_step_sample(den, noise, labels, net.generator_sigmas).to(noise.dtype))
+        return _generator_sample(model, net, noise, labels, sampler, cfg_scale, noise_schedule, path_type)
     if cfg_scale > 1.0 and net.null_class is None:
         raise ValueError(f"--cfg-scale {cfg_scale} needs the null class, which this model never learned (trained "
                          "with --cfg-prob 0); sample it with --cfg-scale 1")

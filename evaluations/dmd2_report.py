@@ -22,8 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from training.cli import first_paragraph, run_cli  # noqa: E402
-from training.monitor import save_grid  # noqa: E402
+from common.cli import first_paragraph, run_cli  # noqa: E402
+from common.monitor import save_grid  # noqa: E402
 
 PER_CLASS = 4
 

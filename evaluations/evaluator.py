@@ -258,7 +258,7 @@ def main(args: argparse.Namespace) -> None:
 
 
 def cli(argv=None) -> None:
-    from training.cli import run_cli
+    from common.cli import run_cli
 
     run_cli(main, parse_args(argv))
 

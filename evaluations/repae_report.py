@@ -23,11 +23,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from common.checkpoint import latest_checkpoint, load_checkpoint  # noqa: E402
+from common.cli import first_paragraph, run_cli  # noqa: E402
+from common.monitor import save_grid  # noqa: E402
 from imagedata.h5 import H5Images  # noqa: E402
 from models.vae import VAE_models, load_vae_weights  # noqa: E402
-from training.checkpoint import latest_checkpoint, load_checkpoint  # noqa: E402
-from training.cli import first_paragraph, run_cli  # noqa: E402
-from training.monitor import save_grid  # noqa: E402
 
 RECONSTRUCTED = 64  # the last images of the set (seen in training, as every image is)
 

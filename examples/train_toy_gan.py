@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from common.cli import first_paragraph, run_cli
 from examples.toy_gan import ToyGAN
 from imagedata import build_dataset, class_names
-from training.cli import first_paragraph, run_cli
 from training.fit import Checkpoints, Grids, Resume, RunSpec, TrainData, fit
 
 

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from common.checkpoint import CheckpointError
 from models.edm_unet import EDMPrecond
-from models.weights import CheckpointError
 
 # EDMPrecond's positional parameters, for snapshots built with positional arguments
 _PRECOND_ARGS = ("img_resolution", "img_channels", "label_dim", "use_fp16", "sigma_min", "sigma_max", "sigma_data",

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 
+from common.checkpoint import load_checkpoint
 from diffusion import NOISE_SCHEDULES
 from models import create_model, hub
-from models.weights import load_checkpoint, load_weights, model_state_dict
+from models.weights import load_weights, model_state_dict
 
 OFFICIAL = {256: "DiT-XL-2-256x256.pt", 512: "DiT-XL-2-512x512.pt"}
 SIT_PATH_TYPES = {"Linear": "linear", "GVP": "cosine"}  # SiT's train.py --path-type -> REPA's path of that shape

@@ -45,6 +45,27 @@ def build_mlp(hidden_size: int, projector_dim: int, z_dim: int) -> nn.Sequential
     )
 
 
+def check_sit_args(z_dims: tuple[int, ...], encoder_depth: int, depth: int, cls_token_dim: int | None,
+                   time_convention: str) -> None:
+    """One-line errors for a SiT that cannot be built as asked."""
+    if time_convention not in TIME_CONVENTIONS:
+        raise ValueError(f"unknown time_convention {time_convention!r}; use one of {', '.join(TIME_CONVENTIONS)}")
+    if any(z <= 0 for z in z_dims):
+        raise ValueError(
+            f"z_dims must be positive encoder feature sizes (e.g. 768 for DINOv2-B), got {z_dims}"
+        )
+    if z_dims and not 1 <= encoder_depth <= depth:
+        raise ValueError(
+            f"encoder_depth {encoder_depth} must be between 1 and depth {depth}: the projectors "
+            "read the tokens after that block (REPA: 4 for SiT-B, 8 for SiT-L/XL)"
+        )
+    if cls_token_dim is not None and (not z_dims or cls_token_dim != z_dims[0]):
+        raise ValueError(
+            f"cls_token_dim {cls_token_dim} must equal z_dims[0] (REG's class token is the first "
+            f"encoder's [CLS] feature), got z_dims={z_dims}; pass z_dims=[{cls_token_dim}]"
+        )
+
+
 class SiT(nn.Module):
     """SiT / REPA / REG transformer: ``model(x, t, y[, cls_token])`` -> ``(output, zs[, cls_output])``.
 
@@ -87,23 +108,8 @@ class SiT(nn.Module):
         time_convention: str = "repa",
     ):
         super().__init__()
-        if time_convention not in TIME_CONVENTIONS:
-            raise ValueError(f"unknown time_convention {time_convention!r}; use one of {', '.join(TIME_CONVENTIONS)}")
         z_dims = tuple(z_dims)
-        if any(z <= 0 for z in z_dims):
-            raise ValueError(
-                f"z_dims must be positive encoder feature sizes (e.g. 768 for DINOv2-B), got {z_dims}"
-            )
-        if z_dims and not 1 <= encoder_depth <= depth:
-            raise ValueError(
-                f"encoder_depth {encoder_depth} must be between 1 and depth {depth}: the projectors "
-                "read the tokens after that block (REPA: 4 for SiT-B, 8 for SiT-L/XL)"
-            )
-        if cls_token_dim is not None and (not z_dims or cls_token_dim != z_dims[0]):
-            raise ValueError(
-                f"cls_token_dim {cls_token_dim} must equal z_dims[0] (REG's class token is the first "
-                f"encoder's [CLS] feature), got z_dims={z_dims}; pass z_dims=[{cls_token_dim}]"
-            )
+        check_sit_args(z_dims, encoder_depth, depth, cls_token_dim, time_convention)
         self.in_channels = in_channels
         self.out_channels = in_channels * 2 if learn_sigma else in_channels
         self.learn_sigma = learn_sigma

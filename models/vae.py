@@ -196,7 +196,7 @@ def load_vae_weights(vae: VAE, source, flag: str = "--vae-ckpt") -> None:
 
 def _read_weights(path: Path):
     """A weights file; training checkpoints (RNG states and arguments beside the weights) need full unpickling."""
-    from models.weights import load_checkpoint
+    from common.checkpoint import load_checkpoint
 
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -207,7 +207,7 @@ def _read_weights(path: Path):
 def vae_state_dict(obj, where: str) -> dict:
     """The VAE's state dict in ``obj`` (itself, or a REPA-E training checkpoint's ``vae``), else one line
     saying what ``obj`` holds."""
-    from models.weights import CheckpointError
+    from common.checkpoint import CheckpointError
 
     if isinstance(obj, dict) and isinstance(obj.get("vae"), dict):
         obj = obj["vae"]  # a REPA-E training checkpoint

@@ -4,26 +4,11 @@ sample with, and a strict load whose error names the mismatch."""
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import torch
 
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message says what to do."""
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Read a checkpoint file, with a one-line error for a missing or unreadable file."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; pass the path of a .pt file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated or foreign files raise many types
-        raise CheckpointError(f"checkpoint {path} could not be read ({type(e).__name__}: {e}); "
-                              "it may be truncated: use an earlier checkpoint") from None
+from common.checkpoint import CheckpointError
 
 
 def model_state_dict(ckpt, prefer: str = "ema") -> dict:

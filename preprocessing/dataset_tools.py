@@ -37,12 +37,12 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from common.cli import first_paragraph, run_cli  # noqa: E402
 from imagedata import h5 as h5_layout  # noqa: E402
 from imagedata.folder import center_crop_arr, validate_image_folder  # noqa: E402
 from imagedata.procedural import CLASS_NAMES, label_of, render_batch  # noqa: E402
 from imagedata.repa import LABELS, Archive, is_image_name, read_labels, read_rgb  # noqa: E402
 from models.vae import load_vae  # noqa: E402
-from training.cli import first_paragraph, run_cli  # noqa: E402
 
 BUILTIN_CHUNK = 256  # built-in images rendered at once
 

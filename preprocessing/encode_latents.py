@@ -24,11 +24,11 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from common.cli import first_paragraph, run_cli  # noqa: E402
+from common.setup import setup_accelerator  # noqa: E402
 from imagedata import build_dataset, resolve_dataset_kind  # noqa: E402
 from imagedata.latents import FORMAT, MANIFEST  # noqa: E402
 from models.vae import load_vae  # noqa: E402
-from training.cli import first_paragraph, run_cli  # noqa: E402
-from training.setup import setup_accelerator  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -27,9 +27,9 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from common.cli import first_paragraph, run_cli  # noqa: E402
 from imagedata import build_dataset, resolve_dataset_kind  # noqa: E402
 from imagedata.lmdb import LMDBWriter  # noqa: E402
-from training.cli import first_paragraph, run_cli  # noqa: E402
 
 BATCH = 256  # images per LMDB transaction
 WORKERS = min(8, os.cpu_count() or 1)  # loader processes that decode and crop an image folder

@@ -14,9 +14,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from test_engine import BATCH, ToyGAN, points  # noqa: E402
 
+from common.setup import setup_accelerator  # noqa: E402
 from training.data import make_loader  # noqa: E402
 from training.engine import Engine, NonFiniteLoss  # noqa: E402
-from training.setup import setup_accelerator  # noqa: E402
 
 accelerator = setup_accelerator()
 rank = accelerator.process_index

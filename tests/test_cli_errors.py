@@ -76,7 +76,7 @@ def test_resume_with_other_flags_is_refused(trained_run, tmp_path):
 
 
 def test_other_os_errors_are_one_line_naming_the_path():
-    from training.cli import one_line
+    from common.cli import one_line
 
     error = PermissionError(13, "Permission denied", "/data/locked")
     assert one_line(error) == "Permission denied: /data/locked (check the path and its permissions)"

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import train_dmd2
-from training.checkpoint import load_checkpoint
+from common.checkpoint import load_checkpoint
 from training.dmd2_recipe import build_method, check_teacher_shape, load_teacher, parse_args, validate
 
 # Every flag of tianweiy/DMD2 @ 8d8fa55 main/edm/train_edm.py and main/train_sd.py (their argparse option names).
@@ -196,7 +196,7 @@ def test_a_second_stage_adds_the_gan_head_and_nothing_else(teacher, tmp_path, ca
     """DMD2's two-stage recipes (ImageNet: --gan_classifier; SD1.5: --cls_on_clean_image --gen_cls_loss) continue
     a run without the GAN head with --ckpt_only_path: what both have loads, the head starts fresh and the log names
     it. A checkpoint missing anything else is still refused in one line, before a run folder exists."""
-    from training.cli import run_cli
+    from common.cli import run_cli
 
     weights = load_checkpoint(teacher)["ema"]
     generator = {k: v + 1 for k, v in weights.items()}

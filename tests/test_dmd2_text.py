@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import train_dmd2
-from training.checkpoint import load_checkpoint
+from common.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from common.setup import setup_accelerator
 from diffusion.denoiser import noised
 from loss.dmd import distribution_matching_loss
 from training.dmd2_recipe import build_method, load_teacher, parse_args, validate
 from training.engine import Engine
-from training.setup import setup_accelerator
 
 CPU = torch.device("cpu")
 LR = 1e-3

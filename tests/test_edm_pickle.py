@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from common.checkpoint import CheckpointError
 from diffusion.edm import edm_sampler
 from models.edm_pickle import edm_from_pickle, load_edm_pickle
 from models.edm_unet import EDMPrecond
-from models.weights import CheckpointError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SNAPSHOT = FIXTURES / "edm_tiny_snapshot.pkl"
@@ -66,7 +66,7 @@ def test_a_pickle_with_a_forbidden_global_is_refused(tmp_path):
 def test_an_unreadable_pickle_is_one_line_naming_the_file(tmp_path, capsys):
     """sample.py on a pickle the reader refuses, or on a partial download: one line that names the file, exit 2."""
     import sample
-    from training.cli import run_cli
+    from common.cli import run_cli
 
     (tmp_path / "evil.pkl").write_bytes(pickle.dumps({"ema": RunsAShellCommand(tmp_path / "ran")}))
     (tmp_path / "cut.pkl").write_bytes(SNAPSHOT.read_bytes()[:1000])

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from common.setup import setup_accelerator
 from training.data import make_loader
 from training.engine import Engine, Method, NonFiniteLoss
-from training.setup import setup_accelerator
 
 STEPS, BATCH = 6, 8
 

@@ -24,9 +24,9 @@ from conftest import ROOT, TINY_TRAIN
 from equivalence import run_case
 
 import train
+from common.checkpoint import load_checkpoint
 from models.vae import VAE_models, to_ldm_state_dict
 from preprocessing import dataset_tools
-from training.checkpoint import load_checkpoint
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.usefixtures("quick_grids")]
 

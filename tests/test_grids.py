@@ -5,8 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
+from common.monitor import row_labels, save_grid
 from imagedata import class_names
-from training.monitor import row_labels, save_grid
 from training.overfit import comparison_rows
 
 

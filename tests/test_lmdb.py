@@ -209,7 +209,7 @@ def test_a_truncated_lmdb_is_one_line_not_a_bus_error(tmp_path):
                                    "labels": np.arange(64)})
     data = tmp_path / "db" / "data.mdb"
     os.truncate(data, data.stat().st_size // 2)
-    code = "import sys; from imagedata.lmdb import LMDBImages; from training.cli import run_cli; run_cli(LMDBImages, sys.argv[1])"
+    code = "import sys; from imagedata.lmdb import LMDBImages; from common.cli import run_cli; run_cli(LMDBImages, sys.argv[1])"
     proc = run_script("-c", code, str(tmp_path / "db"))
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert f"{data} is truncated" in proc.stderr and "copy or unzip it again" in proc.stderr

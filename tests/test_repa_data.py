@@ -15,12 +15,12 @@ import torch
 from conftest import ROOT
 from PIL import Image
 
+from common.cli import run_cli
 from imagedata import build_dataset, resolve_dataset_kind
 from imagedata.folder import center_crop_arr
 from imagedata.procedural import label_of, render_batch
 from imagedata.repa import REPADataset, is_repa_layout
 from preprocessing.dataset_tools import main, parse_args
-from training.cli import run_cli
 
 N_BUILTIN = 6
 

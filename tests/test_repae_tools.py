@@ -9,10 +9,9 @@ import pytest
 import torch
 
 import save_vae_weights
+from common.checkpoint import CheckpointError, rng_state, save_atomic
 from models.discriminator import NLayerDiscriminator
 from models.vae import VAE_models, load_vae_weights, to_ldm_state_dict
-from models.weights import CheckpointError
-from training.checkpoint import rng_state, save_atomic
 
 
 def repae_checkpoint(path, seed: int = 0):

@@ -10,7 +10,7 @@ import torch
 from conftest import TINY_TRAIN, run_script
 
 import train
-from training.checkpoint import save_atomic
+from common.checkpoint import save_atomic
 
 FLAGS = [*TINY_TRAIN, "--log-every", "1", "--ckpt-every", "2"]
 

@@ -142,7 +142,7 @@ def save_generator(path, sigmas=(14.6, 1.0)):
 
 
 def test_fewstep_on_a_model_that_is_not_a_generator_is_one_line(tmp_path, capsys):
-    from training.cli import run_cli
+    from common.cli import run_cli
 
     ckpt = save_checkpoint(tmp_path / "dit.pt")
     with pytest.raises(SystemExit) as exit_info:

@@ -13,8 +13,8 @@ import torch
 from conftest import run_script
 
 import train_dmd2
-from training.checkpoint import load_checkpoint
-from training.cli import run_cli
+from common.checkpoint import load_checkpoint
+from common.cli import run_cli
 from training.dmd2_recipe import EPS_CONDITIONING_SIGMA
 from training.engine import NonFiniteLoss
 
@@ -217,8 +217,8 @@ def test_edm_teacher_from_its_pickle(tmp_path):
     """EDM's network pickle as the teacher (DMD2's ImageNet recipe in miniature): the GAN head on EDM's encoder
     output, conditioning sigma 80 on the Karras grid, LoRA on the generator; then sample.py reads the generator
     (one step) and the pickle itself (EDM's sampler)."""
+    from common.checkpoint import load_checkpoint
     from models.pretrained import EDM_IMAGENET64, resolve_sampling_config
-    from training.checkpoint import load_checkpoint
 
     pkl = Path(__file__).parent / "fixtures" / "edm_tiny_snapshot.pkl"
     train_dmd2.main(train_dmd2.parse_args(["--teacher", str(pkl), "--output_path", str(tmp_path / "edm"),

@@ -9,7 +9,7 @@ import torch
 from conftest import run_script
 
 import train
-from training.cli import run_cli
+from common.cli import run_cli
 
 TINY_SIT = ["--dataset", "builtin", "--model", "SiT-Ti/4", "--image-size", "16", "--num-classes", "10",
             "--vae", "none", "--global-batch-size", "16", "--num-workers", "0", "--lr", "1e-3"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from training.cli import use_local_rank
+from common.cli import use_local_rank
 from training.dmd2_teacher import GRID, DDPMTeacher, FlowTeacher, Teacher
 from training.dmd2_text import is_diffusers_folder, load_text_teacher
 

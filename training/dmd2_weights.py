@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from models.weights import CheckpointError, load_checkpoint, load_weights
-from training.checkpoint import load_training_checkpoint
+from common.checkpoint import CheckpointError, load_checkpoint, load_training_checkpoint
+from models.weights import load_weights
 
 HINT = ("Pass weights distilled from this --teacher, with the same --generator_lora flag and a GAN head only if "
         "this run has one (a run may add the head, not drop it)")

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from accelerate.utils import gather_object
 
-from training import checkpoint as ckpt_io
+from common import checkpoint as ckpt_io
 from training.ema import update_ema
 from training.throughput import mfu, peak_flops
 

@@ -23,13 +23,13 @@ from pathlib import Path
 
 import torch
 
-from training import checkpoint as ckpt_io
-from training.cli import check_writable_dir
+from common import checkpoint as ckpt_io
+from common.cli import check_writable_dir
+from common.setup import prepare_tracker, seed_everything, setup_accelerator
 from training.data import batch_sizes, make_loader
 from training.engine import Engine, Method
 from training.hooks import RunHooks
 from training.run import open_run, plan_run_folder
-from training.setup import prepare_tracker, seed_everything, setup_accelerator
 
 
 @dataclass

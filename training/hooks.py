@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from training import checkpoint as ckpt_io
-from training.monitor import MetricsLog
+from common import checkpoint as ckpt_io
+from common.monitor import MetricsLog
 from training.overfit import overfit_report
 from training.run import summary
 from training.visual import InceptionCurve, evaluate_builtin, sample_grid

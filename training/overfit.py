@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.monitor import save_grid, to_uint8
+from common.monitor import save_grid, to_uint8
 from training.visual import eval_sampler, sample_chunks, side_stream
 
 

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.checkpoint import latest_checkpoint, remove_partial_writes
+from common.checkpoint import latest_checkpoint, remove_partial_writes
 
 
 def checkpoint_dir(overfit: bool = False) -> str:

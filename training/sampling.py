@@ -13,10 +13,10 @@ import argparse
 import json
 from pathlib import Path
 
+from common.cli import add_local_rank
 from diffusion.pipeline import DDPM_SAMPLERS, EDM_SAMPLER, FEW_STEP, FLOW_SAMPLERS, SAMPLERS, default_sampler
 from models import MODEL_NAMES
 from models.pretrained import SIT_PATH_TYPES
-from training.cli import add_local_rank
 
 # EDM sampler flags (stochasticity, Algorithm 2) and their values when not given
 EDM_FLAGS = {"S_churn": 0.0, "S_min": 0.0, "S_max": float("inf"), "S_noise": 1.0}

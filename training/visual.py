@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.monitor import row_labels, save_grid, to_uint8
 from diffusion.network import contract
 from diffusion.pipeline import default_sampler, generate
-from training.monitor import row_labels, save_grid, to_uint8
 
 GRID_STEPS = 50        # a quick, comparable view across checkpoints
 GRID_CFG_SCALE = 4.0   # official DiT sample.py default; REPA samples with 4.0 during training too

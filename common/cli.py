@@ -11,7 +11,7 @@ import pickle
 import sys
 from pathlib import Path
 
-from models.weights import CheckpointError
+from common.checkpoint import CheckpointError
 
 
 def run_cli(main, args, extra: tuple[type[BaseException], ...] = ()) -> None:

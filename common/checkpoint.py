@@ -17,7 +17,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.weights import CheckpointError, load_checkpoint
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message says what to do."""
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a checkpoint file, with a one-line error for a missing or unreadable file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass the path of a .pt file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated or foreign files raise many types
+        raise CheckpointError(f"checkpoint {path} could not be read ({type(e).__name__}: {e}); "
+                              "it may be truncated: use an earlier checkpoint") from None
 
 
 def save_atomic(obj, path: str | os.PathLike) -> None:
