@@ -36,11 +36,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--exp-path", type=str, default=None, help="REPA-E: a run folder; with --train-steps, samples "
                    "its checkpoints/{train-steps:07d}.pt")
     p.add_argument("--train-steps", type=int, default=None, help="REPA-E: the step of the checkpoint in --exp-path")
-    p.add_argument("--num-fid-samples", type=int, default=50_000)
-    p.add_argument("--global-seed", type=int, default=0)
-    p.add_argument("--class-balanced", action="store_true", help="image i gets class i %% num-classes (DMD2's "
-                   "ImageNet evaluation, with --global-seed 10) instead of uniformly random classes")
-    p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True)
     add_eval_args(p)
     args = p.parse_args(argv)
     if (args.exp_path is None) != (args.train_steps is None):

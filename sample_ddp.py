@@ -54,11 +54,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                       sampler_default="ddpm for DiT and the U-Net, sde for SiT (the papers' FID samplers)")
     p.add_argument("--sample-dir", type=str, default="samples")
     p.add_argument("--per-proc-batch-size", type=int, default=32)
-    p.add_argument("--num-fid-samples", type=int, default=50_000)
-    p.add_argument("--global-seed", type=int, default=0)
-    p.add_argument("--class-balanced", action="store_true", help="image i gets class i %% num-classes (DMD2's "
-                   "ImageNet evaluation, with --global-seed 10) instead of uniformly random classes")
-    p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True)
     add_eval_args(p)
     args = p.parse_args(argv)
     args.default_vae, args.flow_default = "ema", "sde"

@@ -74,7 +74,13 @@ def add_sampling_args(p: argparse.ArgumentParser, *, repa_names: bool, cfg_scale
 
 
 def add_eval_args(p: argparse.ArgumentParser) -> None:
-    """Score the ``.npz`` at the end of the run (``sample_ddp.py``, ``generate.py``)."""
+    """``sample_ddp.py``'s and ``generate.py``'s: how many samples of which classes, and the scoring of the ``.npz``
+    at the end of the run."""
+    p.add_argument("--num-fid-samples", type=int, default=50_000)
+    p.add_argument("--global-seed", type=int, default=0)
+    p.add_argument("--class-balanced", action="store_true", help="image i gets class i %% num-classes (DMD2's "
+                   "ImageNet evaluation, with --global-seed 10) instead of uniformly random classes")
+    p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True)
     ev = p.add_argument_group("evaluation at the end")
     ev.add_argument("--ref-batch", type=str, default=None, help="ADM reference batch or saved statistics "
                     "(e.g. VIRTUAL_imagenet256_labeled.npz): FID, sFID, IS, precision, recall")
