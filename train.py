@@ -7,9 +7,9 @@
   python train.py --model UNet --dataset cifar10 --image-size 128 --vae none      # the CIFAR-10 U-Net
   python train.py --model UNet --dataset cifar10 --vae none --overfit --samples 1  # one image per class
 
-The families keep their original's flags and defaults (``training/recipes.py``). The story: check
+The families keep their original's flags and defaults (``methods/denoising_cli.py``). The story: check
 the flags, the data and the checkpoint to resume; build the codec, the network and its training
-method (``training/methods.py``); only then open the run folder; then the engine
+method (``methods/denoising.py``); only then open the run folder; then the engine
 (``training/engine.py``) trains, logging, checkpointing and evaluating on the way.
 """
 
@@ -18,10 +18,7 @@ from __future__ import annotations
 import argparse
 
 from common.cli import first_paragraph, run_cli
-from models.vae import load_vae
-from training.engine import NonFiniteLoss
-from training.fit import Checkpoints, Evaluation, Grids, Resume, RunSpec, Trackers, TrainData, fit
-from training.recipes import (
+from methods.denoising_cli import (
     RESUME_KEYS,
     build_method,
     open_dataset,
@@ -29,7 +26,10 @@ from training.recipes import (
     use_tf32,
     validate,
 )
-from training.recipes import parse_args as recipe_args
+from methods.denoising_cli import parse_args as recipe_args
+from models.vae import load_vae
+from training.engine import NonFiniteLoss
+from training.fit import Checkpoints, Evaluation, Grids, Resume, RunSpec, Trackers, TrainData, fit
 from training.run import checkpoint_dir
 
 __all__ = ["main", "parse_args", "validate", "NonFiniteLoss"]

@@ -8,8 +8,8 @@
       --real_image_path imagenet-64x64_lmdb ...      # DMD2's ImageNet-64 recipe (train.sh RECIPE=dmd2-imagenet)
 
 The flags are DMD2's (``main/edm/train_edm.py`` and ``main/train_sd.py``, hyphenated aliases too). The story:
-check the flags; load the teacher (``training/dmd2_recipe.py``) and the real images; build the generator and the
-guidance model into the method (``training/dmd2.py``); only then open the run folder; then the engine trains,
+check the flags; load the teacher (``methods/dmd2_cli.py``) and the real images; build the generator and the
+guidance model into the method (``methods/dmd2.py``); only then open the run folder; then the engine trains,
 checkpointing (the generator under ``model``: ``sample.py`` and ``sample_ddp.py`` read it as any model) and
 drawing the generator's samples on the way.
 """
@@ -24,12 +24,12 @@ from torch.utils.data import default_collate
 
 from common.cli import check_writable_dir, first_paragraph, run_cli
 from imagedata import class_names
-from training.dmd2_recipe import build_method, check_teacher_shape, condition_sampler, load_teacher, validate
-from training.dmd2_recipe import parse_args as recipe_args
-from training.dmd2_weights import ADDABLE, load_into, weights_only
+from methods.denoising import Batches
+from methods.dmd2_cli import build_method, check_teacher_shape, condition_sampler, load_teacher, validate
+from methods.dmd2_cli import parse_args as recipe_args
+from methods.dmd2_weights import ADDABLE, load_into, weights_only
 from training.engine import NonFiniteLoss
 from training.fit import Checkpoints, Grids, Resume, RunSpec, Trackers, TrainData, fit
-from training.methods import Batches
 
 CKPT_KEYS = ("model", "guidance", "opt", "opt_guidance", "args", "steps")
 RESUME_KEYS = ("teacher", "batch_size", "real_guidance_scale", "conditioning_sigma", "conditioning_timestep",

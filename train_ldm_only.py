@@ -17,10 +17,10 @@ import argparse
 
 from common.cli import first_paragraph, run_cli
 from imagedata import class_names
+from methods.repae_cli import LDM_RESUME_KEYS, build_ldm_method, open_dataset, run_spec, validate
+from methods.repae_cli import parse_args as recipe_args
 from training.engine import NonFiniteLoss
 from training.fit import TrainData, fit
-from training.repae_recipe import LDM_RESUME_KEYS, build_ldm_method, open_dataset, run_spec, validate
-from training.repae_recipe import parse_args as recipe_args
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -8,8 +8,8 @@
       --proj-coeff 0.5 --encoder-depth 8 --vae-align-proj-coeff 1.5 --bn-momentum 0.1 --exp-name sit-xl-repae
 
 The flags are REPA-E's. The story is train.py's: check the flags, the data and the checkpoint to resume;
-build the VAE, the SiT, the discriminator and the losses (``training/repae_recipe.py``) into the method
-(``training/repae.py``); only then open the run folder; then the engine trains, checkpointing and
+build the VAE, the SiT, the discriminator and the losses (``methods/repae_cli.py``) into the method
+(``methods/repae.py``); only then open the run folder; then the engine trains, checkpointing and
 drawing EMA samples (decoded by the VAE being trained) on the way.
 """
 
@@ -21,10 +21,10 @@ import torch
 
 from common.cli import first_paragraph, run_cli
 from imagedata import class_names
+from methods.repae_cli import LDM_RESUME_KEYS, build_method, open_dataset, run_spec, validate
+from methods.repae_cli import parse_args as recipe_args
 from training.engine import NonFiniteLoss
 from training.fit import TrainData, fit
-from training.repae_recipe import LDM_RESUME_KEYS, build_method, open_dataset, run_spec, validate
-from training.repae_recipe import parse_args as recipe_args
 
 RESUME_KEYS = (*LDM_RESUME_KEYS, "bn_momentum", "dataset")
 

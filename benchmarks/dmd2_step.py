@@ -4,7 +4,7 @@
   python benchmarks/dmd2_step.py --model DiT-XL/2 --image-size 256 --batch-size 32 --gradient-checkpointing
   python benchmarks/dmd2_step.py --model DiT-Ti/4 --image-size 32 --batch-size 4 --steps 3   # CPU smoke run
 
-The steps are train_dmd2.py's (``training/dmd2.py`` on the training engine), with DMD2's ImageNet settings:
+The steps are train_dmd2.py's (``methods/dmd2.py`` on the training engine), with DMD2's ImageNet settings:
 real guidance 1.5 (the teacher has a null class), the GAN head on the fake score's bottleneck with
 diffusion-GAN noise, generator and guidance learning rates 2e-6. With ``--dfake_gen_update_ratio 5`` one step in five
 updates the generator (a "generator step": the DM loss through the teacher with guidance and the fake score, and
@@ -30,10 +30,10 @@ from common.setup import setup_accelerator  # noqa: E402
 from diffusion.network import contract  # noqa: E402
 from diffusion.pipeline import base_alphas_cumprod, diffusion_for  # noqa: E402
 from loss.denoising import DDPMObjective, InterpolantObjective  # noqa: E402
+from methods.dmd2_cli import build_method, condition_sampler, freeze  # noqa: E402
+from methods.dmd2_cli import parse_args as dmd2_args  # noqa: E402
+from methods.dmd2_teacher import DDPMTeacher, FlowTeacher  # noqa: E402
 from models import MODEL_NAMES, create_model  # noqa: E402
-from training.dmd2_recipe import build_method, condition_sampler, freeze  # noqa: E402
-from training.dmd2_recipe import parse_args as dmd2_args  # noqa: E402
-from training.dmd2_teacher import DDPMTeacher, FlowTeacher  # noqa: E402
 from training.engine import Engine  # noqa: E402
 
 

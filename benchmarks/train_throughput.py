@@ -6,7 +6,7 @@
   python benchmarks/train_throughput.py --model DiT-Ti/4 --image-size 32 --vae none --output bench.jsonl
 
 Every timed step is train.py's own step on synthetic data (no VAE, no data loading): the DDPM
-method's ``train_step`` (``training/methods.py``) on the training engine (``training/engine.py``),
+method's ``train_step`` (``methods/denoising.py``) on the training engine (``training/engine.py``),
 which draws the latents from cached posterior moments as ``imagedata/latents.py`` does (pixel space: a
 random flip), samples t, takes the DDPM loss of ``create_diffusion("")``, back-propagates, steps
 the fused AdamW (lr 1e-4, no weight decay) and updates the EMA. ``--micro-batch-size`` splits the
@@ -38,10 +38,10 @@ from common.cli import first_paragraph, run_cli  # noqa: E402
 from common.setup import enable_tf32  # noqa: E402
 from diffusion import create_diffusion  # noqa: E402
 from loss.denoising import DDPMObjective  # noqa: E402
+from methods.denoising import Batches, DenoisingMethod  # noqa: E402
 from models import MODEL_NAMES, create_model  # noqa: E402
 from models.vae import HUB_NAMES, SD_VAE_SCALE, PixelCodec, load_vae  # noqa: E402
 from training.engine import Engine  # noqa: E402
-from training.methods import Batches, DenoisingMethod  # noqa: E402
 from training.throughput import mfu, peak_flops, train_flops_per_sample  # noqa: E402
 
 LR = 1e-4  # train.py's default

@@ -28,10 +28,10 @@ from common.cli import check_plain_name, first_paragraph, run_cli  # noqa: E402
 from diffusion.network import unwrap  # noqa: E402
 from imagedata.h5 import H5Images  # noqa: E402
 from loss.autoencoder import LossConfig, VAELoss  # noqa: E402
+from methods.denoising import Batches  # noqa: E402
 from models.vae import VAE_models, to_ldm_state_dict  # noqa: E402
 from training.engine import Method, adamw  # noqa: E402
 from training.fit import Checkpoints, Grids, RunSpec, TrainData, fit  # noqa: E402
-from training.methods import Batches  # noqa: E402
 
 
 class ReconstructionMethod(Method):

@@ -1,4 +1,4 @@
-"""DMD2's losses and teacher adapters against closed forms (``loss/dmd.py``, ``training/dmd2_teacher.py``)."""
+"""DMD2's losses and teacher adapters against closed forms (``loss/dmd.py``, ``methods/dmd2_teacher.py``)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from loss.dmd import (
     gan_discriminator_loss,
     gan_generator_loss,
 )
-from training.dmd2_teacher import GRID, DDPMTeacher, FlowTeacher
+from methods.dmd2_teacher import GRID, DDPMTeacher, FlowTeacher
 
 
 def gaussian_x0(x_e: torch.Tensor, sigma: float, mean: float, std: float) -> torch.Tensor:

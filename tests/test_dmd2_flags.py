@@ -14,7 +14,7 @@ import torch
 
 import train_dmd2
 from common.checkpoint import load_checkpoint
-from training.dmd2_recipe import build_method, check_teacher_shape, load_teacher, parse_args, validate
+from methods.dmd2_cli import build_method, check_teacher_shape, load_teacher, parse_args, validate
 
 # Every flag of tianweiy/DMD2 @ 8d8fa55 main/edm/train_edm.py and main/train_sd.py (their argparse option names).
 DMD2_FLAGS = """backward_simulation batch_size cache_dir checkpoint_path ckpt_only_path cls_loss_weight cls_on_clean_image

@@ -95,7 +95,7 @@ def test_merged_lora_generator_equals_the_adapted_one():
 def test_real_guidance_defaults_to_6_for_text_teachers_only(sd_folder, trained_run):
     """Without --real_guidance_scale: train_sd.py's 6 for a text-to-image teacher; train_edm.py never guides the
     real score, so a class-conditional teacher gets 1, even one with a null class (the DiT here)."""
-    from training.dmd2_recipe import build_method, load_teacher, parse_args
+    from methods.dmd2_cli import build_method, load_teacher, parse_args
 
     prompts = ["--train_prompt_path", str(sd_folder / "prompts.txt")]
     for flags, expected in (([str(sd_folder), *prompts], 6.0), ([str(trained_run / "checkpoints" / "0000020.pt")], 1.0)):

@@ -1,4 +1,4 @@
-"""What one DMD2 training step updates, and how (``training/dmd2.py`` through ``train_dmd2.py``'s flags): the
+"""What one DMD2 training step updates, and how (``methods/dmd2.py`` through ``train_dmd2.py``'s flags): the
 generator turn and the guidance turn, the update ratio, gradient clipping, the generator's inputs, the signs of
 the DM and GAN losses in the step, and the EDM adapter's bottleneck and fake-score loss, against closed forms.
 Every test here catches a one-line mistake of ``tests/mutants.py`` that the rest of the suite let pass."""
@@ -11,7 +11,7 @@ import torch
 from common.setup import setup_accelerator
 from diffusion.denoiser import noised
 from loss.dmd import distribution_matching_loss
-from training.dmd2_recipe import build_method, load_teacher, parse_args, validate
+from methods.dmd2_cli import build_method, load_teacher, parse_args, validate
 from training.engine import Engine
 
 CPU = torch.device("cpu")
@@ -285,7 +285,7 @@ def tiny_edm():
 def test_the_edm_bottleneck_reads_the_network_at_x0_plus_sigma_eps():
     """EDM networks take x0 + sigma eps, not DMD2's variance-preserving x_vp: the GAN head's features of
     noised(x0, sigma, eps) are the encoder output of net(x0 + sigma eps, sigma, y)."""
-    from training.dmd2_teacher import EDMTeacher
+    from methods.dmd2_teacher import EDMTeacher
 
     net = tiny_edm()
     teacher = EDMTeacher(net)
@@ -302,7 +302,7 @@ def test_the_edm_fake_score_loss_is_the_lambda_weighted_x0_error_on_the_karras_g
     """EDMTeacher.fake_score_loss: the network sees x0 + sigma eps at a level of the Karras grid (the whole grid),
     and its x0 error is weighted by 1 / sigma^2 + 1 / sigma_data^2 (sigma_data 0.25 here): a network off by
     one everywhere scores mean(1 / sigma^2 + 16)."""
-    from training.dmd2_teacher import EDMTeacher
+    from methods.dmd2_teacher import EDMTeacher
 
     seen = []
     torch.manual_seed(2)
@@ -325,7 +325,7 @@ def test_the_eps_fake_score_loss_of_a_diffusers_teacher_is_the_eps_mse():
     """DDPMTeacher without its own objective (a diffusers UNet): mean (eps_pred - eps)^2 at a level of its grid;
     on data x0 = 0 the exact predictor eps = x_vp sqrt(1 + s^2) / s scores 0, the zero predictor E[eps^2] = 1."""
     from diffusion.pipeline import base_alphas_cumprod
-    from training.dmd2_teacher import DDPMTeacher
+    from methods.dmd2_teacher import DDPMTeacher
 
     sigmas = DDPMTeacher(torch.nn.Identity(), base_alphas_cumprod()).sigmas
 

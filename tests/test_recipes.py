@@ -150,7 +150,7 @@ def test_train_sh_refuses_a_process_count_that_cannot_give_the_global_batch(reci
 def test_sit_models_take_sits_defaults_unless_an_alignment_flag_asks_for_repas(flags, expected):
     """SiT's own command trains plain SiT (no encoder, no clipping, TF32 on); REPA's and REG's flags give their
     methods with REPA's defaults for the rest (DINOv2-B, weight 0.5, clipping at 1, TF32 only when asked)."""
-    from training.recipes import use_tf32, validate
+    from methods.denoising_cli import use_tf32, validate
 
     args = train.parse_args(["--model", "SiT-XL/2", "--data-path", "data", *flags])
     validate(args)

@@ -123,7 +123,7 @@ def test_checkpoints_say_which_time_they_hold(tmp_path):
 def test_dmd2_reads_a_sit_time_teacher_in_its_own_terms():
     """A teacher in SiT's time: x0 = x_t + (1 - tau) u(x_t, tau) at its own tau = 1 - t (linear path), the
     same network in REPA's time giving u; the fake score's objective is its own loss (tested above)."""
-    from training.dmd2_teacher import FlowTeacher
+    from methods.dmd2_teacher import FlowTeacher
 
     raw, sit = twins(learn_sigma=True)
     teacher = FlowTeacher(sit, "linear", None)

@@ -15,7 +15,7 @@ from conftest import run_script
 import train_dmd2
 from common.checkpoint import load_checkpoint
 from common.cli import run_cli
-from training.dmd2_recipe import EPS_CONDITIONING_SIGMA
+from methods.dmd2_cli import EPS_CONDITIONING_SIGMA
 from training.engine import NonFiniteLoss
 
 TINY = ["--dataset", "builtin", "--batch_size", "4", "--num_workers", "0", "--generator_lr", "1e-3",
@@ -78,7 +78,7 @@ def test_backward_simulation_lands_on_the_step_list_levels(teacher, monkeypatch)
     """With --denoising --backward_simulation the generator runs k of its steps from fresh noise at the
     step list's levels (DiT: [726, 545, 364, 183], the levels up to the cap), and is then trained at level k."""
     from loss.dmd import denoising_step_list
-    from training.dmd2_recipe import EPS_CONDITIONING_SIGMA, build_method, load_teacher, parse_args
+    from methods.dmd2_cli import EPS_CONDITIONING_SIGMA, build_method, load_teacher, parse_args
 
     args = parse_args(["--teacher", str(teacher), "--denoising", "--num_denoising_step", "4",
                        "--backward_simulation", "--real_guidance_scale", "1"])
@@ -119,8 +119,8 @@ def test_generator_levels(teacher):
     scale; an interpolant teacher starts from pure noise (t = 1)."""
     from exact_denoisers import ExactSiT
 
-    from training.dmd2_recipe import EPS_CONDITIONING_SIGMA, generator_levels, load_teacher, parse_args
-    from training.dmd2_teacher import FlowTeacher
+    from methods.dmd2_cli import EPS_CONDITIONING_SIGMA, generator_levels, load_teacher, parse_args
+    from methods.dmd2_teacher import FlowTeacher
 
     def levels(*flags, t=None):
         args = parse_args(["--teacher", str(teacher), *flags])
@@ -146,8 +146,8 @@ def test_generator_levels(teacher):
 def test_real_images_are_used_as_stored():
     """DMD2 flips nothing: the real images reach the GAN head and --denoising as stored, while train.py's batches
     still get DiT's random flip."""
+    from methods.denoising import Batches
     from models.vae import load_vae
-    from training.methods import Batches
 
     codec, device = load_vae("none", "cpu"), torch.device("cpu")
     x, y = torch.linspace(-1, 1, 8 * 3 * 4 * 4).reshape(8, 3, 4, 4), torch.arange(8)
@@ -203,7 +203,7 @@ def test_bad_input_is_refused_in_one_line(teacher, tmp_path, monkeypatch, capsys
                   "--batch_size", "2", "--num_workers", "0", "--output_path", str(tmp_path / "out"))
     assert "(3, 8, 8) per item" in err and "makes (3, 16, 16)" in err and not (tmp_path / "out").exists()
 
-    from training.dmd2_recipe import parse_args, validate
+    from methods.dmd2_cli import parse_args, validate
 
     monkeypatch.setitem(sys.modules, "peft", None)  # as if peft were not installed
     with pytest.raises(ValueError, match="pip install peft"):
@@ -258,9 +258,9 @@ def test_edm_networks_are_built_as_dmd2_builds_them(tmp_path):
     """The teacher, the fake score and the generator of an EDM pickle recorded with use_fp16 and dropout 0.1 are
     built with use_fp16 False and dropout 0 (DMD2's edm_network.py; --use_fp16 is autocast here), and a generator
     whose checkpoint recorded use_fp16 (before this rule) still samples in fp32, as DMD2 evaluates."""
+    from methods.dmd2_cli import build_method, load_teacher, parse_args
     from models.edm_unet import UNetBlock
     from models.pretrained import resolve_sampling_config
-    from training.dmd2_recipe import build_method, load_teacher, parse_args
 
     pkl = Path(__file__).parent / "fixtures" / "edm_tiny_snapshot.pkl"
     args = parse_args(["--teacher", str(pkl)])
@@ -361,7 +361,7 @@ def test_generator_starts_from_the_teacher_unless_told_otherwise(teacher):
     """--initialie_generator (DMD2's spelling; the default): the generator and the fake score are copies of the
     teacher, fixed tables stay fixed; --no-initialie_generator: the generator is freshly initialised (DiT's own
     initialisation: its output layer starts at zero), the fake score is still the teacher's copy."""
-    from training.dmd2_recipe import build_method, load_teacher, parse_args
+    from methods.dmd2_cli import build_method, load_teacher, parse_args
 
     def build(*flags):
         args = parse_args(["--teacher", str(teacher), "--real_guidance_scale", "1", *flags])
@@ -383,7 +383,7 @@ def test_generator_starts_from_the_teacher_unless_told_otherwise(teacher):
 
 def test_dm_levels_span_the_step_percent_range(teacher, monkeypatch):
     """The DM loss draws its level from grid indices [min_step_percent, max_step_percent] x 1000 (DMD2's 20..980)."""
-    from training.dmd2_recipe import build_method, load_teacher, parse_args
+    from methods.dmd2_cli import build_method, load_teacher, parse_args
 
     args = parse_args(["--teacher", str(teacher), "--real_guidance_scale", "2", "--min_step_percent", "0.3",
                        "--max_step_percent", "0.31"])

@@ -14,10 +14,10 @@ import save_vae_weights
 import train_repae
 from common.setup import setup_accelerator
 from imagedata import build_dataset
+from methods.repae_cli import build_method, validate
 from models.vae import VAE_models, to_ldm_state_dict
 from training.data import make_loader
 from training.engine import Engine
-from training.repae_recipe import build_method, validate
 
 pytestmark = pytest.mark.usefixtures("quick_grids")  # the runs' sample grids take 2 Euler steps
 

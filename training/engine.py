@@ -1,6 +1,6 @@
 """The training engine: one loop for every method, knowing no model family.
 
-A *method* (``training/methods.py``) owns its networks and optimizers and says what one training
+A *method* (``methods/denoising.py``) owns its networks and optimizers and says what one training
 step does with them: which losses, which updates in which order, which ``requires_grad`` switches.
 The engine owns everything around that:
 

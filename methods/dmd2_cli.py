@@ -1,5 +1,5 @@
 """The flags of ``train_dmd2.py`` (the union of DMD2's ``main/edm/train_edm.py`` and ``main/train_sd.py``, in
-their spelling, with hyphenated aliases), the teacher it loads and the method it builds (``training/dmd2.py``)."""
+their spelling, with hyphenated aliases), the teacher it loads and the method it builds (``methods/dmd2.py``)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 
 from common.cli import use_local_rank
-from training.dmd2_teacher import GRID, DDPMTeacher, FlowTeacher, Teacher
-from training.dmd2_text import is_diffusers_folder, load_text_teacher
+from methods.dmd2_teacher import GRID, DDPMTeacher, FlowTeacher, Teacher
+from methods.dmd2_text import is_diffusers_folder, load_text_teacher
 
 
 def sd15_top_sigma() -> float:
@@ -305,9 +305,9 @@ def load_edm_teacher(args, state_dict: dict, cfg: dict, device):
     """An EDM network (EDM's pickle, or an EDMPrecond checkpoint) with DMD2's Karras grid; pixel space. The
     teacher, the fake score and the generator copied from it are built as DMD2 builds them (``DMD2_EDM_NETWORK``),
     so the generator's checkpoint records fp32 sampling and dropout can never act."""
+    from methods.dmd2_teacher import EDMTeacher
     from models.pretrained import build_for_sampling
     from models.vae import load_vae
-    from training.dmd2_teacher import EDMTeacher
 
     cfg["model_kwargs"] = {**cfg["model_kwargs"], **DMD2_EDM_NETWORK}
     codec = load_vae("none", device)
@@ -403,8 +403,8 @@ def generator_record(args, teacher: Teacher, cfg: dict, levels: list[float]) -> 
 
 def build_method(args, teacher: Teacher, cfg: dict, codec, data, draw_labels, device, batch_size: int, *,
                  processes: int = 1, warmup_from: int = 0, notes: tuple[str, ...] = ()):
+    from methods.dmd2 import DMD2Method, Guidance
     from models.discriminator import dmd2_classifier_head
-    from training.dmd2 import DMD2Method, Guidance
 
     generator, fake = deepcopy(teacher.model), deepcopy(teacher.model)
     for net in (generator, fake):  # what trains by design (not a fixed sin-cos position table)
@@ -412,7 +412,7 @@ def build_method(args, teacher: Teacher, cfg: dict, codec, data, draw_labels, de
     if not args.initialie_generator:
         fresh_init(generator)
     if args.generator_ckpt_path:
-        from training.dmd2_weights import generator_weights, load_into
+        from methods.dmd2_weights import generator_weights, load_into
 
         load_into(generator, generator_weights(args.generator_ckpt_path), f"--generator_ckpt_path {args.generator_ckpt_path}")
     head = None

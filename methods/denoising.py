@@ -16,7 +16,7 @@ import torch
 
 from diffusion.network import contract
 from imagedata.latents import sample_latents as draw_cached_latents
-from training.alignment import encoder_targets
+from methods.alignment import encoder_targets
 from training.data import random_flip
 from training.engine import Method, adamw
 

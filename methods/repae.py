@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from training.alignment import encoder_targets
+from methods.alignment import encoder_targets
 from training.engine import Method, Trainable, adamw
 
 

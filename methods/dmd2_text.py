@@ -2,7 +2,7 @@
 
 The folder holds ``unet/`` (``UNet2DConditionModel``, eps prediction), ``scheduler/`` (its abar table), and
 for prompts and samples ``text_encoder/`` + ``tokenizer/`` (CLIP) and ``vae/`` (``AutoencoderKL``). The
-teacher is the UNet behind ``training.dmd2_teacher.DiffusersEps``; its conditions are CLIP embeddings of
+teacher is the UNet behind ``methods.dmd2_teacher.DiffusersEps``; its conditions are CLIP embeddings of
 the training prompts (DMD2's ``--train_prompt_path``: a text file, one prompt a line, or DMD2's pickle of
 a caption list), the null condition the embedding of the empty prompt, as DMD2's ``uncond_embedding``.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from training.dmd2_teacher import DDPMTeacher, DiffusersEps
+from methods.dmd2_teacher import DDPMTeacher, DiffusersEps
 
 
 def is_diffusers_folder(path: Path) -> bool:

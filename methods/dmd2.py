@@ -1,5 +1,5 @@
 """DMD2 (Yin et al. 2024, "Improved Distribution Matching Distillation for Fast Image Synthesis") as a
-method on the engine: a one- or few-step generator distilled from any teacher (``training/dmd2_teacher.py``).
+method on the engine: a one- or few-step generator distilled from any teacher (``methods/dmd2_teacher.py``).
 
 One step, in DMD2's order (``main/edm/train_edm.py`` / ``main/train_sd.py`` ``train_one_step``):
 
@@ -29,7 +29,7 @@ from loss.dmd import (
     gan_discriminator_loss,
     gan_generator_loss,
 )
-from training.dmd2_teacher import GRID, DiffusersEps, Teacher, noised
+from methods.dmd2_teacher import GRID, DiffusersEps, Teacher, noised
 from training.engine import Method, Trainable, adamw
 from training.schedule import constant_with_warmup
 

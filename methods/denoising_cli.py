@@ -19,11 +19,11 @@ from common import checkpoint as ckpt_io
 from diffusion import NOISE_SCHEDULES
 from diffusion.pipeline import diffusion_for
 from loss.denoising import DDPMObjective, InterpolantObjective
+from methods.alignment import check_token_counts
+from methods.denoising import Batches, DenoisingMethod, InterpolantMethod
 from models import MODEL_NAMES, create_model
 from models.encoders import load_encoders
 from models.pretrained import sampling_record
-from training.alignment import check_token_counts
-from training.methods import Batches, DenoisingMethod, InterpolantMethod
 from training.schedule import LR_SCHEDULES, lr_at
 
 

@@ -1,5 +1,5 @@
 """The flags of ``train_repae.py`` and ``train_ldm_only.py`` (REPA-E's, with their spelling and defaults),
-their checks, the data and the methods they build (``training/repae.py``, ``training/methods.py``)."""
+their checks, the data and the methods they build (``methods/repae.py``, ``methods/denoising.py``)."""
 
 from __future__ import annotations
 
@@ -188,12 +188,12 @@ def check_latents_vae(dataset, vae_ckpt: str) -> None:
 def build_ldm_method(args: argparse.Namespace, dataset, device):
     """``train_ldm_only.py``: the SiT (latent BatchNorm at the frozen VAE's statistics) on cached latents."""
     from loss.denoising import InterpolantObjective
+    from methods.alignment import check_token_counts
+    from methods.denoising import Batches, LDMOnlyMethod
+    from methods.repae import load_latents_stats
     from models import create_model
     from models.encoders import load_encoders
     from models.vae import VAE_models, VAECodec, load_vae_weights
-    from training.alignment import check_token_counts
-    from training.methods import Batches, LDMOnlyMethod
-    from training.repae import load_latents_stats
 
     vae = VAE_models[args.vae]()
     load_vae_weights(vae, args.vae_ckpt)
@@ -237,13 +237,13 @@ def build_method(args: argparse.Namespace, dataset, device):
     from loss.autoencoder import VAELoss, load_loss_config
     from loss.denoising import InterpolantObjective
     from loss.perceptual import PerceptualLoss
+    from methods.alignment import check_token_counts
+    from methods.denoising import Batches
+    from methods.repae import REPAEMethod, load_latents_stats
     from models import create_model
     from models.discriminator import NLayerDiscriminator
     from models.encoders import load_encoders
     from models.vae import PixelCodec, VAE_models, load_vae_weights
-    from training.alignment import check_token_counts
-    from training.methods import Batches
-    from training.repae import REPAEMethod, load_latents_stats
 
     loss_config = load_loss_config(args.loss_cfg_path)
     vae = VAE_models[args.vae]()
