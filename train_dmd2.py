@@ -112,7 +112,7 @@ def main(args: argparse.Namespace) -> None:
             method.notes += (f"{where}: the generator's and the guidance model's weights at step {start}, fresh "
                              "optimizer states", *(f"{where} has no {prefix.rstrip('.')}.* ({ADDABLE[prefix]}), which "
                                                    "this run adds: it starts fresh" for prefix in added))
-        names = class_names(kind, cfg["num_classes"], dataset) if getattr(teacher, "prompts", None) is None else None
+        names = class_names(kind, cfg["num_classes"], dataset) if teacher.prompts is None else None
         note = f"{kind} ({len(dataset):,} items)" if dataset is not None else "none (no GAN head, no --denoising)"
         return method, TrainData(dataset, kind, names, f"{args.dataset_name}: {note}" if args.dataset_name else note)
 

@@ -187,7 +187,7 @@ class DMD2Method(Method):
 
     def grid_conditions(self, samples: int | None, nrow: int | None) -> tuple[torch.Tensor, int]:
         """A text-to-image generator's grid shows its first training prompts (``samples`` of them)."""
-        prompts = getattr(self.teacher, "prompts", None)
+        prompts = self.teacher.prompts
         if prompts is not None:
             return prompts[:samples].cpu(), nrow
         return super().grid_conditions(samples, nrow)

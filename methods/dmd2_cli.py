@@ -377,7 +377,7 @@ def generator_levels(args, teacher: Teacher) -> list[float]:
 
 def condition_sampler(teacher: Teacher, num_classes: int):
     """The generator's conditions, DMD2's: uniformly random classes, or random training prompts' embeddings."""
-    prompts = getattr(teacher, "prompts", None)
+    prompts = teacher.prompts
 
     def draw(n: int, device) -> torch.Tensor:
         if prompts is not None:

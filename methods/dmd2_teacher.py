@@ -54,6 +54,8 @@ class Teacher:
 
     family: str
     sigmas: torch.Tensor
+    prompts: torch.Tensor | None = None  # a text-to-image teacher's training prompts, embedded (methods.dmd2_text)
+    encoder = None  # and its prompt encoder
 
     def __init__(self, model: torch.nn.Module, null=None):
         self.model, self.null = model, null
