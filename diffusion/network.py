@@ -68,9 +68,15 @@ def contract(model) -> Contract:
         guided_channels=getattr(net, "guided_channels", None),
         null_class=embedder.num_classes if learned_null else None,
         cls_token_dim=getattr(net, "cls_token_dim", None) or None,
-        latent_norm=getattr(net, "bn", None),
+        latent_norm=latent_norm(net),
         generator_sigmas=tuple(sigmas) if sigmas else None,
     )
+
+
+def latent_norm(model) -> nn.Module | None:
+    """The network's latent normalisation (``bn``; None without one): the part of the contract the loss reads
+    every step."""
+    return getattr(unwrap(model), "bn", None)
 
 
 def bottleneck_module(model) -> nn.Module:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from diffusion.gaussian_diffusion import mean_flat
-from diffusion.network import contract
+from diffusion.network import latent_norm
 from diffusion.transport import check_path_type, interpolate, sample_time, target_velocity
 
 
@@ -72,7 +72,7 @@ class InterpolantObjective:
         when given, replace fresh draws (REPA-E reuses the VAE step's in the SiT step). ``align_only``
         runs the first ``encoder_depth`` blocks only and returns the projection loss, which is
         differentiable with respect to ``x`` (REPA-E's VAE step)."""
-        bn = contract(model).latent_norm
+        bn = latent_norm(model)
         if bn is not None:
             x = bn(x)
         if t is None or noise is None:

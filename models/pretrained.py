@@ -168,7 +168,7 @@ def sampling_config(query: Query) -> tuple[dict, dict]:
         raise ValueError(f"{path} holds a {record['model']} (it was trained with --model {record['model']}), not a "
                          f"{query.model}: leave out --model")
     defaults = {"model": query.default_model, "image_size": 256, "num_classes": 1000, "vae": query.default_vae}
-    cfg = {k: getattr(query, k) if getattr(query, k) is not None else record.get(k) or v for k, v in defaults.items()}
+    cfg = {k: next(x for x in (getattr(query, k), record.get(k), v) if x is not None) for k, v in defaults.items()}
     if cfg["model"].startswith("SiT-") and path.name in OFFICIAL.values():
         raise ValueError(f"{path.name} is the official DiT-XL/2 release, not a SiT: sample it with --model DiT-XL/2 "
                          "and --sampler ddpm or ddim")

@@ -31,6 +31,9 @@ def test_the_record_is_read_before_the_flags(trained_run, tmp_path):
     ckpt["sampling_record"]["noise_schedule"] = "cosine"
     torch.save(ckpt, tmp_path / "cosine.pt")
     assert sampling_config(Query(ckpt=str(tmp_path / "cosine.pt")))[1]["noise_schedule"] == "squaredcos_cap_v2"
+    ckpt["sampling_record"]["num_classes"] = 0  # a recorded 0 stays 0, not the default 1000
+    torch.save(ckpt, tmp_path / "unconditional.pt")
+    assert sampling_config(Query(ckpt=str(tmp_path / "unconditional.pt")))[1]["num_classes"] == 0
 
 
 def test_without_a_record_each_format_has_its_reader(trained_run, tmp_path):
