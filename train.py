@@ -48,8 +48,7 @@ def main(args: argparse.Namespace) -> None:
     def build(process):
         """Everything that can fail comes before the run folder: codec, encoders, network."""
         codec = load_vae(args.vae, process.device)  # with cached latents: only to decode the sample grids
-        return build_method(args, kind, dataset, codec, process.device), TrainData(dataset, kind, names,
-                                                                                    overfit=args.overfit)
+        return build_method(args, dataset, codec, process.device), TrainData(dataset, kind, names, overfit=args.overfit)
 
     fit(build, RunSpec(
         results_dir=args.results_dir, run_name=args.model, exp_name=args.exp_name, record=vars(args),

@@ -24,10 +24,10 @@ from torch.utils.data import default_collate
 
 from common.cli import check_writable_dir, first_paragraph, run_cli
 from imagedata import class_names
-from methods.denoising import Batches
 from methods.dmd2_cli import build_method, check_teacher_shape, condition_sampler, load_teacher, validate
 from methods.dmd2_cli import parse_args as recipe_args
 from methods.dmd2_weights import ADDABLE, load_into, weights_only
+from training.data import Batches
 from training.engine import NonFiniteLoss
 from training.fit import Checkpoints, Grids, Resume, RunSpec, Trackers, TrainData, fit
 
@@ -40,36 +40,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     return recipe_args(argv, first_paragraph(__doc__))
 
 
-def open_data(args, cfg: dict, device):
-    """``(kind, dataset)`` of ``--real_image_path`` / ``--dataset``, or ``(None, None)`` without real images."""
+def open_data(args, cfg: dict, teacher, codec, device):
+    """``(kind, dataset, batch -> (real x, their conditions))`` of ``--real_image_path`` / ``--dataset``, the real
+    data as stored (DMD2 flips nothing): images through the teacher's codec with their labels, DMD2's SD latents
+    with their prompts' embeddings; ``(None, None, ...)`` without real data."""
     from imagedata import build_dataset, resolve_dataset_kind
 
     if args.real_image_path is None and args.dataset is None:
         if args.gan_classifier or args.cls_on_clean_image or (args.denoising and not args.backward_simulation):
             raise ValueError("the GAN head and --denoising without --backward_simulation need real images: pass "
                              "--real_image_path (or --dataset builtin)")
-        return None, None
-    if cfg["model"] == "diffusers":  # DMD2's SD LMDB: latents and prompts
-        from imagedata.lmdb import LMDBLatentsPrompts
-
-        return "lmdb-latents", LMDBLatentsPrompts(args.real_image_path)
-    kind = resolve_dataset_kind(args.dataset, args.real_image_path)
-    return kind, build_dataset(kind, args.real_image_path, cfg["image_size"], cfg["num_classes"])
-
-
-def real_data(kind, dataset, codec, teacher, device):
-    """``batch -> (real x, their conditions)``, the real data as stored (DMD2 flips nothing): images through the
-    teacher's codec with their labels, DMD2's SD latents with their prompts' embeddings; ``(None, None)`` without
-    real data."""
-    if dataset is None:
-        return lambda batch: (None, None)
-    if kind == "lmdb-latents":
-        def latents_and_prompts(batch):
-            latents, prompts = batch
-            return latents.to(device), teacher.encoder(prompts)
-        return latents_and_prompts
-    batches = Batches(kind, codec, dataset, device, flip=False)
-    return lambda batch: batches(batch)[1:]
+        return None, None, lambda batch: (None, None)
+    # DMD2's SD LMDB holds latents and prompts
+    kind = "lmdb-latents" if cfg["model"] == "diffusers" else resolve_dataset_kind(args.dataset, args.real_image_path)
+    dataset = build_dataset(kind, args.real_image_path, cfg["image_size"], cfg["num_classes"])
+    batches = Batches(dataset, codec, device, flip=False, conditions=teacher.encoder)
+    return kind, dataset, lambda batch: batches(batch)[1:]
 
 
 def check_real_data(data, dataset, shape: tuple[int, ...], device) -> None:
@@ -96,9 +82,8 @@ def main(args: argparse.Namespace) -> None:
         teacher, cfg, codec = load_teacher(args, process.device)
         cfg.update(latent_channels=codec.latent_channels, latent_size=cfg["image_size"] // codec.downsample)
         check_teacher_shape(args, cfg)
-        kind, dataset = open_data(args, cfg, process.device)
+        kind, dataset, data = open_data(args, cfg, teacher, codec, process.device)
         draw_labels = condition_sampler(teacher, cfg["num_classes"])
-        data = real_data(kind, dataset, codec, teacher, process.device)
         if dataset is not None:
             shape = (cfg["latent_channels"], cfg["latent_size"], cfg["latent_size"])
             check_real_data(data, dataset, shape, process.device)

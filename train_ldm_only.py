@@ -31,9 +31,9 @@ def main(args: argparse.Namespace) -> None:
     validate(args, ldm_only=True)
 
     def build(process):
-        dataset = open_dataset(args, "h5-latents")
+        kind, dataset = open_dataset(args, ldm_only=True)
         return build_ldm_method(args, dataset, process.device), TrainData(
-            dataset, "h5-latents", class_names("h5-latents", args.num_classes, dataset))
+            dataset, kind, class_names(kind, args.num_classes, dataset))
 
     fit(build, run_spec(args, LDM_RESUME_KEYS))
 

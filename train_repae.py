@@ -48,11 +48,11 @@ def main(args: argparse.Namespace) -> None:
     validate(args)
 
     def build(process):
-        dataset = open_dataset(args, args.dataset)
+        kind, dataset = open_dataset(args)
         method = build_method(args, dataset, process.device)
         if process.world > 1 and process.device.type == "cuda":  # the latent BatchNorm sees the global batch
             method.modules["model"] = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method.modules["model"])
-        return method, TrainData(dataset, args.dataset, class_names(args.dataset, args.num_classes, dataset))
+        return method, TrainData(dataset, kind, class_names(kind, args.num_classes, dataset))
 
     fit(build, run_spec(args, RESUME_KEYS, released))
 

@@ -37,12 +37,28 @@ def resolve_dataset_kind(dataset: str | None, data_path: str | None) -> str:
 
 
 def build_dataset(kind: str, data_path: str | None, image_size: int, num_classes: int,
-                  num_images: int | None = None):
-    """The dataset for ``kind``; images come unflipped (the training loop flips with its own RNG).
+                  num_images: int | None = None, latents_name: str | None = None, size_flag: str = "--image-size"):
+    """The dataset for ``kind``, checked against the resolution and the number of classes asked for; images
+    come unflipped (the training loop flips with its own RNG).
 
     ``num_images`` sizes the built-in set (default ``BUILTIN_SIZE``); its first images are the same
-    whatever the size, so a small set is a prefix of the large one.
+    whatever the size, so a small set is a prefix of the large one. REPA-E's ``h5`` is ``images.h5`` of
+    ``data_path``, ``h5-latents`` that beside the cached latents ``{latents_name}.h5``; ``lmdb-latents`` is
+    DMD2's Stable Diffusion LMDB (latents and prompts).
     """
+    dataset = _open(kind, data_path, image_size, num_classes, num_images, latents_name)
+    stored = getattr(dataset, "image_size", image_size)  # latents and stored images have one resolution
+    if stored != image_size:
+        raise ValueError(f"the images in {data_path} are {stored} px, not {size_flag} {image_size}")
+    count = getattr(dataset, "num_classes", None) or len(getattr(dataset, "classes", []))
+    if count > num_classes:
+        raise ValueError(f"the data has {count} classes, more than the model's {num_classes}: pass data of at most "
+                         f"{num_classes} classes, or a model of {count}")
+    return dataset
+
+
+def _open(kind: str, data_path: str | None, image_size: int, num_classes: int, num_images: int | None,
+          latents_name: str | None):
     if kind == "builtin":
         from .procedural import ProceduralImages
 
@@ -52,22 +68,17 @@ def build_dataset(kind: str, data_path: str | None, image_size: int, num_classes
 
         return CIFAR10Images(data_path or CIFAR10_ROOT, image_size)
     if kind == "latents":
-        ds = LatentDataset(data_path)
-        if ds.image_size != image_size:
-            raise ValueError(f"latent cache {data_path} was made at --image-size {ds.image_size}, "
-                             f"not {image_size}")
-        return ds
-    if kind in ("repa", "lmdb"):  # stored at one resolution: it must be the one asked for
-        if kind == "repa":
-            from .repa import REPADataset as Stored
-        else:
-            from .lmdb import LMDBImages as Stored
-        ds = Stored(data_path)
-        if ds.image_size != image_size:
-            raise ValueError(f"the images in {data_path} are {ds.image_size} px, not --image-size {image_size}")
-        return ds
+        return LatentDataset(data_path)
     from .folder import ImageFolderDataset, validate_image_folder
+    from .h5 import H5Images, H5ImagesAndLatents
+    from .lmdb import LMDBImages, LMDBLatentsPrompts
+    from .repa import REPADataset
 
+    if kind == "h5-latents":
+        return H5ImagesAndLatents(data_path, latents_name)
+    stored = {"repa": REPADataset, "lmdb": LMDBImages, "lmdb-latents": LMDBLatentsPrompts, "h5": H5Images}
+    if kind in stored:
+        return stored[kind](data_path)
     validate_image_folder(data_path)
     return ImageFolderDataset(data_path, image_size, flip=False)
 

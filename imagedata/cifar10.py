@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from .inputs import Images
+
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 FOLDER = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -69,7 +71,7 @@ def _read_batch(path: Path) -> tuple[np.ndarray, list[int]]:
                          f"{path.parent} to download it again") from None
 
 
-class CIFAR10Images(Dataset):
+class CIFAR10Images(Images, Dataset):
     """The 50,000 training images (or the 10,000 test images) as ``(float CHW in [-1, 1], label)``."""
 
     def __init__(self, root: str | Path, image_size: int = 128, train: bool = True):

@@ -16,6 +16,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .inputs import Images
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 _LAYOUT = "expected an ImageNet-style folder: ROOT/<class name>/<image>.jpg (one sub-folder per class)"
@@ -98,7 +100,7 @@ def load_rgb(path: str) -> Image.Image:
         raise ValueError(f"cannot read image {path}: {error}; delete or replace the file") from error
 
 
-class ImageFolderDataset(Dataset):
+class ImageFolderDataset(Images, Dataset):
     """``(float CHW in [-1, 1], int label)`` from ``root/<class>/<image>``, center-cropped to ``image_size``.
 
     ``classes`` holds the sorted class names and ``samples`` the ``(path, label)`` pairs.

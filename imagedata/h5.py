@@ -27,6 +27,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from .inputs import Moments, StoredImages
+
 IMAGES = "images.h5"
 LABELS = "dataset.json"
 VAE_ATTRS = ("vae_arch", "vae_ckpt_sha256")  # the latents file's attributes, written by cache_latents.py
@@ -130,7 +132,7 @@ def _check_entries(h5, path: Path, names: list[str]) -> None:
                          f"are missing (first {missing[0]}); write it again")
 
 
-class H5Images(Dataset):
+class H5Images(StoredImages, Dataset):
     """``images.h5`` of ``data_dir``: ``(uint8 (3, H, W) image, label)`` in sorted-name order.
     Opening checks the listed entries exist, the labels and the first and last images; the file is
     opened lazily in each process (loader workers included)."""
@@ -150,8 +152,8 @@ class H5Images(Dataset):
         self.labels = np.array([table[n] for n in self.names], dtype=np.int64)
         self.num_classes = int(self.labels.max()) + 1
         self._h5 = None
-        for index in (0, len(self) - 1):
-            self.image(index)  # decodes, or names the entry that does not
+        self.image_size = self.image(0).shape[-1]  # the first and last decode, or the error names the entry
+        self.image(len(self) - 1)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -186,10 +188,13 @@ class H5Images(Dataset):
         return {**self.__dict__, "_h5": None}
 
 
-class H5ImagesAndLatents(H5Images):
+class H5ImagesAndLatents(Moments, H5Images):
     """``images.h5`` beside ``{latents_name}.h5``: ``(uint8 image, float32 (2C, h, w) moments, label)``,
     paired by position in sorted-name order, labels from the latents' file (REPA-E ``CustomH5Dataset``).
-    ``vae_identity``: the VAE the latents file records (empty for REPA-E's files)."""
+    ``vae_identity``: the VAE the latents file records (empty for REPA-E's files). The latents carry no scale
+    (the SiT normalises them with its BatchNorm)."""
+
+    latent_scale = 1.0
 
     def __init__(self, data_dir: str | Path, latents_name: str):
         super().__init__(data_dir)

@@ -61,6 +61,12 @@ class LatentDataset(Dataset):
     def __getitem__(self, i: int):
         return torch.from_numpy(np.asarray(self.moments[i], dtype=np.float32)), int(self.labels[i])
 
+    def model_input(self, batch, codec, flip: bool = True):
+        """``(None, x, y)``: each row's flipped moments with probability 1/2 (unflipped without ``flip``)."""
+        moments, y = batch
+        flipped = torch.rand(moments.shape[0]) < 0.5 if flip else torch.zeros(moments.shape[0], dtype=torch.bool)
+        return None, sample_latents(moments, flipped, self.scale), y
+
 
 def sample_latents(moments: torch.Tensor, flip: torch.Tensor, scale: float) -> torch.Tensor:
     """Pick each row's (flipped or not) moments and draw ``(mean + std * eps) * scale``.

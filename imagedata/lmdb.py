@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .inputs import Images
+
 DATA_FILE = "data.mdb"
 MAP_SIZE = 1 << 30  # bytes a writer maps at first; it doubles whenever the data outgrows it
 _MAKE = "preprocessing/make_lmdb.py"
@@ -243,7 +245,7 @@ def _check_rows(env: lmdb.Environment, name: str, count: int, dtype, shape, reme
         raise ValueError(f"{error}; {remedy}") from None
 
 
-class LMDBImages(_LMDBDataset):
+class LMDBImages(Images, _LMDBDataset):
     """DMD2's ImageNet LMDB: ``(float CHW in [-1, 1], int label)`` from uint8 ``images`` and int64 ``labels``.
 
     ``targets`` holds every label (read once, at opening), ``num_classes`` is the largest label + 1,
@@ -335,3 +337,8 @@ class LMDBLatentsPrompts(_LMDBDataset):
         env, index = self.env(), self._check_index(index)
         latents = read_row(env, "latents", index, np.float16, self.latent_shape)
         return torch.from_numpy(latents.astype(np.float32)), read_text(env, "prompts", index)
+
+    def model_input(self, batch, codec, flip: bool = True):
+        """``(None, latents, prompts)``, as stored (DMD2 flips nothing)."""
+        latents, prompts = batch
+        return None, latents, prompts

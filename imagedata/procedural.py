@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .inputs import Images
+
 CLASS_NAMES = (
     "disc",
     "square",
@@ -198,7 +200,7 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return x.movedim(-1, -3)
 
 
-class ProceduralImages(Dataset):
+class ProceduralImages(Images, Dataset):
     """``num_images`` procedural images as ``(float CHW in [-1, 1], int label)``.
 
     Images are rendered on demand, 1,024 at a time (about 40 ms at 32 px), and kept

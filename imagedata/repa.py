@@ -32,6 +32,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from .folder import IMAGE_EXTENSIONS
+from .inputs import Moments
 
 IMAGE_DIRS = ("imagenet_256_vae", "images")  # REG's name first, then REPA's
 LATENT_DIR = "vae-sd"
@@ -146,7 +147,7 @@ def is_repa_layout(path: str | Path) -> bool:
     return root.is_dir() and _find(root, (LATENT_DIR, IMAGE_DIRS[0])) is not None
 
 
-class REPADataset(Dataset):
+class REPADataset(Moments, Dataset):
     """``(image uint8 (3, H, W), moments float32 (2C, h, w) = cat(mean, std), label int64)`` per item.
 
     ``data_dir`` holds ``imagenet_256_vae/`` (REG) or ``images/`` (REPA; the first found

@@ -15,44 +15,9 @@ from __future__ import annotations
 import torch
 
 from diffusion.network import contract
-from imagedata.latents import sample_latents as draw_cached_latents
 from methods.alignment import encoder_targets
-from training.data import random_flip
+from training.data import Batches
 from training.engine import Method, adamw
-
-
-class Batches:
-    """Turns a loader batch into ``(raw, x, y)``: clean images in [0, 255] for the encoders (None
-    unless ``with_raw``), the model input (latents, or pixels in [-1, 1] with ``--vae none``) and labels.
-
-    Images get DiT's random flip (the encoders see the same flip); cached latents pick their flipped
-    or unflipped moments; REPA's and REPA-E's layouts are used as stored (no flip), as they do.
-    ``flip=False`` uses images and cached latents as stored too (DMD2 flips nothing).
-    """
-
-    def __init__(self, kind: str, codec, dataset, device, with_raw: bool = False, flip: bool = True):
-        self.kind, self.codec, self.dataset, self.device, self.with_raw = kind, codec, dataset, device, with_raw
-        self.flip = flip
-
-    @torch.no_grad()
-    def __call__(self, batch):
-        if self.kind == "h5":  # REPA-E's images.h5: uint8 images, used as stored (no flip)
-            raw, y = (t.to(self.device, non_blocking=True) for t in batch)
-            return raw.float(), raw.float() / 127.5 - 1, y
-        if self.kind == "h5-latents":  # and its cached moments: z = mean + std eps, unscaled (REPA-E)
-            raw, moments, y = (t.to(self.device, non_blocking=True) for t in batch)
-            mean, std = moments.chunk(2, dim=1)
-            return raw.float(), mean + std * torch.randn_like(mean), y
-        if self.kind == "repa":
-            raw, moments, y = (t.to(self.device, non_blocking=True) for t in batch)
-            mean, std = moments.chunk(2, dim=1)
-            return raw.float(), (mean + std * torch.randn_like(mean)) * self.codec.scale, y
-        x, y = (t.to(self.device, non_blocking=True) for t in batch)
-        if self.kind == "latents":
-            flipped = torch.rand(x.shape[0]) < 0.5 if self.flip else torch.zeros(x.shape[0], dtype=torch.bool)
-            return None, draw_cached_latents(x, flipped, self.dataset.scale), y
-        x = random_flip(x)[0] if self.flip else x
-        return (x + 1) * 127.5 if self.with_raw else None, self.codec.encode(x), y
 
 
 class DenoisingMethod(Method):

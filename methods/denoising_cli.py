@@ -18,12 +18,14 @@ from pathlib import Path
 from common import checkpoint as ckpt_io
 from diffusion import NOISE_SCHEDULES
 from diffusion.pipeline import diffusion_for
+from imagedata.inputs import latent_shape
 from loss.denoising import DDPMObjective, InterpolantObjective
 from methods.alignment import check_token_counts
-from methods.denoising import Batches, DenoisingMethod, InterpolantMethod
+from methods.denoising import DenoisingMethod, InterpolantMethod
 from models import MODEL_NAMES, create_model
 from models.encoders import load_encoders
 from models.pretrained import sampling_record
+from training.data import Batches
 from training.schedule import LR_SCHEDULES, lr_at
 
 
@@ -230,14 +232,10 @@ RESUME_KEYS = ("model", "image_size", "num_classes", "vae", "global_batch_size",
                "encoder_depth", "proj_coeff", "cls", "path_type", "weighting", "noise_schedule", "cfg_prob", "fsdp")
 
 
-def build_method(args: argparse.Namespace, kind: str, dataset, codec, device) -> DenoisingMethod:
+def build_method(args: argparse.Namespace, dataset, codec, device) -> DenoisingMethod:
     """The network (sized by the data and codec), its objective and its method, as the flags say.
     SiT models with alignment load their frozen encoders here."""
-    channels, latent_size = codec.latent_channels, args.image_size // codec.downsample
-    if kind == "latents":
-        channels, latent_size = dataset.latent_shape[0], dataset.latent_shape[-1]
-    if kind == "repa":
-        channels, latent_size = dataset.moments_shape[0] // 2, dataset.moments_shape[-1]
+    channels, latent_size, _ = latent_shape(dataset, codec, args.image_size)
     model_kwargs = dict(input_size=latent_size, num_classes=args.num_classes, in_channels=channels,
                         class_dropout_prob=args.cfg_prob)
     if family_of(args.model) == "unet":
@@ -257,7 +255,7 @@ def build_method(args: argparse.Namespace, kind: str, dataset, codec, device) ->
     common = dict(lr=args.lr, betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay,
                   eps=args.adam_epsilon, ema_decay=args.ema_decay, max_grad_norm=args.max_grad_norm,
                   model_kwargs=model_kwargs, lr_schedule=lambda step, base, total: lr(step, base, total_steps=total))
-    batches = Batches(kind, codec, dataset, device, with_raw=bool(encoders))
+    batches = Batches(dataset, codec, device)
     record = partial(sampling_record, model, args.model, args.image_size, args.num_classes, args.vae,
                      dataset=args.dataset)
     if not is_sit(args.model):
@@ -298,9 +296,6 @@ def open_dataset(args: argparse.Namespace):
                          f"pass --vae {dataset.vae} (its decoder draws the sample grids)")
     if kind == "repa" and args.vae == "none":
         raise ValueError("REPA/REG's layout holds SD-VAE latents: pass --vae ema or mse (it decodes the grids)")
-    max_label = getattr(dataset, "num_classes", None) or len(getattr(dataset, "classes", [])) or 0
-    if max_label > args.num_classes:
-        raise ValueError(f"the data has {max_label} classes but --num-classes is {args.num_classes}")
     if is_sit(args.model) and (args.proj_coeff > 0 or args.cls > 0) and kind == "latents":
         raise ValueError("REPA/REG align to encoder features of the images, which a latent cache does not hold: "
                          "use an image folder or REPA/REG's layout (preprocessing/dataset_tools.py)")

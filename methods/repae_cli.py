@@ -112,11 +112,6 @@ def run_spec(args: argparse.Namespace, resume_keys: tuple[str, ...], convert=Non
         trackers=Trackers(args.report_to, args.logging_dir))
 
 
-def data_kind(args: argparse.Namespace, ldm_only: bool) -> str:
-    """``h5-latents`` for ``train_ldm_only.py`` (images.h5 and the cached latents), else ``--dataset``."""
-    return "h5-latents" if ldm_only else args.dataset
-
-
 def resume_path(args: argparse.Namespace) -> Path | None:
     """REPA-E's ``--resume-step``: ``{continue-train-exp-dir or output-dir/exp-name}/checkpoints/{step:07d}.pt``."""
     if not args.resume_step:
@@ -140,7 +135,7 @@ def validate(args: argparse.Namespace, ldm_only: bool = False) -> None:
         raise ValueError("--proj-coeff and --vae-align-proj-coeff must be >= 0")
     if not ldm_only and args.dataset is None:
         args.dataset = "h5" if (Path(args.data_path or ".") / "images.h5").is_file() else "folder"
-    kind = data_kind(args, ldm_only)
+    kind = "h5-latents" if ldm_only else args.dataset
     if kind in ("h5", "h5-latents") and not (Path(args.data_path or ".") / "images.h5").is_file():
         raise ValueError(f"--data-dir {args.data_path}: no images.h5 (REPA-E's layout); write it: {CONVERT} --dest "
                          f"{Path(args.data_path or '.') / 'images.h5'}")
@@ -155,24 +150,14 @@ def validate(args: argparse.Namespace, ldm_only: bool = False) -> None:
         raise ValueError(f"--resume-step {args.resume_step}: {resume_path(args)} does not exist")
 
 
-def open_dataset(args: argparse.Namespace, kind: str):
-    """The training data of ``kind`` (``data_kind``): REPA-E's h5 layout (with the cached latents for ldm-only
-    runs), the built-in images or an image folder."""
+def open_dataset(args: argparse.Namespace, ldm_only: bool = False):
+    """``(kind, dataset)``: REPA-E's h5 layout (``train_ldm_only.py``: with the cached latents), the built-in
+    images or an image folder, checked against the flags."""
     from imagedata import build_dataset
-    from imagedata.h5 import H5Images, H5ImagesAndLatents
 
-    if kind == "h5-latents":
-        dataset = H5ImagesAndLatents(args.data_path, args.vae_latents_name)
-    elif kind == "h5":
-        dataset = H5Images(args.data_path)
-    else:
-        return build_dataset(kind, args.data_path, args.image_size, args.num_classes)
-    size = dataset.image(0).shape[-1]
-    if size != args.image_size:
-        raise ValueError(f"{dataset.path} holds {size} px images, not --resolution {args.image_size}")
-    if dataset.num_classes > args.num_classes:
-        raise ValueError(f"{dataset.path} has {dataset.num_classes} classes but --num-classes is {args.num_classes}")
-    return dataset
+    kind = "h5-latents" if ldm_only else args.dataset
+    return kind, build_dataset(kind, args.data_path, args.image_size, args.num_classes, size_flag="--resolution",
+                               latents_name=args.vae_latents_name if ldm_only else None)
 
 
 def check_latents_vae(dataset, vae_ckpt: str) -> None:
@@ -189,17 +174,18 @@ def build_ldm_method(args: argparse.Namespace, dataset, device):
     """``train_ldm_only.py``: the SiT (latent BatchNorm at the frozen VAE's statistics) on cached latents."""
     from loss.denoising import InterpolantObjective
     from methods.alignment import check_token_counts
-    from methods.denoising import Batches, LDMOnlyMethod
+    from methods.denoising import LDMOnlyMethod
     from methods.repae import load_latents_stats
     from models import create_model
     from models.encoders import load_encoders
     from models.vae import VAE_models, VAECodec, load_vae_weights
+    from training.data import Batches
 
     vae = VAE_models[args.vae]()
     load_vae_weights(vae, args.vae_ckpt)
     check_latents_vae(dataset, args.vae_ckpt)
     stats = load_latents_stats(args.vae_ckpt)
-    channels, size = dataset.moments_shape[0] // 2, dataset.moments_shape[-1]
+    channels, size, _ = dataset.latent_shape
     if channels != vae.latent_channels or size * vae.downsample != args.image_size:
         raise ValueError(f"{dataset.latents_path} holds {channels} x {size} x {size} latents, not those of the "
                          f"{args.vae} VAE at --resolution {args.image_size}; cache them with that VAE")
@@ -212,7 +198,7 @@ def build_ldm_method(args: argparse.Namespace, dataset, device):
         check_token_counts(encoders, sit.x_embedder.num_patches, args.image_size, args.model)
     sit.init_bn(stats["latents_scale"], stats["latents_bias"])
     objective = InterpolantObjective(args.path_type, args.weighting, args.prediction, args.proj_coeff)
-    method = LDMOnlyMethod(sit, objective, Batches("h5-latents", None, dataset, device, with_raw=True),
+    method = LDMOnlyMethod(sit, objective, Batches(dataset, None, device),
                            encoders=encoders, num_classes=args.num_classes, lr=args.lr,
                            betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay,
                            eps=args.adam_epsilon, ema_decay=args.ema_decay, max_grad_norm=args.max_grad_norm,
@@ -238,12 +224,12 @@ def build_method(args: argparse.Namespace, dataset, device):
     from loss.denoising import InterpolantObjective
     from loss.perceptual import PerceptualLoss
     from methods.alignment import check_token_counts
-    from methods.denoising import Batches
     from methods.repae import REPAEMethod, load_latents_stats
     from models import create_model
     from models.discriminator import NLayerDiscriminator
     from models.encoders import load_encoders
     from models.vae import PixelCodec, VAE_models, load_vae_weights
+    from training.data import Batches
 
     loss_config = load_loss_config(args.loss_cfg_path)
     vae = VAE_models[args.vae]()
@@ -272,7 +258,7 @@ def build_method(args: argparse.Namespace, dataset, device):
     perceptual = PerceptualLoss(random_backbone=args.lpips_random, vgg_path=args.lpips_vgg).to(device) \
         if loss_config.perceptual_weight > 0 else None
     objective = InterpolantObjective(args.path_type, args.weighting, args.prediction, args.proj_coeff)
-    batches = Batches(args.dataset, PixelCodec(), dataset, device, with_raw=True)
+    batches = Batches(dataset, PixelCodec(), device)
     method = REPAEMethod(sit, vae, discriminator, objective, VAELoss(loss_config, perceptual), encoders, batches,
                          lr=args.lr, vae_lr=args.vae_learning_rate, disc_lr=args.disc_learning_rate,
                          betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay,

@@ -28,8 +28,8 @@ from common.cli import check_plain_name, first_paragraph, run_cli  # noqa: E402
 from diffusion.network import unwrap  # noqa: E402
 from imagedata.h5 import H5Images  # noqa: E402
 from loss.autoencoder import LossConfig, VAELoss  # noqa: E402
-from methods.denoising import Batches  # noqa: E402
-from models.vae import VAE_models, to_ldm_state_dict  # noqa: E402
+from models.vae import PixelCodec, VAE_models, to_ldm_state_dict  # noqa: E402
+from training.data import Batches  # noqa: E402
 from training.engine import Method, adamw  # noqa: E402
 from training.fit import Checkpoints, Grids, RunSpec, TrainData, fit  # noqa: E402
 
@@ -101,7 +101,7 @@ def main(args: argparse.Namespace) -> Path:
 
             perceptual = PerceptualLoss(random_backbone=args.lpips_random, vgg_path=args.lpips_vgg)
         config = LossConfig(discriminator_weight=0.0, perceptual_weight=1.0 if perceptual else 0.0)
-        batches = Batches("h5", None, dataset, process.device)
+        batches = Batches(dataset, PixelCodec(), process.device)
         vae = VAE_models[args.vae_arch]()
         built.update(method=ReconstructionMethod(vae, VAELoss(config, perceptual), batches, args.learning_rate),
                      dataset=dataset, device=process.device)

@@ -143,11 +143,11 @@ def test_gradient_accumulation_multiplies_the_batch_as_repa_does(tmp_path, monke
             t = torch.full((x.shape[0],), 500, device=x.device)
             return {"loss": ((model(x, t, y)[:, :3] - x) ** 2).mean()}
 
-    import methods.denoising
+    import imagedata.inputs
     import methods.denoising_cli
 
     monkeypatch.setattr(methods.denoising_cli, "DDPMObjective", Deterministic)
-    monkeypatch.setattr(methods.denoising, "random_flip", lambda x: (x, None))
+    monkeypatch.setattr(imagedata.inputs, "random_flip", lambda x: (x, None))
     common = [*TINY_TRAIN, "--max-steps", "2", "--log-every", "1", "--ckpt-every", "2", "--cfg-prob", "0"]
     train.main(train.parse_args([*common, "--results-dir", str(tmp_path / "a"), "--global-batch-size", "16"]))
     train.main(train.parse_args([*common, "--results-dir", str(tmp_path / "b"), "--global-batch-size", "8",

@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -146,18 +147,20 @@ def test_generator_levels(teacher):
 def test_real_images_are_used_as_stored():
     """DMD2 flips nothing: the real images reach the GAN head and --denoising as stored, while train.py's batches
     still get DiT's random flip."""
-    from methods.denoising import Batches
     from models.vae import load_vae
+    from training.data import Batches
 
     codec, device = load_vae("none", "cpu"), torch.device("cpu")
     x, y = torch.linspace(-1, 1, 8 * 3 * 4 * 4).reshape(8, 3, 4, 4), torch.arange(8)
-    data = train_dmd2.real_data("builtin", object(), codec, None, device)
-    dit = Batches("builtin", codec, object(), device)
+    args = train_dmd2.parse_args(["--teacher", "unused.pt", "--dataset", "builtin"])
+    kind, dataset, data = train_dmd2.open_data(args, {"model": "DiT-Ti/4", "image_size": 8, "num_classes": 10},
+                                               SimpleNamespace(encoder=None), codec, device)
+    dit = Batches(dataset, codec, device)
     torch.manual_seed(0)
     for _ in range(4):
         real, labels = data((x, y))
         assert torch.equal(real, x) and torch.equal(labels, y)
-    assert not torch.equal(dit((x, y))[1], x)  # 8 images, each flipped with probability 1/2
+    assert kind == "builtin" and not torch.equal(dit((x, y))[1], x)  # 8 images, each flipped with probability 1/2
 
 
 def refused(capsys, *flags: str) -> str:
@@ -198,7 +201,14 @@ def test_bad_input_is_refused_in_one_line(teacher, tmp_path, monkeypatch, capsys
     assert "is a REPA-E model" in err and not (tmp_path / "out").exists()
 
     # real data the generator's samples cannot be compared with: refused before the run folder is made
-    monkeypatch.setattr(train_dmd2, "open_data", lambda args, cfg, device: ("builtin", [(torch.zeros(3, 8, 8), 0)] * 8))
+    def small_images(args, cfg, teacher, codec, device):
+        from imagedata import build_dataset
+        from training.data import Batches
+
+        dataset = build_dataset("builtin", None, 8, cfg["num_classes"], num_images=8)
+        return "builtin", dataset, lambda batch: Batches(dataset, codec, device, flip=False)(batch)[1:]
+
+    monkeypatch.setattr(train_dmd2, "open_data", small_images)
     err = refused(capsys, "--teacher", str(teacher), "--real_guidance_scale", "1", "--gan_classifier",
                   "--batch_size", "2", "--num_workers", "0", "--output_path", str(tmp_path / "out"))
     assert "(3, 8, 8) per item" in err and "makes (3, 16, 16)" in err and not (tmp_path / "out").exists()

@@ -1,4 +1,5 @@
-"""Data order for training: a distributed sampler that can start mid-epoch (exact resume)."""
+"""Data for training: a distributed sampler that can start mid-epoch (exact resume), the batches the
+model sees, the overfit subset."""
 
 from __future__ import annotations
 
@@ -44,10 +45,20 @@ def batch_sizes(batch_size: int, world: int, accum: int, flag: str) -> tuple[int
     return batch_size // world, batch_size * accum
 
 
-def random_flip(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Horizontal flip of each image with probability 1/2, drawn from the global RNG."""
-    flip = torch.rand(x.shape[0]) < 0.5
-    return torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x), flip
+class Batches:
+    """Turns a loader batch into ``(raw, x, y)`` on ``device`` as its dataset's stored form says
+    (``imagedata/inputs.py``): clean images in [0, 255] for the encoders (None for latents), the model
+    input and the conditions, mapped by ``conditions`` when given (a text teacher's prompt encoder).
+    ``flip=False`` uses images and cached latents as stored (DMD2 flips nothing)."""
+
+    def __init__(self, dataset, codec, device, flip: bool = True, conditions=None):
+        self.dataset, self.codec, self.device, self.flip, self.conditions = dataset, codec, device, flip, conditions
+
+    @torch.no_grad()
+    def __call__(self, batch):
+        batch = [t.to(self.device, non_blocking=True) if torch.is_tensor(t) else t for t in batch]
+        raw, x, y = self.dataset.model_input(batch, self.codec, self.flip)
+        return raw, x, self.conditions(y) if self.conditions else y
 
 
 def overfit_subset(dataset, samples_per_class: int, num_classes: int) -> Subset:
@@ -66,6 +77,17 @@ def overfit_subset(dataset, samples_per_class: int, num_classes: int) -> Subset:
             seen[label] += 1
         if len(chosen) == samples_per_class * num_classes:
             break
-    subset = Subset(dataset, chosen)
+    subset = StoredSubset(dataset, chosen)
     subset.labels = [targets[i] for i in chosen]
     return subset
+
+
+class StoredSubset(Subset):
+    """A ``Subset`` that keeps its dataset's stored form (``model_input``, ``latent_shape``)."""
+
+    def model_input(self, batch, codec, flip: bool = True):
+        return self.dataset.model_input(batch, codec, flip)
+
+    @property
+    def latent_shape(self):
+        return self.dataset.latent_shape
