@@ -23,7 +23,7 @@ from pathlib import Path
 
 import sample_ddp
 from common.cli import first_paragraph, run_cli, use_local_rank
-from training.sampling import add_eval_args, add_sampling_args
+from evaluations.sampling_cli import add_eval_args, add_sampling_args
 
 
 def parse_args(argv=None) -> argparse.Namespace:

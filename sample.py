@@ -19,9 +19,9 @@ from common.cli import first_paragraph, run_cli, use_local_rank
 from common.monitor import row_labels, save_grid
 from common.setup import enable_tf32
 from diffusion.pipeline import generate
+from evaluations.sampling_cli import add_sampling_args, check_sampling_args, choose_sampler, sampling_settings
 from imagedata import class_names
 from models.pretrained import build_for_sampling, load_codec, resolve_sampling_config
-from training.sampling import add_sampling_args, check_sampling_args, choose_sampler, sampling_settings
 
 IMAGENET_DEMO_CLASSES = [207, 360, 387, 974, 88, 979, 417, 279]  # official sample.py
 

@@ -34,10 +34,7 @@ from common.cli import check_writable_dir, first_paragraph, run_cli, use_local_r
 from common.monitor import to_uint8
 from common.setup import setup_accelerator
 from diffusion.pipeline import generate
-from models.pretrained import build_for_sampling, load_codec, resolve_sampling_config
-from models.weights import sha256_of
-from training.run import write_text_atomic
-from training.sampling import (
+from evaluations.sampling_cli import (
     add_eval_args,
     add_sampling_args,
     check_sampling_args,
@@ -45,6 +42,9 @@ from training.sampling import (
     sampling_settings,
     score,
 )
+from models.pretrained import build_for_sampling, load_codec, resolve_sampling_config
+from models.weights import sha256_of
+from training.run import write_text_atomic
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -16,9 +16,9 @@ import math
 import numpy as np
 import torch
 
+from .ddpm_sampling import SamplingMixin
 from .diffusion_utils import discretized_gaussian_log_likelihood, normal_kl
 from .diffusion_utils import gather as _gather
-from .sampling import SamplingMixin
 
 
 def mean_flat(x: torch.Tensor) -> torch.Tensor:

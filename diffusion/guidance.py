@@ -17,7 +17,7 @@ drift of the same input is the same thing; each sampler guides what it steps wit
   REPA's: t=1 noise, t=0 data, ``guidance_high=0.7`` guides the part near the data. The
   DDPM samplers use the same time, ``t = sigma / (1 + sigma)`` of their step (the linear
   path's time at that noise level).
-- REG's class token has its own scale (``diffusion.samplers``).
+- REG's class token has its own scale (``diffusion.repa_samplers``).
 """
 
 from __future__ import annotations

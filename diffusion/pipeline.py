@@ -169,7 +169,7 @@ def generate(model, noise: torch.Tensor, labels: torch.Tensor, *, sampler: str, 
     ``noise`` (as REG's generate.py does), and guided by ``cls_cfg_scale``. A model with its own
     latent normalisation returns de-normalised latents (``Denoiser.denormalize``).
     """
-    from diffusion.samplers import euler_maruyama_sampler, euler_sampler
+    from diffusion.repa_samplers import euler_maruyama_sampler, euler_sampler
 
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")

@@ -1,4 +1,4 @@
-"""REPA / REG samplers (diffusion/samplers.py): parity with the original code, guidance interval,
+"""REPA / REG samplers (diffusion/repa_samplers.py): parity with the original code, guidance interval,
 REG's dual guidance, time grids and random draws.
 
 The reference outputs in tests/fixtures/repa_samplers_reference.pt were computed by REPA's and REG's
@@ -16,9 +16,9 @@ import pytest
 import torch
 from fixtures.record_repa_samplers import RUNS, SOURCES, StandInSiT, call_args, make_inputs
 
-from diffusion import samplers
+from diffusion import repa_samplers
 from diffusion.guidance import guidance_active
-from diffusion.samplers import euler_maruyama_sampler, euler_sampler
+from diffusion.repa_samplers import euler_maruyama_sampler, euler_sampler
 
 FIXTURE = Path(__file__).parent / "fixtures" / "repa_samplers_reference.pt"
 ATOL, RTOL = 1e-6, 1e-5  # on the recording machine the match is within 1e-15
@@ -38,7 +38,7 @@ def test_sampler_matches_original_under_same_seed(ref, name):
     _, sampler, _ = RUNS[name]
     kwargs, _ = call_args(name, make_inputs())
     torch.manual_seed(100 + list(RUNS).index(name))
-    out = getattr(samplers, sampler)(StandInSiT(), **kwargs)
+    out = getattr(repa_samplers, sampler)(StandInSiT(), **kwargs)
     assert out.dtype == torch.float64  # the originals return their float64 state
     torch.testing.assert_close(out, ref[f"sample/{name}"], atol=ATOL, rtol=RTOL)
     assert torch.equal(torch.randn(3), ref[f"sample/{name}/rng_after"])  # same number of draws

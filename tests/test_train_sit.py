@@ -155,7 +155,7 @@ def test_scripts_default_to_the_papers_samplers():
     import generate
     import sample
     import sample_ddp
-    from training.sampling import choose_sampler
+    from evaluations.sampling_cli import choose_sampler
 
     dit = {"model": "DiT-Ti/4", "model_kwargs": {}}
     repa = {"model": "SiT-Ti/4", "model_kwargs": {"z_dims": [32], "cls_token_dim": None}}
