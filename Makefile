@@ -148,13 +148,13 @@ quick-test: $(NEEDS)
 
 # Samples of every class from the newest checkpoint of any run, into that run's folder.
 generate: $(NEEDS)
-	@ckpt=$$($(PYTHON) -m training.run newest $(RESULTS)) && run=$$(dirname $$(dirname $$ckpt)) && \
+	@ckpt=$$($(PYTHON) -m training.results newest $(RESULTS)) && run=$$(dirname $$(dirname $$ckpt)) && \
 	echo "newest checkpoint: $$ckpt" && \
 	$(PYTHON) sample.py --ckpt $$ckpt --samples 4 --class-labels 0 1 2 3 4 5 6 7 8 9 --sampler ddpm \
 		--num-sampling-steps $(GEN_STEPS) --cfg-scale $(CFG_SCALE) --output $$run/generated.png
 
 status: $(NEEDS)
-	@$(PYTHON) -m training.run status $(RESULTS)
+	@$(PYTHON) -m training.results status $(RESULTS)
 
 gpu-status: $(NEEDS)
 	@if [ -n "$(HAS_GPU)" ]; then nvidia-smi; else echo "nvidia-smi: no NVIDIA GPU or driver found"; fi
@@ -163,7 +163,7 @@ gpu-status: $(NEEDS)
 # GPU use every 2 s while training runs; without a GPU, the newest run's log as it grows.
 monitor: $(NEEDS)
 	@if [ -n "$(HAS_GPU)" ]; then nvidia-smi --query-gpu=index,utilization.gpu,memory.used,memory.total,temperature.gpu,power.draw --format=csv -l 2; \
-	else echo "no NVIDIA GPU: following the newest run's log (Ctrl-C stops)"; tail -f "$$($(PYTHON) -m training.run log $(RESULTS))"; fi
+	else echo "no NVIDIA GPU: following the newest run's log (Ctrl-C stops)"; tail -f "$$($(PYTHON) -m training.results log $(RESULTS))"; fi
 
 # Checkpoints and generated images (sample.py's sample.png, sample_ddp.py's samples/).
 OUTPUTS ?= samples sample.png

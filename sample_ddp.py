@@ -30,6 +30,7 @@ from accelerate.utils import gather_object
 from PIL import Image
 from tqdm.auto import tqdm
 
+from common.checkpoint import write_text_atomic
 from common.cli import check_writable_dir, first_paragraph, run_cli, use_local_rank
 from common.monitor import to_uint8
 from common.setup import setup_accelerator
@@ -44,7 +45,6 @@ from evaluations.sampling_cli import (
 )
 from models.pretrained import build_for_sampling, load_codec, resolve_sampling_config
 from models.weights import sha256_of
-from training.run import write_text_atomic
 
 
 def parse_args(argv=None) -> argparse.Namespace:

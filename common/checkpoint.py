@@ -63,6 +63,13 @@ def copy_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> None:
         raise
 
 
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """``path`` holds ``text``, or (interrupted) what it held before."""
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def keep_newest(folder: str | os.PathLike, keep: int) -> list[Path]:
     """Delete all but the ``keep`` newest ``NNNNNNN.pt`` checkpoints in ``folder``; returns what was removed."""
     found = sorted(Path(folder).glob("[0-9]*.pt"), key=lambda p: int(p.stem))

@@ -232,6 +232,12 @@ RESUME_KEYS = ("model", "image_size", "num_classes", "vae", "global_batch_size",
                "encoder_depth", "proj_coeff", "cls", "path_type", "weighting", "noise_schedule", "cfg_prob", "fsdp")
 
 
+def optimizer_flags(args: argparse.Namespace) -> dict:
+    """AdamW's and the EMA's settings and the gradient clipping, as DiT's, REPA's and REPA-E's flags name them."""
+    return dict(lr=args.lr, betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay,
+                eps=args.adam_epsilon, ema_decay=args.ema_decay, max_grad_norm=args.max_grad_norm)
+
+
 def build_method(args: argparse.Namespace, dataset, codec, device) -> DenoisingMethod:
     """The network (sized by the data and codec), its objective and its method, as the flags say.
     SiT models with alignment load their frozen encoders here."""
@@ -252,9 +258,8 @@ def build_method(args: argparse.Namespace, dataset, codec, device) -> DenoisingM
     if encoders:
         check_token_counts(encoders, model.x_embedder.num_patches, args.image_size, args.model)
     lr = partial(lr_at, schedule=args.lr_schedule, warmup_steps=args.lr_warmup_steps, min_lr=args.min_lr)
-    common = dict(lr=args.lr, betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay,
-                  eps=args.adam_epsilon, ema_decay=args.ema_decay, max_grad_norm=args.max_grad_norm,
-                  model_kwargs=model_kwargs, lr_schedule=lambda step, base, total: lr(step, base, total_steps=total))
+    common = dict(optimizer_flags(args), model_kwargs=model_kwargs,
+                  lr_schedule=lambda step, base, total: lr(step, base, total_steps=total))
     batches = Batches(dataset, codec, device)
     record = partial(sampling_record, model, args.model, args.image_size, args.num_classes, args.vae,
                      dataset=args.dataset)

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from imagedata.h5 import CONVERT
+from methods.denoising_cli import optimizer_flags
 from models import MODEL_NAMES
 
 REPAE_DATASETS = ("h5", "builtin", "folder")
@@ -170,39 +171,52 @@ def check_latents_vae(dataset, vae_ckpt: str) -> None:
                          f"{recorded[:12]}...); pass the VAE they were cached with, or cache them with this one")
 
 
-def build_ldm_method(args: argparse.Namespace, dataset, device):
-    """``train_ldm_only.py``: the SiT (latent BatchNorm at the frozen VAE's statistics) on cached latents."""
-    from loss.denoising import InterpolantObjective
+def build_sit(args: argparse.Namespace, device, bn_momentum: float, align_vae: bool = False):
+    """``(vae, sit, encoders, model_kwargs)``: the VAE (weights and latent statistics from --vae-ckpt), the frozen
+    encoders (for the SiT's projection loss, or ``align_vae``: the VAE's) and the SiT, its latent BatchNorm at
+    the VAE's latent statistics."""
     from methods.alignment import check_token_counts
-    from methods.denoising import LDMOnlyMethod
     from methods.repae import load_latents_stats
     from models import create_model
     from models.encoders import load_encoders
-    from models.vae import VAE_models, VAECodec, load_vae_weights
-    from training.data import Batches
+    from models.vae import VAE_models, load_vae_weights
 
     vae = VAE_models[args.vae]()
     load_vae_weights(vae, args.vae_ckpt)
-    check_latents_vae(dataset, args.vae_ckpt)
     stats = load_latents_stats(args.vae_ckpt)
-    channels, size, _ = dataset.latent_shape
-    if channels != vae.latent_channels or size * vae.downsample != args.image_size:
-        raise ValueError(f"{dataset.latents_path} holds {channels} x {size} x {size} latents, not those of the "
-                         f"{args.vae} VAE at --resolution {args.image_size}; cache them with that VAE")
-    encoders = load_encoders(args.enc_type, device, args.image_size) if args.proj_coeff > 0 else []
-    model_kwargs = dict(input_size=size, in_channels=channels, num_classes=args.num_classes,
-                        class_dropout_prob=args.cfg_prob, z_dims=[e.embed_dim for e in encoders],
-                        encoder_depth=args.encoder_depth, qk_norm=args.qk_norm, bn_momentum=0.1)
+    if args.image_size % vae.downsample:
+        raise ValueError(f"--resolution {args.image_size} is not a multiple of the VAE's downsampling {vae.downsample}")
+    if stats["latents_scale"].numel() != vae.latent_channels:
+        raise ValueError(f"{args.vae_ckpt}: its latent statistics have {stats['latents_scale'].numel()} channels, "
+                         f"the {args.vae} VAE {vae.latent_channels}")
+    encoders = load_encoders(args.enc_type, device, args.image_size) if args.proj_coeff > 0 or align_vae else []
+    model_kwargs = dict(input_size=args.image_size // vae.downsample, in_channels=vae.latent_channels,
+                        num_classes=args.num_classes, class_dropout_prob=args.cfg_prob,
+                        z_dims=[e.embed_dim for e in encoders], encoder_depth=args.encoder_depth,
+                        qk_norm=args.qk_norm, bn_momentum=bn_momentum)
     sit = create_model(args.model, **model_kwargs)
     if encoders:
         check_token_counts(encoders, sit.x_embedder.num_patches, args.image_size, args.model)
     sit.init_bn(stats["latents_scale"], stats["latents_bias"])
+    return vae, sit, encoders, model_kwargs
+
+
+def build_ldm_method(args: argparse.Namespace, dataset, device):
+    """``train_ldm_only.py``: the SiT (latent BatchNorm at the frozen VAE's statistics) on cached latents."""
+    from loss.denoising import InterpolantObjective
+    from methods.denoising import LDMOnlyMethod
+    from models.vae import VAECodec
+    from training.data import Batches
+
+    vae, sit, encoders, model_kwargs = build_sit(args, device, bn_momentum=0.1)
+    check_latents_vae(dataset, args.vae_ckpt)
+    shape, size = tuple(dataset.latent_shape), model_kwargs["input_size"]
+    if shape != (model_kwargs["in_channels"], size, size):
+        raise ValueError(f"{dataset.latents_path} holds {' x '.join(map(str, shape))} latents, not those of the "
+                         f"{args.vae} VAE at --resolution {args.image_size}; cache them with that VAE")
     objective = InterpolantObjective(args.path_type, args.weighting, args.prediction, args.proj_coeff)
-    method = LDMOnlyMethod(sit, objective, Batches(dataset, None, device),
-                           encoders=encoders, num_classes=args.num_classes, lr=args.lr,
-                           betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay,
-                           eps=args.adam_epsilon, ema_decay=args.ema_decay, max_grad_norm=args.max_grad_norm,
-                           model_kwargs=model_kwargs, sampling={"path_type": args.path_type})
+    method = LDMOnlyMethod(sit, objective, Batches(dataset, None, device), encoders=encoders, num_classes=args.num_classes,
+                           model_kwargs=model_kwargs, sampling={"path_type": args.path_type}, **optimizer_flags(args))
     method.codec = VAECodec(vae.to(device).eval().requires_grad_(False))  # the frozen VAE decodes the samples
     method.sampling_record = repae_record(args, sit, vae_weights=args.vae_ckpt)
     return method
@@ -218,38 +232,18 @@ def repae_record(args, sit, vae_weights: str, dataset: str | None = None) -> dic
 
 
 def build_method(args: argparse.Namespace, dataset, device):
-    """The VAE (weights and latent statistics from --vae-ckpt), the SiT with its latent BatchNorm, the
-    discriminator, the losses and the frozen encoders, as ``REPAEMethod``."""
+    """The VAE, the SiT with its latent BatchNorm (``build_sit``), the discriminator, the losses and the frozen
+    encoders, as ``REPAEMethod``."""
     from loss.autoencoder import VAELoss, load_loss_config
     from loss.denoising import InterpolantObjective
     from loss.perceptual import PerceptualLoss
-    from methods.alignment import check_token_counts
-    from methods.repae import REPAEMethod, load_latents_stats
-    from models import create_model
+    from methods.repae import REPAEMethod
     from models.discriminator import NLayerDiscriminator
-    from models.encoders import load_encoders
-    from models.vae import PixelCodec, VAE_models, load_vae_weights
+    from models.vae import PixelCodec
     from training.data import Batches
 
     loss_config = load_loss_config(args.loss_cfg_path)
-    vae = VAE_models[args.vae]()
-    load_vae_weights(vae, args.vae_ckpt)
-    stats = load_latents_stats(args.vae_ckpt)
-    if args.image_size % vae.downsample:
-        raise ValueError(f"--resolution {args.image_size} is not a multiple of the VAE's downsampling {vae.downsample}")
-    encoders = load_encoders(args.enc_type, device, args.image_size) if args.proj_coeff > 0 or \
-        args.vae_align_proj_coeff > 0 else []
-    model_kwargs = dict(input_size=args.image_size // vae.downsample, in_channels=vae.latent_channels,
-                        num_classes=args.num_classes, class_dropout_prob=args.cfg_prob,
-                        z_dims=[e.embed_dim for e in encoders], encoder_depth=args.encoder_depth,
-                        qk_norm=args.qk_norm, bn_momentum=args.bn_momentum)
-    sit = create_model(args.model, **model_kwargs)
-    if encoders:
-        check_token_counts(encoders, sit.x_embedder.num_patches, args.image_size, args.model)
-    if stats["latents_scale"].numel() != vae.latent_channels:
-        raise ValueError(f"{args.vae_ckpt}: its latent statistics have {stats['latents_scale'].numel()} channels, "
-                         f"the {args.vae} VAE {vae.latent_channels}")
-    sit.init_bn(stats["latents_scale"], stats["latents_bias"])
+    vae, sit, encoders, model_kwargs = build_sit(args, device, args.bn_momentum, args.vae_align_proj_coeff > 0)
     discriminator = NLayerDiscriminator()
     if args.disc_pretrained_ckpt:
         if not Path(args.disc_pretrained_ckpt).is_file():
@@ -258,12 +252,9 @@ def build_method(args: argparse.Namespace, dataset, device):
     perceptual = PerceptualLoss(random_backbone=args.lpips_random, vgg_path=args.lpips_vgg).to(device) \
         if loss_config.perceptual_weight > 0 else None
     objective = InterpolantObjective(args.path_type, args.weighting, args.prediction, args.proj_coeff)
-    batches = Batches(dataset, PixelCodec(), device)
-    method = REPAEMethod(sit, vae, discriminator, objective, VAELoss(loss_config, perceptual), encoders, batches,
-                         lr=args.lr, vae_lr=args.vae_learning_rate, disc_lr=args.disc_learning_rate,
-                         betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay,
-                         eps=args.adam_epsilon, ema_decay=args.ema_decay, max_grad_norm=args.max_grad_norm,
-                         vae_align_proj_coeff=args.vae_align_proj_coeff, model_kwargs=model_kwargs,
-                         sampling={"path_type": args.path_type})
+    method = REPAEMethod(sit, vae, discriminator, objective, VAELoss(loss_config, perceptual), encoders,
+                         Batches(dataset, PixelCodec(), device), vae_lr=args.vae_learning_rate,
+                         disc_lr=args.disc_learning_rate, vae_align_proj_coeff=args.vae_align_proj_coeff,
+                         model_kwargs=model_kwargs, sampling={"path_type": args.path_type}, **optimizer_flags(args))
     method.sampling_record = repae_record(args, sit, "vae", args.dataset)  # the tuned VAE is in the checkpoint
     return method

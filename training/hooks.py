@@ -12,7 +12,7 @@ import torch
 from common import checkpoint as ckpt_io
 from common.monitor import MetricsLog
 from training.overfit import overfit_report
-from training.run import summary
+from training.results import summary
 from training.visual import InceptionCurve, evaluate_builtin, sample_grid
 
 

@@ -1,22 +1,17 @@
-"""Run folders and logging: ``results/NNN-<model>/`` with ``log.txt``, ``args.json``,
-``checkpoints/`` (``checkpoints_overfit/``), ``samples/`` and the training curves; and what a
-results folder holds, for ``make status``, ``make generate`` and ``make monitor``:
-
-  python -m training.run status [results]   # every run: model, steps, last loss, checkpoints
-  python -m training.run newest [results]   # path of the newest checkpoint (any run, any mode)
-  python -m training.run log [results]      # path of the newest run's log.txt
+"""Run folders: ``results/NNN-<model>/`` (DiT) or ``{results-dir}/{exp-name}/`` (REPA), planned before
+anything is written, then opened with ``log.txt``, ``args.json``, the trackers and the records a resumed run
+keeps. What a folder holds, read back, is ``training/results.py``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.checkpoint import latest_checkpoint, remove_partial_writes
+from common.checkpoint import latest_checkpoint, remove_partial_writes, write_text_atomic
 
 
 def checkpoint_dir(overfit: bool = False) -> str:
@@ -31,17 +26,11 @@ def create_run_dir(results_dir: str | Path, model_name: str, exp_name: str | Non
     ``{results_dir}/{exp_name}`` when the run is named (REPA's ``--exp-name``)."""
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
-    if exp_name:
-        run_dir = results_dir / exp_name
-        (run_dir / ckpt_subdir).mkdir(parents=True, exist_ok=True)
-        (run_dir / "samples").mkdir(exist_ok=True)
-        return run_dir
     indices = [int(p.name.split("-", 1)[0]) for p in results_dir.iterdir()
                if p.is_dir() and p.name.split("-", 1)[0].isdigit()]
-    index = max(indices, default=-1) + 1
-    run_dir = results_dir / f"{index:03d}-{model_name.replace('/', '-')}"
-    (run_dir / ckpt_subdir).mkdir(parents=True)
-    (run_dir / "samples").mkdir()
+    run_dir = results_dir / (exp_name or f"{max(indices, default=-1) + 1:03d}-{model_name.replace('/', '-')}")
+    (run_dir / ckpt_subdir).mkdir(parents=True, exist_ok=bool(exp_name))
+    (run_dir / "samples").mkdir(exist_ok=bool(exp_name))
     return run_dir
 
 
@@ -129,12 +118,6 @@ def keep_records_until(source: Path, target: Path, step: int) -> None:
                 latest.unlink(missing_ok=True)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = Path(path).with_name(Path(path).name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def create_logger(run_dir: Path | None, is_main: bool = True) -> logging.Logger:
     """Log to stdout and ``run_dir/log.txt`` on the main process; silent elsewhere."""
     logger = logging.getLogger("diffusion-lab")
@@ -152,32 +135,6 @@ def create_logger(run_dir: Path | None, is_main: bool = True) -> logging.Logger:
         logger.addHandler(h)
     logger.setLevel(logging.INFO)
     return logger
-
-
-RUN_FILES = {  # what a person opens in a run folder, and what it shows
-    "loss.png": "the training loss and learning rate against steps",
-    "samples": "sample grids of fixed noise over training (the EMA's; a distilled generator's own), a row a class",
-    "eval_samples.png": "the EMA samples the proxy metrics scored, one row per class",
-    "overfit_samples.png": "each class's samples beside their nearest training images",
-    "overfit_report.json": "pixel error of the samples to their training images",
-    "inception_metrics.jsonl": "FID, sFID, IS, precision and recall over training",
-}
-
-
-def summary(run_dir: Path, steps: int, num_classes: int) -> list[str]:
-    """The lines a run ends with: where its outputs are and what they show; the last line reads out the
-    proxy metrics against chance and against real images, when the run scored any."""
-    lines = [f"done after {steps:,} steps; run folder {run_dir}:"]
-    lines += [f"  {name + ('/' if name == 'samples' else ''):<24}{what}" for name, what in RUN_FILES.items()
-              if (Path(run_dir) / name).exists()]
-    lines.append(f"  {'checkpoints*/':<24}" + ", ".join(f"{c.parent.name}/{c.name}" for c in checkpoints(run_dir)))
-    proxy = Path(run_dir) / "proxy_metrics.json"
-    if proxy.is_file():
-        r = json.loads(proxy.read_text())
-        lines.append(f"{proxy}: class accuracy {r['class_accuracy']:.3f} (chance {1 / num_classes:.2f}, real "
-                     f"images {r['real_class_accuracy']:.2f}), proxy FD {r['proxy_fd']:.1f} (real images "
-                     f"{r['real_proxy_fd']:.1f}; lower is better) of {r['samples']} EMA samples at step {r['step']}")
-    return lines
 
 
 def open_run(accelerator, run_folder: RunFolder, ckpt_subdir: str, record: dict, data: str, tracker_note: str | None,
@@ -214,75 +171,3 @@ def save_args(run_dir: Path, record: dict) -> None:
 
 
 CHECKPOINT_DIRS = (checkpoint_dir(False), checkpoint_dir(True))
-
-
-def checkpoints(run_dir: Path) -> list[Path]:
-    """A run's checkpoints (training and overfit), oldest step first."""
-    found = [p for sub in CHECKPOINT_DIRS for p in Path(run_dir, sub).glob("[0-9]*.pt")]
-    return sorted(found, key=lambda p: (int(p.stem), p.parent.name))
-
-
-def runs(results_dir: str | Path) -> list[Path]:
-    """Run folders (those holding ``args.json``), by name."""
-    root = Path(results_dir)
-    return sorted(p.parent for p in root.glob("*/args.json")) if root.is_dir() else []
-
-
-def newest_checkpoint(results_dir: str | Path) -> Path:
-    """The most recently written checkpoint of any run under ``results_dir``."""
-    found = [c for run in runs(results_dir) for c in checkpoints(run)]
-    if not found:
-        raise ValueError(f"no checkpoints under {results_dir}/*/checkpoints*/; train first (make train, make overfit "
-                         "or make quick-test) or pass a checkpoint to sample.py --ckpt")
-    return max(found, key=lambda p: (p.stat().st_mtime, int(p.stem)))
-
-
-def last_record(run_dir: Path) -> dict:
-    lines = Path(run_dir, "metrics.jsonl").read_text().splitlines() if Path(run_dir, "metrics.jsonl").exists() else []
-    return json.loads(lines[-1]) if lines else {}
-
-
-def status(results_dir: str | Path) -> str:
-    """One block per run: model, mode, last logged step and loss, checkpoints, reports."""
-    found = runs(results_dir)
-    if not found:
-        return f"no runs under {results_dir}/"
-    lines = []
-    for run in found:
-        args = json.loads(Path(run, "args.json").read_text())
-        rec, ckpts = last_record(run), checkpoints(run)
-        mode = f"overfit ({args.get('samples')} per class)" if args.get("overfit") else "training"
-        loss = f"loss {rec['loss']:.4g} at step {rec['step']}" if "loss" in rec else "no step logged yet"
-        lines.append(f"{run.name}: {args.get('model')} {args.get('image_size')}px on {args.get('dataset') or 'data'}, "
-                     f"{mode}; {loss}")
-        lines.append(f"  checkpoints: {', '.join(f'{c.parent.name}/{c.name}' for c in ckpts) or 'none'}")
-        for report in ("proxy_metrics.json", "overfit_report.json"):
-            if Path(run, report).exists():
-                values = json.loads(Path(run, report).read_text())
-                shown = {k: v for k, v in values.items() if isinstance(v, float) and k != "cfg_scale"}
-                lines.append(f"  {report}: " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()))
-    return "\n".join(lines)
-
-
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description="Runs and checkpoints in a results folder")
-    p.add_argument("command", choices=["status", "newest", "log"])
-    p.add_argument("results_dir", nargs="?", default="results")
-    args = p.parse_args(argv)
-    try:
-        if args.command == "status":
-            print(status(args.results_dir))
-        elif args.command == "newest":
-            print(newest_checkpoint(args.results_dir))
-        else:
-            found = runs(args.results_dir)
-            if not found:
-                raise ValueError(f"no runs under {args.results_dir}/")
-            print(max((r / "log.txt" for r in found), key=lambda p: p.stat().st_mtime if p.exists() else 0))
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
-
-
-if __name__ == "__main__":
-    main()
