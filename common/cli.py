@@ -53,6 +53,15 @@ def check_plain_name(name: str, flag: str) -> None:
         raise ValueError(f"{flag} {name!r}: give a plain name without folders (choose the folder with its own flag)")
 
 
+def require_positive(args: argparse.Namespace, *names: str, flag=lambda name: "--" + name.replace("_", "-")) -> None:
+    """One line for the first of the flags ``names`` whose value is not positive (None: not given)."""
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and value <= 0:
+            raise ValueError(f"{flag(name)} must be positive{' (at least 1)' if isinstance(value, int) else ''}, "
+                             f"not {value}")
+
+
 def first_paragraph(doc: str) -> str:
     """A script's ``--help`` description: the first paragraph of its docstring, as one line."""
     return " ".join(doc.strip().split("\n\n")[0].split())

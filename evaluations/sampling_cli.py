@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from common.cli import add_local_rank
+from common.cli import add_local_rank, require_positive
 from diffusion.pipeline import DDPM_SAMPLERS, EDM_SAMPLER, FEW_STEP, FLOW_SAMPLERS, SAMPLERS, default_sampler
 from models import MODEL_NAMES
 from models.pretrained import SIT_PATH_TYPES
@@ -90,10 +90,7 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
 
 def check_sampling_args(args) -> None:
     """Counts that must be positive, refused before anything is loaded or written."""
-    for name in ("num_sampling_steps", "per_proc_batch_size", "num_fid_samples", "samples", "cfg_channels"):
-        value = getattr(args, name, None)
-        if value is not None and value <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive, not {value}")
+    require_positive(args, "num_sampling_steps", "per_proc_batch_size", "num_fid_samples", "samples", "cfg_channels")
 
 
 def is_flow_config(cfg: dict) -> bool:

@@ -16,6 +16,7 @@ from functools import partial
 from pathlib import Path
 
 from common import checkpoint as ckpt_io
+from common.cli import require_positive
 from diffusion import NOISE_SCHEDULES
 from diffusion.pipeline import diffusion_for
 from imagedata.inputs import latent_shape
@@ -194,11 +195,8 @@ def validate(args: argparse.Namespace) -> None:
     resolve_family_flags(args)
     if args.image_size % 8 != 0:
         raise ValueError(f"--image-size {args.image_size} is not divisible by 8 (the VAE downsamples by 8)")
-    for name in ("global_batch_size", "log_every", "ckpt_every", "epochs", "num_classes", "gradient_accumulation_steps"):
-        if getattr(args, name) <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive")
-    if args.max_steps is not None and args.max_steps <= 0:
-        raise ValueError("--max-steps must be positive")
+    require_positive(args, "global_batch_size", "log_every", "ckpt_every", "epochs", "num_classes",
+                     "gradient_accumulation_steps", "max_steps")
     if args.eval_every < 0 or args.eval_samples <= 0 or args.eval_sampling_steps <= 0:
         raise ValueError("--eval-every must be >= 0, --eval-samples and --eval-sampling-steps positive")
     if not 0 <= args.cfg_prob < 1:

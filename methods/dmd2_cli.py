@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from common.cli import use_local_rank
+from common.cli import require_positive, use_local_rank
 from methods.dmd2_teacher import GRID, DDPMTeacher, FlowTeacher, Teacher
 from methods.dmd2_text import is_diffusers_folder, load_text_teacher
 
@@ -170,9 +170,8 @@ def validate(args: argparse.Namespace) -> None:
         raise ValueError(f"--teacher {args.teacher} does not exist")
     if not 0 <= args.min_step_percent < args.max_step_percent <= 1:
         raise ValueError("--min_step_percent and --max_step_percent must satisfy 0 <= min < max <= 1")
-    for name in ("batch_size", "dfake_gen_update_ratio", "train_iters", "log_iters", "wandb_iters", "num_denoising_step"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name} must be at least 1")
+    require_positive(args, "batch_size", "dfake_gen_update_ratio", "train_iters", "log_iters", "wandb_iters",
+                     "num_denoising_step", "max_checkpoint", "grid_size", flag="--{}".format)
     if args.backward_simulation and not args.denoising:
         raise ValueError("--backward_simulation simulates the steps of a few-step generator: add --denoising")
     if args.num_denoising_step > 1 and not args.denoising:
@@ -208,9 +207,6 @@ def validate(args: argparse.Namespace) -> None:
     if args.num_train_timesteps != GRID:
         raise ValueError(f"--num_train_timesteps {args.num_train_timesteps}: every teacher here is read on a grid "
                          f"of {GRID} levels, as DMD2's")
-    for name in ("max_checkpoint", "grid_size"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name} must be at least 1")
     for name in ("ckpt_only_path", "generator_ckpt_path"):
         given = getattr(args, name)
         if given is not None and args.checkpoint_path is not None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from common.cli import require_positive
 from imagedata.h5 import CONVERT
 from methods.denoising_cli import optimizer_flags
 from models import MODEL_NAMES
@@ -92,6 +93,14 @@ def parse_args(argv=None, description: str | None = None, ldm_only: bool = False
     return p.parse_args(argv)
 
 
+# REPA-E's spelling of the flags whose destination has another name
+FLAGS = {"global_batch_size": "--batch-size", "ckpt_every": "--checkpointing-steps", "max_steps": "--max-train-steps"}
+
+
+def flag_of(name: str) -> str:
+    return FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
 # Resuming is re-running the same command: the settings that shape the run must match.
 LDM_RESUME_KEYS = ("model", "vae", "image_size", "num_classes", "global_batch_size", "global_seed", "enc_type",
                    "encoder_depth", "proj_coeff", "path_type", "weighting", "cfg_prob")
@@ -128,10 +137,8 @@ def validate(args: argparse.Namespace, ldm_only: bool = False) -> None:
                          f"{', '.join(m for m in MODEL_NAMES if m.startswith('SiT-'))}")
     if not args.fused_attn:
         raise ValueError("--no-fused-attn: attention always runs torch's scaled_dot_product_attention here")
-    for name in ("global_batch_size", "ckpt_every", "sampling_steps", "max_steps", "epochs", "log_every",
-                 "gradient_accumulation_steps", "num_classes"):
-        if getattr(args, name) <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive")
+    require_positive(args, "global_batch_size", "ckpt_every", "sampling_steps", "max_steps", "epochs", "log_every",
+                     "gradient_accumulation_steps", "num_classes", flag=flag_of)
     if args.proj_coeff < 0 or not ldm_only and args.vae_align_proj_coeff < 0:
         raise ValueError("--proj-coeff and --vae-align-proj-coeff must be >= 0")
     if not ldm_only and args.dataset is None:

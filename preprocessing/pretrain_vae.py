@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common.checkpoint import save_atomic  # noqa: E402
-from common.cli import check_plain_name, first_paragraph, run_cli  # noqa: E402
+from common.cli import check_plain_name, first_paragraph, require_positive, run_cli  # noqa: E402
 from diffusion.network import unwrap  # noqa: E402
 from imagedata.h5 import H5Images  # noqa: E402
 from loss.autoencoder import LossConfig, VAELoss  # noqa: E402
@@ -88,9 +88,7 @@ def main(args: argparse.Namespace) -> Path:
     if weights.is_file() and stats_file.is_file():
         print(f"{weights} and its latent statistics exist: nothing to do (delete them to pretrain again)")
         return weights
-    for name in ("max_train_steps", "batch_size", "stats_images"):
-        if getattr(args, name) <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive")
+    require_positive(args, "max_train_steps", "batch_size", "stats_images")
     built = {}
 
     def build(process):

@@ -80,3 +80,17 @@ def test_other_os_errors_are_one_line_naming_the_path():
 
     error = PermissionError(13, "Permission denied", "/data/locked")
     assert one_line(error) == "Permission denied: /data/locked (check the path and its permissions)"
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--batch-size", "0"], "--batch-size must be positive (at least 1), not 0"),
+    (["--checkpointing-steps", "-5"], "--checkpointing-steps must be positive"),
+    (["--max-train-steps", "0"], "--max-train-steps must be positive"),
+])
+def test_repae_refusals_name_repae_s_own_flags(flags, needle):
+    """A refused count is named as REPA-E spells it, not by its destination (global_batch_size, ckpt_every)."""
+    from methods.repae_cli import parse_args, validate
+
+    with pytest.raises(ValueError) as error:
+        validate(parse_args(["--exp-name", "x", "--dataset", "builtin", *flags]))
+    assert needle in str(error.value)
