@@ -28,7 +28,6 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
@@ -37,10 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common.cli import first_paragraph, run_cli  # noqa: E402
 from common.setup import enable_tf32  # noqa: E402
 from diffusion import create_diffusion  # noqa: E402
+from imagedata.inputs import Images  # noqa: E402
+from imagedata.latents import LatentDataset  # noqa: E402
 from loss.denoising import DDPMObjective  # noqa: E402
-from methods.denoising import Batches, DenoisingMethod  # noqa: E402
+from methods.denoising import DenoisingMethod  # noqa: E402
 from models import MODEL_NAMES, create_model  # noqa: E402
 from models.vae import HUB_NAMES, SD_VAE_SCALE, PixelCodec, load_vae  # noqa: E402
+from training.data import Batches  # noqa: E402
 from training.engine import Engine  # noqa: E402
 from training.throughput import mfu, peak_flops, train_flops_per_sample  # noqa: E402
 
@@ -155,6 +157,13 @@ def synthetic_batches(args: argparse.Namespace, channels: int, size: int, device
         yield from zip(x.split(micro), y.split(micro))
 
 
+class CachedLatents:
+    """The stored form of a latent cache (``imagedata/latents.py``) without its files: synthetic moments."""
+
+    scale = SD_VAE_SCALE
+    model_input = LatentDataset.model_input
+
+
 def measure(args: argparse.Namespace, precision: str, device: torch.device) -> dict:
     """Build the DDPM method and the engine as train.py does, run warm-up and timed steps, return the record."""
     channels, down = latent_geometry(args.vae)
@@ -166,9 +175,9 @@ def measure(args: argparse.Namespace, precision: str, device: torch.device) -> d
     accelerator = accelerator_for(precision, args.compile)
     model = create_model(args.model, input_size=size, num_classes=args.num_classes, in_channels=channels)
     n_params = sum(p.numel() for p in model.parameters())
-    kind, data = ("builtin", None) if args.vae == "none" else ("latents", SimpleNamespace(scale=SD_VAE_SCALE))
+    stored = Images() if args.vae == "none" else CachedLatents()
     method = DenoisingMethod(model, DDPMObjective(create_diffusion(timestep_respacing="")),
-                             Batches(kind, PixelCodec(), data, device), lr=LR, ema_decay=EMA_DECAY)
+                             Batches(stored, PixelCodec(), device), lr=LR, ema_decay=EMA_DECAY)
     engine = Engine(accelerator, method, grad_accum=batch // micro)
     engine.init_emas()
     model.train()
