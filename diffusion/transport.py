@@ -4,9 +4,10 @@ Time runs from t=0 (data) to t=1 (noise): ``x_t = alpha_t x + sigma_t eps`` and 
 predicts the velocity ``v = d_alpha_t x + d_sigma_t eps`` (REPA ``loss.py``, ``SILoss``).
 
 The codebases this repository reproduces use three conventions; this table is the one place
-that lists them side by side (SiT's own ``transport/`` is not reimplemented here: REPA and REG
-train and sample SiT models with the maths of this module, and weights trained in SiT's time are
-read in REPA's by ``models.sit.SiT(time_convention="sit")``: ``v(x, t) = -u(x, 1 - t)``).
+that lists them side by side. SiT's own transport (its three paths, three targets, ODE and SDE samplers and
+likelihood) is ``diffusion/sit_transport.py`` and ``diffusion/sit_samplers.py``, in SiT's time; REPA and REG
+train and sample SiT models with the maths of this module, and weights trained in SiT's time are read in
+REPA's by ``models.sit.SiT(time_convention="sit")``: ``v(x, t) = -u(x, 1 - t)``.
 
 =============  ==============================  ==========================  =====================
                DiT (``gaussian_diffusion``)    SiT (its ``transport/``)    REPA / REG (here)
