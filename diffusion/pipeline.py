@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .denoiser import ddpm_sigmas, denoiser_for, eps_model, noised, velocity_model
-from .guidance import guided_ddpm_model
+from .guidance import DIT_GUIDED_CHANNELS, combine_cfg, guided_ddpm_model
 from .network import contract
 
 DDPM_SAMPLERS = ("ddpm", "ddim")  # GaussianDiffusion loops on respaced integer steps
@@ -206,3 +206,68 @@ def generate(model, noise: torch.Tensor, labels: torch.Tensor, *, sampler: str, 
         else:
             out = euler_maruyama_sampler(fn, noise, labels, **common)
     return den.denormalize(out.to(noise.dtype))
+
+
+SIT_MODES = ("ODE", "SDE")
+SIT_PATHS = {"Linear": "linear", "GVP": "cosine"}  # SiT's paths that REPA's interpolants also have
+
+
+def sit_network(model, *, path_type: str = "Linear", noise_schedule: str = "linear", cfg_scale: float = 1.0,
+                doubled: bool = False):
+    """Any model as SiT's samplers call it: ``(x, t, y) -> u``, the velocity in SiT's time (t=0 noise),
+    ``u(x, t) = -v(x, 1 - t)`` of the model's velocity in REPA's time (``diffusion.denoiser.velocity_model``).
+    ``doubled``: the batch is ``[x; x']`` with labels ``[y; null]`` and guidance is SiT's ``forward_with_cfg``
+    (the first half's input twice, the first three channels guided, the rest each half's own)."""
+    net = contract(model)
+    if net.generator_sigmas:
+        raise ValueError("a distilled generator samples with its own steps: leave out the ODE / SDE mode")
+    if net.cls_token_dim:
+        raise ValueError("SiT's samplers do not step REG's class token: sample REG with generate.py --mode sde")
+    if path_type not in SIT_PATHS:
+        raise ValueError(f"--path-type {path_type}: a velocity on SiT's VP path needs a model trained on it; "
+                         f"sample this one with {' or '.join(SIT_PATHS)}")
+    velocity = velocity_model(denoiser_for(model, base_alphas_cumprod(noise_schedule), SIT_PATHS[path_type]),
+                              SIT_PATHS[path_type])
+
+    def u(x, t, y):
+        if not doubled:
+            return -velocity(x, 1 - t, y=y)[0]
+        half = x[: len(x) // 2]
+        out = -velocity(torch.cat([half, half]), 1 - t, y=y)[0]
+        return combine_cfg(out, cfg_scale, DIT_GUIDED_CHANNELS)
+
+    return u
+
+
+def generate_sit(model, noise: torch.Tensor, labels: torch.Tensor, *, mode: str, transport, num_steps: int,
+                 cfg_scale: float = 1.0, num_classes: int = 1000, noise_schedule: str = "linear", double: bool = False,
+                 progress: bool = False, **options) -> torch.Tensor:
+    """Latents from ``noise`` with SiT's ``mode`` (``ODE``: ``sample_ode``'s ``sampling_method``, ``atol``,
+    ``rtol``, ``reverse``; ``SDE``: ``sample_sde``'s options) on ``transport``, any model. Guidance doubles the
+    batch as SiT's scripts do (so the SDE draws the same noise as theirs); ``double`` doubles it without
+    guidance, as SiT's ``sample.py`` always does."""
+    from .sit_samplers import sample_ode, sample_sde
+
+    doubled = double or cfg_scale > 1.0
+    if cfg_scale > 1.0 and contract(model).null_class is None:
+        raise ValueError(f"--cfg-scale {cfg_scale} needs the null class, which this model never learned; use 1")
+    u = sit_network(model, path_type=transport.path.name, noise_schedule=noise_schedule, cfg_scale=cfg_scale,
+                    doubled=doubled)
+    x, y = noise, labels
+    if doubled:
+        x, y = torch.cat([noise, noise]), torch.cat([labels, torch.full_like(labels, num_classes)])
+    if mode == "ODE":
+        out = sample_ode(transport, u, x, num_steps=num_steps, y=y, **options)[-1]
+    else:
+        out = sample_sde(transport, u, x, num_steps=num_steps, progress=progress, y=y, **options)[-1]
+    return denoiser_for(model, base_alphas_cumprod(noise_schedule), SIT_PATHS[transport.path.name]).denormalize(
+        out[: len(noise)].to(noise.dtype))
+
+
+def sit_likelihood(model, x: torch.Tensor, labels: torch.Tensor, *, transport, num_steps: int,
+                   noise_schedule: str = "linear", **options) -> torch.Tensor:
+    """log p(x | y) in nats per sample under the model's probability-flow ODE (SiT's likelihood; unguided)."""
+    from .sit_samplers import ode_likelihood
+
+    u = sit_network(model, path_type=transport.path.name, noise_schedule=noise_schedule)
+    return ode_likelihood(transport, u, x, num_steps=num_steps, y=labels, **options)[0]

@@ -28,22 +28,31 @@ OFFICIAL = {256: "DiT-XL-2-256x256.pt", 512: "DiT-XL-2-512x512.pt"}
 SIT_PATH_TYPES = {"Linear": "linear", "GVP": "cosine"}  # SiT's train.py --path-type -> REPA's path of that shape
 REPAE_VAES = ("f8d4", "f16d32", "tiny-f4d4")  # the trainable VAEs of models/vae.py (REPA-E)
 OFFICIAL_URL = "https://dl.fbaipublicfiles.com/DiT/models/{}"
+SIT_RELEASE = "SiT-XL-2-256x256.pt"  # SiT's download.py: its one release, fetched from this address
+SIT_RELEASE_URL = ("https://www.dl.dropboxusercontent.com/scl/fi/as9oeomcbub47de5g4be0/SiT-XL-2-256.pt"
+                   "?rlkey=uxzxmpicu46coq3msb17b9ofa&dl=0")
 PRETRAINED_DIR = Path(os.environ.get("DIFFUSION_LAB_PRETRAINED", "pretrained_models"))
 
 
-def find_official(image_size: int) -> Path:
-    """The official DiT-XL/2 file: in the working folder, in ``pretrained_models/``, or downloaded there."""
-    if image_size not in OFFICIAL:
-        raise ValueError(f"official DiT-XL/2 weights exist for --image-size 256 or 512, not {image_size}; "
-                         "pass --ckpt for your own model")
-    name = OFFICIAL[image_size]
+def find_official(image_size: int, model: str = "DiT-XL/2") -> Path:
+    """The official DiT-XL/2 file (or SiT-XL/2's release, 256 px only): in the working folder, in
+    ``pretrained_models/``, or downloaded there."""
+    sit = model == "SiT-XL/2"
+    if model not in ("DiT-XL/2", "SiT-XL/2"):
+        raise ValueError(f"only DiT-XL/2 and SiT-XL/2 have official weights, not {model}; pass --ckpt")
+    if image_size not in ((256,) if sit else OFFICIAL):
+        raise ValueError(f"official {model} weights exist for --image-size {'256' if sit else '256 or 512'}, not "
+                         f"{image_size}; pass --ckpt for your own model")
+    name = SIT_RELEASE if sit else OFFICIAL[image_size]
+    url = SIT_RELEASE_URL if sit else OFFICIAL_URL.format(name)
     for candidate in (Path(name), PRETRAINED_DIR / name):
         if candidate.is_file():
             return candidate
     target = PRETRAINED_DIR / name
-    if not hub.download(OFFICIAL_URL.format(name), target):
-        raise ValueError(f"{name} is not in ./ or {PRETRAINED_DIR}/ and cannot be downloaded; fetch "
-                         f"{OFFICIAL_URL.format(name)} and put it in {PRETRAINED_DIR}/ (or pass --ckpt)")
+    if not hub.download(url, target):
+        where = " (or from huggingface.co/nyu-visionx/SiT-collections)" if sit else ""
+        raise ValueError(f"{name} is not in ./ or {PRETRAINED_DIR}/ and cannot be downloaded; fetch {url}{where} "
+                         f"and put it in {PRETRAINED_DIR}/ (or pass --ckpt)")
     return target
 
 
@@ -151,9 +160,7 @@ def sampling_config(query: Query) -> tuple[dict, dict]:
     """``(state dict, settings)`` to sample a checkpoint with: the query's flags over what the checkpoint
     records (``read_record``), over the official defaults."""
     if query.ckpt is None:
-        if query.model not in (None, "DiT-XL/2"):
-            raise ValueError("only DiT-XL/2 has official weights; pass --ckpt for other models")
-        path = find_official(query.image_size or 256)
+        path = find_official(query.image_size or 256, query.model or query.default_model)
     else:
         path = Path(query.ckpt)
     if path.suffix == ".pkl":  # EDM's network pickle (edm-imagenet-64x64-cond-adm.pkl, network-snapshot-*.pkl)

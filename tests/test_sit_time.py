@@ -150,3 +150,17 @@ def test_sampling_scripts_take_sits_path_names(capsys):
     with pytest.raises(SystemExit):
         sample.parse_args(["--path-type", "VP"])
     assert "invalid choice: 'VP'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("cfg_scale", [1.0, REF["cfg_scale"]])
+def test_sits_ode_mode_samples_the_release_as_sit_does(tmp_path, cfg_scale):
+    """sample.py ODE's sampler (SiT's transport, the batch doubled for guidance as SiT's forward_with_cfg) on the
+    raw release against SiT's own euler ODE over linspace(0, 1, 9)."""
+    from diffusion.pipeline import generate_sit
+    from diffusion.sit_transport import create_transport
+
+    model = released(tmp_path)
+    with torch.no_grad():
+        out = generate_sit(model, REF["z"], REF["y"], mode="ODE", transport=create_transport("Linear"),
+                           num_steps=REF["ode_steps"], cfg_scale=cfg_scale, num_classes=10, sampling_method="euler")
+    torch.testing.assert_close(out, REF["ode" if cfg_scale == 1.0 else "ode_cfg"], atol=2e-5, rtol=1e-4)
