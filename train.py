@@ -16,6 +16,7 @@ method (``methods/denoising.py``); only then open the run folder; then the engin
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from common.cli import first_paragraph, run_cli
 from methods.denoising_cli import (
@@ -56,10 +57,10 @@ def main(args: argparse.Namespace) -> None:
         grad_accum=args.gradient_accumulation_steps, seed=args.global_seed, num_workers=args.num_workers,
         mixed_precision=args.mixed_precision, allow_tf32=use_tf32(args), shard=args.fsdp, log_every=args.log_every,
         checkpoints=Checkpoints(every=args.ckpt_every, folder=folder),
-        grids=Grids(every=args.ckpt_every, seed=args.global_seed),
+        grids=Grids(every=args.sample_every or args.ckpt_every, seed=args.global_seed),
         evaluation=Evaluation(args.eval_every, args.eval_samples, args.eval_sampling_steps, args.eval_cfg_scale,
                               args.eval_ref, args.inception_weights),
-        resume=Resume(resume, RESUME_KEYS),
+        resume=Resume(resume, RESUME_KEYS), initial=Path(args.ckpt) if args.ckpt else None,
         trackers=Trackers(args.report_to)))
 
 

@@ -11,6 +11,7 @@ A network of this repository declares, as class or instance attributes:
 - ``cls_token_dim``: REG's class token;
 - ``bn``: REPA-E's ``BatchNorm2d(affine=False)`` of the latents (the network samples normalised latents);
 - ``generator_sigmas``: a distilled few-step generator's noise levels (DMD2);
+- ``transport``: a SiT trained with SiT's own transport: its ``create_transport`` arguments (path, target, eps);
 - ``bottleneck_module()``: the module whose output DMD2's GAN head reads.
 
 ``contract(model)`` is the one reader: it looks through DDP, DataParallel and ``torch.compile`` (which forward
@@ -49,6 +50,13 @@ class Contract:
     cls_token_dim: int | None
     latent_norm: nn.Module | None
     generator_sigmas: tuple[float, ...] | None
+    transport: dict | None = None
+
+    @property
+    def sit_only(self) -> bool:
+        """A SiT whose transport only SiT's samplers read: the VP path, or a score or noise target."""
+        return bool(self.transport) and (self.transport.get("path_type") == "VP" or
+                                         self.transport.get("prediction", "velocity") != "velocity")
 
     @property
     def learned_variance(self) -> bool:
@@ -70,6 +78,7 @@ def contract(model) -> Contract:
         cls_token_dim=getattr(net, "cls_token_dim", None) or None,
         latent_norm=latent_norm(net),
         generator_sigmas=tuple(sigmas) if sigmas else None,
+        transport=getattr(net, "transport", None) or None,
     )
 
 

@@ -178,6 +178,9 @@ def generate(model, noise: torch.Tensor, labels: torch.Tensor, *, sampler: str, 
     net = contract(model)
     if sampler == FEW_STEP or net.generator_sigmas:
         return _generator_sample(model, net, noise, labels, sampler, cfg_scale, noise_schedule, path_type)
+    if net.sit_only:
+        return _sit_only_sample(model, net, noise, labels, sampler, num_steps, cfg_scale, num_classes, heun,
+                                guidance_low, guidance_high)
     if cfg_scale > 1.0 and net.null_class is None:
         raise ValueError(f"--cfg-scale {cfg_scale} needs the null class, which this model never learned (trained "
                          "with --cfg-prob 0); sample it with --cfg-scale 1")
@@ -208,6 +211,24 @@ def generate(model, noise: torch.Tensor, labels: torch.Tensor, *, sampler: str, 
     return den.denormalize(out.to(noise.dtype))
 
 
+def _sit_only_sample(model, net, noise, labels, sampler, num_steps, cfg_scale, num_classes, heun, guidance_low,
+                     guidance_high):
+    """A SiT that only SiT's samplers read (``Contract.sit_only``): ``ode`` is SiT's ODE with ``num_steps`` Euler
+    (Heun) steps, ``sde`` SiT's default SDE (Euler-Maruyama, ``sigma`` form, ``Mean`` last step) over
+    ``num_steps`` states; guided every step, as SiT's scripts."""
+    from .sit_transport import create_transport
+
+    what = f"a SiT trained with SiT's {net.transport.get('path_type')} path and {net.prediction} target"
+    if sampler not in FLOW_SAMPLERS:
+        raise ValueError(f"{what} samples with SiT's ODE or SDE: --sampler ode or sde, or SiT's sample.py ODE|SDE")
+    if guidance_low > 0.0 or guidance_high < 1.0:
+        raise ValueError(f"{what} is guided at every step, as SiT's samplers: leave out --guidance-low/high")
+    options = {"sampling_method": "heun2" if heun else "euler"} if sampler == "ode" else {"diffusion_form": "sigma"}
+    return generate_sit(model, noise, labels, mode=sampler.upper(), transport=create_transport(**net.transport),
+                        num_steps=num_steps + 1 if sampler == "ode" else num_steps, cfg_scale=cfg_scale,
+                        num_classes=num_classes, **options)
+
+
 SIT_MODES = ("ODE", "SDE")
 SIT_PATHS = {"Linear": "linear", "GVP": "cosine"}  # SiT's paths that REPA's interpolants also have
 
@@ -223,11 +244,15 @@ def sit_network(model, *, path_type: str = "Linear", noise_schedule: str = "line
         raise ValueError("a distilled generator samples with its own steps: leave out the ODE / SDE mode")
     if net.cls_token_dim:
         raise ValueError("SiT's samplers do not step REG's class token: sample REG with generate.py --mode sde")
-    if path_type not in SIT_PATHS:
+    if net.transport:  # trained with SiT's transport: its own output (velocity, score or noise) in SiT's time
+        def velocity(x, t, y):
+            return model(x, t, y)
+    elif path_type not in SIT_PATHS:
         raise ValueError(f"--path-type {path_type}: a velocity on SiT's VP path needs a model trained on it; "
                          f"sample this one with {' or '.join(SIT_PATHS)}")
-    velocity = velocity_model(denoiser_for(model, base_alphas_cumprod(noise_schedule), SIT_PATHS[path_type]),
-                              SIT_PATHS[path_type])
+    else:
+        velocity = velocity_model(denoiser_for(model, base_alphas_cumprod(noise_schedule), SIT_PATHS[path_type]),
+                                  SIT_PATHS[path_type])
 
     def u(x, t, y):
         if not doubled:
@@ -260,8 +285,10 @@ def generate_sit(model, noise: torch.Tensor, labels: torch.Tensor, *, mode: str,
         out = sample_ode(transport, u, x, num_steps=num_steps, y=y, **options)[-1]
     else:
         out = sample_sde(transport, u, x, num_steps=num_steps, progress=progress, y=y, **options)[-1]
-    return denoiser_for(model, base_alphas_cumprod(noise_schedule), SIT_PATHS[transport.path.name]).denormalize(
-        out[: len(noise)].to(noise.dtype))
+    out = out[: len(noise)].to(noise.dtype)
+    if contract(model).latent_norm is None:
+        return out
+    return denoiser_for(model, base_alphas_cumprod(noise_schedule), "linear").denormalize(out)  # REPA-E's
 
 
 def sit_likelihood(model, x: torch.Tensor, labels: torch.Tensor, *, transport, num_steps: int,

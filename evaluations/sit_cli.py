@@ -75,10 +75,17 @@ def sit_query(args: argparse.Namespace):
 def sit_sampling(args: argparse.Namespace, cfg: dict) -> dict:
     """``diffusion.pipeline.generate_sit`` arguments for the parsed SiT flags and the checkpoint's settings,
     refusing in one line what SiT's samplers cannot do with it."""
-    if args.prediction != "velocity":
+    declared = (cfg.get("model_kwargs") or {}).get("transport")
+    if declared:  # trained with SiT's transport: the flags must say what it was trained with, as in SiT
+        for flag in ("path_type", "prediction"):
+            if getattr(args, flag) != declared[flag]:
+                name = "--" + flag.replace("_", "-")
+                raise ValueError(f"{name} {getattr(args, flag)}: {cfg['ckpt']} was trained with {name} "
+                                 f"{declared[flag]}; pass {name} {declared[flag]}")
+    elif args.prediction != "velocity":
         raise ValueError(f"--prediction {args.prediction}: this checkpoint's network is read through its velocity "
                          "(every model here can be); leave out --prediction")
-    if cfg.get("path_type") and cfg["model"].startswith("SiT-"):
+    elif cfg.get("path_type") and cfg["model"].startswith("SiT-"):
         trained = {"linear": "Linear", "cosine": "GVP"}.get(cfg["path_type"], cfg["path_type"])
         if trained != args.path_type:
             raise ValueError(f"--path-type {args.path_type}: {cfg['ckpt']} was trained on the {trained} path; pass "

@@ -112,3 +112,19 @@ class DDPMObjective:
         t = torch.randint(0, self.diffusion.num_timesteps, (x.shape[0],), device=x.device)
         terms = self.diffusion.training_losses(model, x, t, dict(y=y))
         return {"loss": terms["loss"].mean()}
+
+
+class SiTObjective:
+    """SiT's own loss (``diffusion.sit_transport.Transport.training_losses``): any path (Linear, GVP, VP), target
+    (velocity, score, noise) and loss weight, in SiT's time. ``model`` is this repository's SiT built with
+    ``time_convention="sit"``, whose output in REPA's time is the negated network output at 1 - t; the loss
+    sees the network as SiT's does, ``(x, t, y) -> output``."""
+
+    def __init__(self, transport):
+        self.transport = transport
+
+    def __call__(self, model, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        def network(x_t, t, y):
+            return -model(x_t, 1 - t, y)[0]
+
+        return {"loss": self.transport.training_losses(network, x, dict(y=y))["loss"].mean()}

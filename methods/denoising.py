@@ -28,14 +28,14 @@ class DenoisingMethod(Method):
     def __init__(self, model: torch.nn.Module, objective, batches: Batches, *, lr: float, betas=(0.9, 0.999),
                  weight_decay: float = 0.0, eps: float = 1e-8, ema_decay: float = 0.9999,
                  max_grad_norm: float | None = None, model_kwargs: dict | None = None, sampling: dict | None = None,
-                 lr_schedule=None):
+                 lr_schedule=None, grid_cfg_scale: float | None = None):
         self.modules = {"model": model.to(batches.device)}
         self.optimizers = {"opt": adamw(model.parameters(), lr, betas, weight_decay, eps)}
         self.emas = {"ema": ("model", ema_decay)}
         self.objective, self.batches, self.max_grad_norm = objective, batches, max_grad_norm
         self.model_kwargs, self.sampling = model_kwargs or {}, sampling or {}
         self.num_classes, self.codec = self.model_kwargs.get("num_classes", 0), batches.codec
-        self.lr_schedule = lr_schedule
+        self.lr_schedule, self.grid_cfg_scale = lr_schedule, grid_cfg_scale
 
     def lr_at(self, step: int, base: float, total: int) -> float:
         return self.lr_schedule(step, base, total) if self.lr_schedule else base

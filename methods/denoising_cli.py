@@ -19,8 +19,11 @@ from common import checkpoint as ckpt_io
 from common.cli import require_positive
 from diffusion import NOISE_SCHEDULES
 from diffusion.pipeline import diffusion_for
+from diffusion.sit_transport import PATH_TYPES as SIT_PATH_TYPES
+from diffusion.sit_transport import PREDICTIONS
+from evaluations.sit_cli import none_or_str
 from imagedata.inputs import latent_shape
-from loss.denoising import DDPMObjective, InterpolantObjective
+from loss.denoising import DDPMObjective, InterpolantObjective, SiTObjective
 from methods.alignment import check_token_counts
 from methods.denoising import DenoisingMethod, InterpolantMethod
 from models import MODEL_NAMES, create_model
@@ -83,6 +86,13 @@ def parse_args(argv=None, description: str | None = None) -> argparse.Namespace:
     p.add_argument("--resume-step", type=int, default=0, help="resume {results-dir}/{exp-name}/checkpoints/"
                    "{step:07d}.pt (REPA)")
     p.add_argument("--report-to", choices=["none", "wandb", "tensorboard"], default="none")
+    p.add_argument("--wandb", action="store_true", help="SiT's and DiT's spelling of --report-to wandb")
+    p.add_argument("--ckpt", type=str, default=None, help="start from this checkpoint's weights, EMA and optimizer "
+                   "(SiT's train.py; a fresh run from step 0, unlike --resume)")
+    p.add_argument("--sample-every", type=int, default=None, help="a grid of EMA samples every N steps (SiT: "
+                   "10000; default --ckpt-every)")
+    p.add_argument("--cfg-scale", type=float, default=None, help="guidance of the sample grids (SiT: 4.0, the "
+                   "default)")
     p.add_argument("--eval-every", type=int, default=0, help="score EMA samples every N steps and at the end "
                    "(0 = off): proxy metrics with --dataset builtin, ADM's metrics against --eval-ref")
     p.add_argument("--eval-ref", type=str, default=None, help="reference batch or statistics for FID, sFID, IS, "
@@ -108,8 +118,15 @@ def parse_args(argv=None, description: str | None = None) -> argparse.Namespace:
     sit.add_argument("--encoder-depth", type=int, default=None, help="block whose tokens are aligned (REPA: 8)")
     sit.add_argument("--proj-coeff", type=float, default=None, help="projection loss weight (REPA: 0.5)")
     sit.add_argument("--cls", type=float, default=None, help="REG class-token loss weight (REG: 0.03; default 0)")
-    sit.add_argument("--path-type", choices=["linear", "cosine"], default=None, help="interpolant (linear)")
-    sit.add_argument("--prediction", choices=["v"], default=None, help="model target (v)")
+    sit.add_argument("--path-type", choices=["linear", "cosine", *SIT_PATH_TYPES], default=None,
+                     help="interpolant: REPA's linear (default) or cosine; SiT's Linear, GVP or VP train with SiT's "
+                     "own transport, in its time")
+    sit.add_argument("--prediction", choices=["v", *PREDICTIONS], default=None,
+                     help="model target: REPA's v (default); SiT's velocity, score or noise (SiT's transport)")
+    sit.add_argument("--loss-weight", type=none_or_str, choices=[None, "velocity", "likelihood"], default=None,
+                     help="SiT: weight of the score and noise losses (default none)")
+    sit.add_argument("--train-eps", type=float, default=None, help="SiT: training times kept this far from the ends")
+    sit.add_argument("--sample-eps", type=float, default=None, help="SiT: sampling times kept this far from the ends")
     sit.add_argument("--weighting", choices=["uniform", "lognormal"], default=None, help="time sampling (uniform)")
     sit.add_argument("--qk-norm", action="store_true", default=None, help="LayerNorm on queries and keys")
     sit.add_argument("--legacy", action="store_true", default=None,
@@ -121,7 +138,8 @@ IMAGENET = {"image_size": 256, "num_classes": 1000, "vae": "ema"}  # DiT's and R
 ALIGNMENT_FLAGS = ("enc_type", "proj_coeff", "encoder_depth", "cls")  # any of them given: REPA's defaults
 SIT_DEFAULTS = {"enc_type": None, "proj_coeff": 0.0, "cls": 0.0, "path_type": "linear", "prediction": "v",
                 "weighting": "uniform", "qk_norm": False, "legacy": False, "max_grad_norm": None,
-                "encoder_depth": None, **IMAGENET}
+                "encoder_depth": None, "loss_weight": None, "train_eps": None, "sample_eps": None, **IMAGENET}
+SIT_TRANSPORT_FLAGS = ("loss_weight", "train_eps", "sample_eps")  # given: SiT's own transport
 REPA_DEFAULTS = {**SIT_DEFAULTS, "enc_type": "dinov2-vit-b", "proj_coeff": 0.5, "max_grad_norm": 1.0}
 DIT_DEFAULTS = {"noise_schedule": "linear", "max_grad_norm": None, **IMAGENET}
 UNET_SHAPE_FLAGS = ("base_channels", "channel_mult", "num_res_blocks", "time_emb_dim", "class_emb_dim", "dropout")
@@ -147,6 +165,25 @@ def is_sit(model_name: str) -> bool:
 def is_aligned(args: argparse.Namespace) -> bool:
     """REPA or REG (a projection or class-token loss), once the flags are resolved; else plain SiT, DiT, U-Net."""
     return is_sit(args.model) and (args.proj_coeff > 0 or args.cls > 0)
+
+
+def uses_sit_transport(args: argparse.Namespace) -> bool:
+    """SiT's own transport (``diffusion/sit_transport.py``): SiT's spelling of the path or target, or one of its
+    other transport flags; REPA's spelling (linear / cosine, v) trains with REPA's interpolants."""
+    return is_sit(args.model) and (args.path_type in SIT_PATH_TYPES or args.prediction in PREDICTIONS or
+                                   any(getattr(args, k) is not None for k in SIT_TRANSPORT_FLAGS))
+
+
+def sit_transport_kwargs(args: argparse.Namespace) -> dict:
+    """``create_transport`` arguments in SiT's names (REPA's linear / cosine / v read as Linear / GVP / velocity),
+    with the eps SiT's defaults give: what the network declares and its checkpoints record."""
+    from diffusion.sit_transport import create_transport
+
+    kwargs = {"path_type": {"linear": "Linear", "cosine": "GVP"}.get(args.path_type, args.path_type),
+              "prediction": "velocity" if args.prediction == "v" else args.prediction,
+              "loss_weight": args.loss_weight, "train_eps": args.train_eps, "sample_eps": args.sample_eps}
+    made = create_transport(**kwargs)
+    return {**kwargs, "train_eps": made.train_eps, "sample_eps": made.sample_eps}
 
 
 def use_tf32(args: argparse.Namespace) -> bool:
@@ -212,9 +249,29 @@ def validate(args: argparse.Namespace) -> None:
         unet_kwargs(args)
     if is_sit(args.model) and args.proj_coeff < 0 or is_sit(args.model) and args.cls < 0:
         raise ValueError("--proj-coeff and --cls must be >= 0")
+    if uses_sit_transport(args):
+        check_sit_transport(args)
+    if args.wandb:
+        args.report_to = "wandb"
+    require_positive(args, "sample_every")
+    if args.ckpt and args.resume:
+        raise ValueError("pass either --ckpt (start from its weights at step 0) or --resume (continue it), not both")
+    if args.ckpt and not Path(args.ckpt).is_file():
+        raise ValueError(f"--ckpt {args.ckpt}: no such file")
     if args.eval_ref and not Path(args.eval_ref).exists():
         raise ValueError(f"--eval-ref {args.eval_ref} does not exist; pass an ADM reference batch or a file written "
                          "by evaluations/evaluator.py --ref-stats")
+
+
+def check_sit_transport(args: argparse.Namespace) -> None:
+    """SiT's transport trains plain SiT with uniform times, on the paths and targets SiT has."""
+    if is_aligned(args):
+        raise ValueError("SiT's transport (--path-type Linear|GVP|VP, --prediction velocity|score|noise, --loss-weight, "
+                         "--train-eps, --sample-eps) trains plain SiT; REPA and REG train with --path-type linear|cosine "
+                         "--prediction v")
+    if args.weighting != "uniform":
+        raise ValueError(f"--weighting {args.weighting}: SiT's transport draws times uniformly; leave it out")
+    sit_transport_kwargs(args)  # refuses what SiT has not
 
 
 def resume_checkpoint_path(args: argparse.Namespace, ckpt_subdir: str) -> Path | None:
@@ -227,7 +284,8 @@ def resume_checkpoint_path(args: argparse.Namespace, ckpt_subdir: str) -> Path |
 
 # Resuming is re-running the same command: the settings that shape the run must match.
 RESUME_KEYS = ("model", "image_size", "num_classes", "vae", "global_batch_size", "global_seed", "enc_type",
-               "encoder_depth", "proj_coeff", "cls", "path_type", "weighting", "noise_schedule", "cfg_prob", "fsdp")
+               "encoder_depth", "proj_coeff", "cls", "path_type", "prediction", "loss_weight", "weighting",
+               "noise_schedule", "cfg_prob", "fsdp")
 
 
 def optimizer_flags(args: argparse.Namespace) -> dict:
@@ -252,6 +310,9 @@ def build_method(args: argparse.Namespace, dataset, codec, device) -> DenoisingM
         model_kwargs.update(z_dims=z_dims, qk_norm=args.qk_norm, cls_token_dim=z_dims[0] if args.cls > 0 else None)
         if args.encoder_depth is not None:
             model_kwargs["encoder_depth"] = args.encoder_depth
+    transport = sit_transport_kwargs(args) if uses_sit_transport(args) else None
+    if transport:  # the network declares SiT's transport and runs in SiT's time, as SiT trains it
+        model_kwargs.update(time_convention="sit", transport=transport)
     model = create_model(args.model, **model_kwargs)
     if encoders:
         check_token_counts(encoders, model.x_embedder.num_patches, args.image_size, args.model)
@@ -259,6 +320,7 @@ def build_method(args: argparse.Namespace, dataset, codec, device) -> DenoisingM
     common = dict(optimizer_flags(args), model_kwargs=model_kwargs,
                   lr_schedule=lambda step, base, total: lr(step, base, total_steps=total))
     batches = Batches(dataset, codec, device)
+    common["grid_cfg_scale"] = args.cfg_scale
     record = partial(sampling_record, model, args.model, args.image_size, args.num_classes, args.vae,
                      dataset=args.dataset)
     if not is_sit(args.model):
@@ -266,6 +328,14 @@ def build_method(args: argparse.Namespace, dataset, codec, device) -> DenoisingM
         objective = DDPMObjective(diffusion_for(model, "", schedule))
         method = DenoisingMethod(model, objective, batches, sampling={"noise_schedule": schedule}, **common)
         method.sampling_record = record(noise_schedule=args.noise_schedule)
+        return method
+    if transport:
+        from diffusion.sit_transport import create_transport
+
+        path = {"Linear": "linear", "GVP": "cosine"}.get(transport["path_type"], transport["path_type"])
+        method = DenoisingMethod(model, SiTObjective(create_transport(**transport)), batches,
+                                 sampling={"path_type": path}, **common)
+        method.sampling_record = record(path_type=path, encoder_depth=model.encoder_depth)
         return method
     objective = InterpolantObjective(args.path_type, args.weighting, args.prediction, args.proj_coeff, args.cls)
     method = InterpolantMethod(model, objective, batches, encoders=encoders, cls=args.cls > 0,

@@ -139,13 +139,16 @@ def sampling_record(network, model: str, image_size: int, num_classes: int, vae:
     LoRA scale."""
     from diffusion.network import contract
 
-    prediction = contract(network).prediction
+    declared = contract(network)
+    prediction = declared.prediction
     record = {"model": model, "image_size": image_size, "num_classes": num_classes, "vae": vae, "dataset": dataset,
               "prediction": prediction}
     if prediction == "eps":
         record["noise_schedule"] = noise_schedule or "linear"
-    if prediction == "velocity":
+    if prediction == "velocity" or declared.transport:
         record.update(path_type=path_type or "linear", time_convention=getattr(network, "time_convention", "repa"))
+    if declared.transport:  # SiT's own transport: its path, target and eps
+        record["transport"] = dict(declared.transport)
     if vae_weights is not None:
         record["vae_weights"] = vae_weights
     return {**record, **extra}
@@ -193,6 +196,8 @@ def sampling_config(query: Query) -> tuple[dict, dict]:
         state_dict = legacy_blocks(state_dict, record, query)
         cfg["model_kwargs"] = sit_kwargs(state_dict, record, query)
         cfg["model_kwargs"]["time_convention"] = record.get("time_convention") or "repa"
+        if record.get("transport"):
+            cfg["model_kwargs"]["transport"] = record["transport"]
         cfg["path_type"] = query.path_type or record.get("path_type") or "linear"
     else:
         cfg["model_kwargs"] = recorded_shape(ckpt) if cfg["model"].startswith("UNet") else {}
@@ -248,8 +253,8 @@ def read_flags(ckpt, state_dict, query) -> dict:
     record = {k: trained[k] for k in ("model", "image_size", "num_classes", "vae", "dataset", "noise_schedule",
                                       "encoder_depth", "bn_momentum", "lora_alpha", "lora_rank") if k in trained}
     if trained.get("model", "").startswith("SiT-"):
-        record.update(sit_path(trained), time_convention="sit" if trained.get("path_type") in SIT_PATH_TYPES
-                      else "repa")
+        sit_time = trained.get("path_type") in (*SIT_PATH_TYPES, "VP")  # SiT's capitalised names: its time
+        record.update(sit_path(trained), time_convention="sit" if sit_time else "repa")
     if trained.get("vae") in REPAE_VAES:
         record["vae_weights"] = "vae" if isinstance(ckpt.get("vae"), dict) else trained.get("vae_ckpt")
     recorded = ckpt.get("model_kwargs") or {}
@@ -264,15 +269,18 @@ def read_flags(ckpt, state_dict, query) -> dict:
 
 def sit_path(trained: dict) -> dict:
     """The interpolant path a SiT was trained on: REPA's ``--path-type`` (linear, cosine) or SiT's
-    ``train.py`` ones (Linear, GVP: the same paths in SiT's time), linear when unrecorded."""
-    if trained.get("prediction", "v") not in ("v", "velocity"):  # REPA's --prediction v, SiT's velocity
-        raise ValueError(f"a SiT trained with --prediction {trained['prediction']}; only velocity prediction can be "
-                         "sampled here")
-    path_type = trained.get("path_type") or "linear"
-    if path_type == "VP":
-        raise ValueError("a SiT trained on SiT's VP path, which this repository does not sample; sample a Linear or "
-                         "GVP one")
-    return {"path_type": SIT_PATH_TYPES.get(path_type, path_type)}
+    ``train.py`` ones (Linear, GVP: the same paths in SiT's time), linear when unrecorded. SiT's VP path and
+    score or noise targets also record SiT's transport, which only SiT's samplers read."""
+    path_type, prediction = trained.get("path_type") or "linear", trained.get("prediction", "v")
+    record = {"path_type": SIT_PATH_TYPES.get(path_type, path_type)}
+    if path_type == "VP" or prediction not in ("v", "velocity"):
+        from diffusion.sit_transport import create_transport
+
+        made = create_transport(path_type, prediction, trained.get("loss_weight"), trained.get("train_eps"),
+                                trained.get("sample_eps"))
+        record["transport"] = {"path_type": path_type, "prediction": prediction, "loss_weight": made.loss_weight,
+                               "train_eps": made.train_eps, "sample_eps": made.sample_eps}
+    return record
 
 
 # The foreign formats, in the order they are told apart: name -> (matches(ckpt, state_dict, query), reader).

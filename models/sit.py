@@ -46,10 +46,12 @@ def build_mlp(hidden_size: int, projector_dim: int, z_dim: int) -> nn.Sequential
 
 
 def check_sit_args(z_dims: tuple[int, ...], encoder_depth: int, depth: int, cls_token_dim: int | None,
-                   time_convention: str) -> None:
+                   time_convention: str, transport: dict | None = None) -> None:
     """One-line errors for a SiT that cannot be built as asked."""
     if time_convention not in TIME_CONVENTIONS:
         raise ValueError(f"unknown time_convention {time_convention!r}; use one of {', '.join(TIME_CONVENTIONS)}")
+    if transport and time_convention != "sit":
+        raise ValueError("a SiT trained with SiT's transport runs in SiT's time: time_convention='sit'")
     if any(z <= 0 for z in z_dims):
         raise ValueError(
             f"z_dims must be positive encoder feature sizes (e.g. 768 for DINOv2-B), got {z_dims}"
@@ -78,6 +80,8 @@ class SiT(nn.Module):
     - ``learn_sigma``: the original SiT's unused variance half (state dict only; not returned).
     - ``time_convention``: ``"repa"`` (t=0 data) or ``"sit"`` (the network's own t=1 is data; see the
       module docstring). A ``"sit"`` model is guided on three channels, as SiT's ``forward_with_cfg``.
+    - ``transport``: the ``diffusion.sit_transport.create_transport`` arguments of a network trained with SiT's
+      transport (path, target, eps); its ``prediction`` is then the target (velocity, score or noise).
 
     REPA's ``decoder_hidden_size`` is not an argument: it only sizes ``final_layer``, which reads
     the ``hidden_size`` tokens and conditioning, so any other value fails in ``forward`` (REPA's
@@ -106,10 +110,13 @@ class SiT(nn.Module):
         learn_sigma: bool = False,
         bn_momentum: float | None = None,
         time_convention: str = "repa",
+        transport: dict | None = None,
     ):
         super().__init__()
         z_dims = tuple(z_dims)
-        check_sit_args(z_dims, encoder_depth, depth, cls_token_dim, time_convention)
+        check_sit_args(z_dims, encoder_depth, depth, cls_token_dim, time_convention, transport)
+        self.transport = dict(transport) if transport else None
+        self.prediction = self.transport["prediction"] if self.transport else "velocity"
         self.in_channels = in_channels
         self.out_channels = in_channels * 2 if learn_sigma else in_channels
         self.learn_sigma = learn_sigma

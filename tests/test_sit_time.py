@@ -94,7 +94,7 @@ def test_training_the_repa_time_model_is_sits_own_loss(tmp_path, sit_path, path_
 def test_checkpoints_say_which_time_they_hold(tmp_path):
     """Raw REPA weights (projectors, no learned-sigma half) and our checkpoints are REPA's time; SiT's train.py
     checkpoints (its capitalised --path-type) are SiT's, GVP as the cosine path; what train_dmd2.py records
-    wins; SiT's VP path and non-velocity predictions are refused in one line."""
+    wins; SiT's VP path and score / noise targets record SiT's transport, which only SiT's samplers read."""
     plain = create_model("SiT-Ti/2", input_size=8, num_classes=10, z_dims=[8]).state_dict()
     sigma = create_model("SiT-Ti/2", input_size=8, num_classes=10, learn_sigma=True).state_dict()
     path = tmp_path / "c.pt"
@@ -114,10 +114,13 @@ def test_checkpoints_say_which_time_they_hold(tmp_path):
     recorded = {"model": plain, "args": {"model": "SiT-Ti/2", "path_type": "linear"},
                 "model_kwargs": {"time_convention": "sit"}}
     assert convention(recorded) == ("sit", "linear")
-    for field, value, message in [("path_type", "VP", "SiT's VP path"), ("prediction", "noise", "--prediction noise")]:
+    for field, value in [("path_type", "VP"), ("prediction", "noise")]:
         args = argparse.Namespace(**{**vars(sit_args), field: value})
-        with pytest.raises(ValueError, match=message):
-            convention({"ema": sigma, "args": args})
+        torch.save({"ema": sigma, "args": args}, path)
+        _, cfg = resolve(path)
+        transport = cfg["model_kwargs"]["transport"]
+        assert cfg["model_kwargs"]["time_convention"] == "sit" and transport[field] == value
+        assert transport["sample_eps"] == 1e-3  # SiT's default for VP and for score / noise targets
 
 
 def test_dmd2_reads_a_sit_time_teacher_in_its_own_terms():
@@ -164,3 +167,17 @@ def test_sits_ode_mode_samples_the_release_as_sit_does(tmp_path, cfg_scale):
         out = generate_sit(model, REF["z"], REF["y"], mode="ODE", transport=create_transport("Linear"),
                            num_steps=REF["ode_steps"], cfg_scale=cfg_scale, num_classes=10, sampling_method="euler")
     torch.testing.assert_close(out, REF["ode" if cfg_scale == 1.0 else "ode_cfg"], atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("seed, sit_path", [(0, "Linear"), (1, "GVP")])
+def test_sits_own_objective_is_sits_training_loss(tmp_path, seed, sit_path):
+    """train.py --path-type Linear|GVP (SiT's transport, loss.denoising.SiTObjective) on the release: SiT's
+    Transport.training_losses with the same seed, so the same noise and times."""
+    from diffusion.sit_transport import create_transport
+    from loss.denoising import SiTObjective
+
+    model = released(tmp_path)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        loss = SiTObjective(create_transport(sit_path))(model, REF["x1"], REF["y"])["loss"]
+    torch.testing.assert_close(loss, REF[f"loss_{sit_path}"]["loss"].mean(), atol=1e-5, rtol=1e-5)

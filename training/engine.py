@@ -74,6 +74,7 @@ class Method:
     sampled: str = "ema"
     model_kwargs: dict = {}
     sampling: dict = {}
+    grid_cfg_scale: float | None = None  # the sample grids' guidance (None: training.visual's default)
     sampling_record: dict = {}
     num_classes: int = 0
     codec = None
@@ -109,7 +110,8 @@ class Method:
         grid; by default a diffusion model's or a distilled generator's (``training.visual``)."""
         from training.visual import diffusion_grid_images
 
-        return diffusion_grid_images(network, self.codec, noise, conditions, max(self.num_classes, 1), **self.sampling)
+        return diffusion_grid_images(network, self.codec, noise, conditions, max(self.num_classes, 1),
+                                     cfg_scale=self.grid_cfg_scale, **self.sampling)
 
     def flops_per_sample(self) -> float | None:
         """Training FLOPs per sample, for the MFU in the log (None: not counted)."""
@@ -251,8 +253,9 @@ class Engine:
             state["scaler"] = self.accelerator.scaler.state_dict()
         return state
 
-    def load_state_dict(self, state: dict, logger=None) -> None:
-        """Resume exactly from ``state_dict``'s output (RNG only when the process count is the same)."""
+    def load_state_dict(self, state: dict, logger=None, weights_only: bool = False) -> None:
+        """Resume exactly from ``state_dict``'s output (RNG only when the process count is the same);
+        ``weights_only``: the modules, EMAs and optimizer states only, for a fresh run that starts from them."""
         if self.shard:
             from training.sharding import load_full_optimizer_state_dict, load_full_state_dict
         for key in self.method.modules:
@@ -278,6 +281,8 @@ class Engine:
                 opt.load_state_dict(state[key])
             for group, flag in zip(opt.param_groups, fused):  # the kernel is this run's choice, not the saved one
                 group["fused"] = flag
+        if weights_only:
+            return
         if self.accelerator.scaler is not None and "scaler" in state:
             self.accelerator.scaler.load_state_dict(state["scaler"])
         self.method.load_extra_state(state)

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from common import checkpoint as ckpt_io
-from common.cli import check_writable_dir
+from common.cli import check_writable_dir, one_line
 from common.setup import prepare_tracker, seed_everything, setup_accelerator
 from training.data import batch_sizes, make_loader
 from training.engine import Engine, Method
@@ -166,12 +166,42 @@ class RunSpec:
     compile: tuple[str, ...] = ()  # modules to torch.compile once loaded
     log_every: int = 100
     start_step: int = 0  # a fresh run that continues from weights saved at this step (DMD2's --ckpt_only_path)
+    initial: Path | None = None  # a fresh run that starts from this checkpoint's weights, EMAs, optimizers (SiT's --ckpt)
     resume: Resume = field(default_factory=Resume)
     evaluation: Evaluation = field(default_factory=Evaluation)
     trackers: Trackers = field(default_factory=Trackers)
 
 
 Builder = Callable[[Process], "tuple[Method, TrainData]"]
+
+
+def start(engine: Engine, spec: RunSpec, resume: dict | None, initial: dict | None, logger) -> None:
+    """The engine's state at the first step: the resumed checkpoint's, or fresh EMAs (from ``initial``'s weights
+    when the run starts from a checkpoint) at ``spec.start_step``."""
+    if resume is not None:
+        engine.load_state_dict(resume, logger)
+        engine.saved.append((resume["steps"], spec.resume.path))
+        return
+    engine.init_emas()
+    if initial is not None:
+        engine.load_state_dict(initial, logger, weights_only=True)
+        logger.info(f"started from the weights, EMAs and optimizer states of {spec.initial}")
+    engine.steps = spec.start_step
+
+
+def starting_weights(path: Path, method: Method) -> dict:
+    """The checkpoint a fresh run starts from (SiT's ``--ckpt``), loaded into the method's networks now, so that
+    one of another network is refused before the run folder exists; an EMA it lacks starts as its network."""
+    state = ckpt_io.load_checkpoint(path)
+    for key, module in method.modules.items():
+        if key not in state:
+            raise ValueError(f"--ckpt {path} holds no {key!r} weights: pass a training checkpoint of this model")
+        try:
+            module.load_state_dict(method.import_weights(key, state[key]))
+        except RuntimeError as error:
+            raise ValueError(f"--ckpt {path}: its {key!r} weights do not fit this run's network ({one_line(error)}); "
+                             "pass the same --model and sizes") from None
+    return {**{key: state[src] for key, (src, _) in method.emas.items()}, **state}
 
 
 def fit(build: Builder, spec: RunSpec) -> Path:
@@ -187,6 +217,7 @@ def fit(build: Builder, spec: RunSpec) -> Path:
     method, data = build(Process(accelerator.device, rank, world))
     if resume is not None:
         spec.resume.check(resume, spec.record)
+    initial = starting_weights(spec.initial, method) if spec.initial is not None else None
     flops = method.flops_per_sample()
     loader = sampler = None
     steps_per_epoch = None
@@ -216,12 +247,7 @@ def fit(build: Builder, spec: RunSpec) -> Path:
         logger.info(line)
     engine = Engine(accelerator, method, grad_accum=spec.grad_accum,
                     lr_at=lambda step, base: method.lr_at(step, base, total), shard=spec.shard)
-    if resume is not None:
-        engine.load_state_dict(resume, logger)
-        engine.saved.append((steps, spec.resume.path))
-    else:
-        engine.init_emas()
-        engine.steps = spec.start_step
+    start(engine, spec, resume, initial, logger)
     for key in spec.compile:
         method.modules[key] = torch.compile(method.modules[key])
     hooks = RunHooks(engine, spec, run_dir, logger, data)

@@ -32,7 +32,8 @@ def eval_sampler(model) -> str:
 def family_sampler(model, **choices) -> str:
     """``diffusion.pipeline.default_sampler`` of what ``model`` declares."""
     net = contract(model)
-    return default_sampler(net.prediction, class_token=bool(net.cls_token_dim), generator=bool(net.generator_sigmas),
+    prediction = "velocity" if net.sit_only else net.prediction  # SiT's score / noise targets: its ODE or SDE
+    return default_sampler(prediction, class_token=bool(net.cls_token_dim), generator=bool(net.generator_sigmas),
                            **choices)
 
 
@@ -47,13 +48,15 @@ def grid_labels(num_classes: int, size: int = 16) -> tuple[torch.Tensor, int]:
 
 
 @torch.no_grad()
-def diffusion_grid_images(network, codec, noise, labels, num_classes: int, **sampling) -> torch.Tensor:
+def diffusion_grid_images(network, codec, noise, labels, num_classes: int, cfg_scale: float | None = None,
+                          **sampling) -> torch.Tensor:
     """Images in [-1, 1] of a diffusion model (or a distilled generator) for the sample grid: ``GRID_STEPS``
-    of its family's default sampler, guided at ``GRID_CFG_SCALE`` when it has a null class; ``sampling``:
-    extra ``diffusion.pipeline.generate`` arguments (noise schedule, path type)."""
+    of its family's default sampler, guided at ``cfg_scale`` (default ``GRID_CFG_SCALE``) when it has a null
+    class; ``sampling``: extra ``diffusion.pipeline.generate`` arguments (noise schedule, path type)."""
     # --cfg-prob 0: no null class to guide with; a distilled generator has the guidance built in
     net = contract(network)
-    scale = GRID_CFG_SCALE if net.null_class is not None and not net.generator_sigmas else 1.0
+    scale = GRID_CFG_SCALE if cfg_scale is None else cfg_scale
+    scale = scale if net.null_class is not None and not net.generator_sigmas else 1.0
     (images,) = sample_chunks(network, codec, noise, labels, len(noise), sampler=grid_sampler(network),
                               num_steps=GRID_STEPS, cfg_scale=scale, num_classes=num_classes, **sampling)
     return images
