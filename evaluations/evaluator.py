@@ -4,6 +4,8 @@
   python evaluations/evaluator.py --ref-stats imagenet256_ref.npz /data/imagenet/train --image-size 256
   python evaluations/evaluator.py SAMPLES.npz --proxy          # built-in dataset: proxy metrics, CPU friendly
   torchrun --nproc_per_node=8 evaluations/evaluator.py REF.npz SAMPLES.npz
+  python evaluations/evaluator.py --ref_batch REF.npz --sample_batch SAMPLES.npz --save_path exps/reg/checkpoints \
+      --cfg_cond 1 --step 4000000 --num_steps 250 --cfg 2.3 --cls_cfg 2.3 --gh 0.85     # REG's eval.sh
 
 REF is one of ADM's reference batches (``arr_0`` images plus ``mu``, ``sigma``, ``mu_s``,
 ``sigma_s``), a file written by ``--ref-stats``, any ``.npz`` of uint8 NHWC images in
@@ -183,10 +185,23 @@ def proxy_scores(samples, num_classes: int = 10, device="cpu") -> dict:
     return {"proxy_class_accuracy": result["class_accuracy"], "proxy_fd": result["proxy_fd"]}
 
 
+def write_reg_results(args: argparse.Namespace, metrics: dict) -> Path:
+    """REG's results file, under REG's exact name: ``--save_path`` followed by the settings without separators
+    (``exps/reg/checkpoints`` gives ``exps/reg/checkpoints25040000002.30.852.3cfg_cond_true.txt``), one line per
+    metric as REG writes them; REG also creates the folder ``--save_path`` itself."""
+    Path(args.save_path).mkdir(parents=True, exist_ok=True)
+    path = Path(f"{args.save_path}{args.num_steps}{args.step}{args.cfg}{args.gh}{args.cls_cfg}"
+                f"cfg_cond_{'true' if args.cfg_cond else 'false'}.txt")
+    lines = [f"{METRIC_NAMES[key]}: {metrics.get(key)}" for key in ("inception_score", "fid", "sfid", "precision",
+                                                                        "recall")]
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n")[1])
-    p.add_argument("paths", nargs="+", metavar="PATH",
+    p.add_argument("paths", nargs="*", metavar="PATH",
                    help="REF and SAMPLES .npz files; a single path with --ref-stats (REF) or --proxy (SAMPLES)")
     p.add_argument("--ref-stats", metavar="OUT.npz", help="save REF's statistics and pool_3 features to OUT.npz "
                    "(reuse it as REF later)")
@@ -200,8 +215,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--proxy", action="store_true", help="add the built-in dataset's proxy metrics (class accuracy, "
                    "proxy FD; SAMPLES needs labels in arr_1); with a single path, only these")
     p.add_argument("--num-classes", type=int, default=10, help="classes of the built-in dataset (--proxy)")
+    reg = p.add_argument_group("REG's evaluator flags (its eval.sh): REF and SAMPLES by name, and its results file "
+                               "{save_path}{num_steps}{step}{cfg}{gh}{cls_cfg}cfg_cond_{true|false}.txt")
+    reg.add_argument("--ref_batch", help="REF")
+    reg.add_argument("--sample_batch", help="SAMPLES")
+    reg.add_argument("--save_path", help="the results file's prefix (REG creates this folder too)")
+    reg.add_argument("--cfg_cond", type=int, default=1)
+    reg.add_argument("--step", type=int, default=1)
+    reg.add_argument("--num_steps", type=int, default=250)
+    reg.add_argument("--cfg", type=float, default=1.0)
+    reg.add_argument("--cls_cfg", type=float, default=1.0)
+    reg.add_argument("--gh", type=float, default=1.0)
     args = p.parse_args(argv)
-    if len(args.paths) > 2 or (len(args.paths) == 1 and not (args.ref_stats or args.proxy)):
+    if args.ref_batch or args.sample_batch:
+        if args.paths or not (args.ref_batch and args.sample_batch):
+            p.error("pass --ref_batch and --sample_batch (REG's form) or REF SAMPLES (ADM's), not a mix")
+        args.paths = [args.ref_batch, args.sample_batch]
+    if args.save_path and len(args.paths) != 2:
+        p.error("--save_path writes REG's results file of REF and SAMPLES: pass both")
+    if not args.paths or len(args.paths) > 2 or (len(args.paths) == 1 and not (args.ref_stats or args.proxy)):
         p.error("pass REF.npz SAMPLES.npz, or one path with --ref-stats OUT.npz (REF) or --proxy (SAMPLES)")
     if args.batch_size < 1:
         p.error("--batch-size must be at least 1")
@@ -252,6 +284,8 @@ def main(args: argparse.Namespace) -> None:
         if args.out:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(json.dumps({"reference": ref, "samples": samples, **metrics}, indent=2) + "\n")
+        if args.save_path:
+            log(f"saved REG's results file {write_reg_results(args, metrics)}")
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

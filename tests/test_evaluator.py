@@ -174,6 +174,24 @@ def test_command_prints_adms_five_lines_and_writes_json(tmp_path, capsys, stand_
         assert float(line.split(": ")[1]) == pytest.approx(saved[key], rel=1e-12)
 
 
+def test_regs_evaluator_call_writes_regs_results_file(tmp_path, capsys, stand_in):
+    """REG's eval.sh call as pasted: REF and SAMPLES by flag, the results file under REG's exact name (the save
+    path with the settings appended, no separator), ADM's five metrics as REG writes them."""
+    write_adm_batch(tmp_path / "ref.npz", random_images(12, seed=3))
+    np.savez(tmp_path / "samples.npz", random_images(16, seed=8))
+    save = tmp_path / "reg" / "checkpoints"
+    evaluator.cli(["--ref_batch", str(tmp_path / "ref.npz"), "--sample_batch", str(tmp_path / "samples.npz"),
+                   "--save_path", str(save), "--cfg_cond", "1", "--step", "4000000", "--num_steps", "250",
+                   "--cfg", "2.3", "--cls_cfg", "2.3", "--gh", "0.85", "--device", "cpu"])
+    printed = capsys.readouterr().out.strip().splitlines()
+    results = tmp_path / "reg" / "checkpoints25040000002.30.852.3cfg_cond_true.txt"
+    assert save.is_dir() and results.read_text().splitlines() == printed
+    assert [line.split(":")[0] for line in printed] == ["Inception Score", "FID", "sFID", "Precision", "Recall"]
+    with pytest.raises(SystemExit) as exit_info:
+        evaluator.parse_args([str(tmp_path / "ref.npz"), "--sample_batch", str(tmp_path / "samples.npz")])
+    assert exit_info.value.code == 2 and "not a mix" in capsys.readouterr().err
+
+
 def test_command_saves_reference_statistics_of_a_folder(tmp_path, capsys, stand_in):
     for i, cls in enumerate(("a", "b")):
         (tmp_path / "data" / cls).mkdir(parents=True)
