@@ -14,6 +14,10 @@ REPA-E checkpoint also brings its tuned VAE and latent statistics), the weights 
 ``--projector-embed-dims`` and ``--cls`` are checked against them. With ``--ref-batch`` the
 samples are scored with ``evaluations/evaluator.py`` (FID, sFID, IS, precision, recall); with
 ``--proxy`` (built-in dataset) by the proxy classifier; the metrics go to ``{sample folder}.json``.
+The ``.npz`` is also copied to the original's name (the latest run's): REPA's
+``{model}-{ckpt}-size-{res}-vae-{vae}-cfg-{cfg}-seed-{seed}-{mode}.npz``, REG's with ``-{guidance-high}-{cls-cfg}``
+appended for a class-token checkpoint, REPA-E's ``{exp-name}_{step:07d}_cfg{cfg}-{low}-{high}.npz`` with
+``--exp-path``.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                 "checkpoint")
     args.default_vae, args.default_model = "ema", "SiT-XL/2"  # REPA's last.pt carries no args
     args.flow_default = "ode"  # REPA's generate.py; REG checkpoints: sde, as REG's
+    args.script = "generate.py"  # its .npz is also written under REPA's, REG's or REPA-E's name
     use_local_rank(args)
     return args
 

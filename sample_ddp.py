@@ -16,6 +16,9 @@ so a re-run skips the PNGs already written and still produces the same set. The 
 is named after the checkpoint (with the start of its sha256) and the sampler settings, and its
 ``manifest.json`` records everything that decides its images; a re-run whose settings differ
 (another checkpoint, seed, per-process batch or number of processes) is refused, never merged.
+The ``.npz`` is also copied to the name official DiT's script gives it,
+``{sample-dir}/{model}-{ckpt}-size-{size}-vae-{vae}-cfg-{cfg}-seed-{seed}.npz`` (the latest run's), where the
+originals' evaluation commands look for it.
 
 A first argument ``ODE`` or ``SDE`` is SiT's mode (``evaluations/sit_cli.py``): SiT's flags and samplers; the
 ``.npz`` is also copied to the name SiT's script gives it, ``{sample-dir}/{model}-{ckpt}-cfg-{cfg}-{batch}-{mode}-
@@ -49,6 +52,7 @@ from evaluations.sampling_cli import (
     add_sampling_args,
     check_sampling_args,
     choose_sampler,
+    original_npz_name,
     sampling_settings,
     score,
 )
@@ -84,7 +88,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--per-proc-batch-size", type=int, default=32)
     add_eval_args(p)
     args = p.parse_args(argv)
-    args.default_vae, args.flow_default, args.mode = "ema", "sde", None
+    args.default_vae, args.flow_default, args.mode, args.script = "ema", "sde", None, "sample_ddp.py"
     use_local_rank(args)
     return args
 
@@ -240,10 +244,10 @@ def finish(run: Plan, args, num_batches: int, world: int) -> None:
     size = run.cfg["image_size"]
     path = write_npz(run.folder, args.num_fid_samples, all_labels(args, run.cfg["num_classes"], num_batches, world))
     print(f"saved .npz file to {path} [shape=({args.num_fid_samples}, {size}, {size}, 3)]")
-    if run.sit:
-        original = Path(args.sample_dir) / f"{sit_sample_name(args)}.npz"
-        copy_atomic(path, original)
-        print(f"and to {original} (SiT's name)")
+    name = sit_sample_name(args) if run.sit else original_npz_name(args, run.cfg)
+    original = Path(args.sample_dir) / f"{name}.npz"
+    copy_atomic(path, original)
+    print(f"and to {original} (the original script's name; the latest run's)")
     if run.manifest.get("likelihood"):
         dims = run.codec.latent_channels * (size // run.codec.downsample) ** 2
         print(f"saved the samples' log-likelihood to {write_likelihood(run.folder, args, num_batches, world, dims)}")

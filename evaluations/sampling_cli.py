@@ -199,6 +199,25 @@ def sampling_settings(args, cfg: dict, codec) -> dict:
     return {"kwargs": kw, "name": name}
 
 
+def original_npz_name(args, cfg: dict) -> str:
+    """The name the original script would give this run's ``.npz`` (without the folder): official DiT's
+    ``sample_ddp.py`` for ``sample_ddp.py``; for ``generate.py`` REPA-E's with ``--exp-path``, REG's for a
+    checkpoint with a class token, else REPA's. Path separators in any part become ``-``."""
+    ckpt = Path(cfg["ckpt"]).name.replace(".pt", "") if getattr(args, "ckpt", None) else "pretrained"
+    flags = {k: default if getattr(args, k, None) is None else getattr(args, k) for k, default in FLOW_FLAGS.items()}
+    if getattr(args, "script", None) == "generate.py" and getattr(args, "exp_path", None):
+        name = (f"{Path(args.exp_path).name}_{str(args.train_steps).zfill(7)}_cfg{args.cfg_scale}-"
+                f"{flags['guidance_low']}-{flags['guidance_high']}")
+    else:
+        name = (f"{cfg['model'].replace('/', '-')}-{ckpt}-size-{cfg['image_size']}-vae-{cfg['vae']}-"
+                f"cfg-{args.cfg_scale}-seed-{args.global_seed}")
+        if getattr(args, "script", None) == "generate.py":
+            name += f"-{args.sampler}"
+            if cfg.get("model_kwargs", {}).get("cls_token_dim"):
+                name += f"-{flags['guidance_high']}-{flags['cls_cfg_scale']}"
+    return name.replace("/", "-")
+
+
 def score(args, npz: Path, num_classes: int, is_main: bool) -> None:
     """The evaluator on the samples just written (every process takes part in Inception features);
     the metrics are printed and saved next to the ``.npz`` as ``.json``."""

@@ -231,6 +231,8 @@ def test_a_run_checkpoints_repaes_keys_and_resumes_exactly(runs, tmp_path):
         "--exp-path", str(runs / "a" / "run"), "--train-steps", "2", "--num-fid-samples", "4",
         "--pproc-batch-size", "4", "--num-steps", "3", "--sample-dir", str(tmp_path / "samples")]))
     assert "vae-tiny-f4d4" in npz.name and np.load(npz)["arr_0"].shape == (4, 32, 32, 3)
+    repaes = tmp_path / "samples" / "run_0000002_cfg1.5-0.0-1.0.npz"  # REPA-E's own name, for its evaluation
+    assert np.array_equal(np.load(repaes)["arr_0"], np.load(npz)["arr_0"])
 
     # save_vae_weights.py: the tuned VAE, its statistics and the discriminator feed a new run
     files = save_vae_weights.main(save_vae_weights.parse_args([
