@@ -63,14 +63,10 @@ SAMPLES ?= 1
 OVERFIT_EPOCHS ?= 1500
 CFG_SCALE ?= 2
 GEN_STEPS ?= $(if $(HAS_GPU),1000,50)
-UNET_FLAGS ?= --model $(MODEL) $(if $(DATASET),--dataset $(DATASET)) --image-size $(IMAGE_SIZE) --num-classes 10 --vae none \
-	$(if $(DATA_PATH),--data-path $(DATA_PATH)) --results-dir $(RESULTS) --num-workers $(if $(HAS_GPU),4,0) \
-	--eval-sampling-steps 100
-TRAIN_FLAGS ?= --global-batch-size 128 --epochs 100 --lr 2e-4 --lr-warmup-steps 1000 --lr-schedule cosine \
-	--ema-decay 0.9999 --log-every 100 --ckpt-every 5000
-# Overfit: every image in each batch, a short EMA so the samples follow the weights.
-OVERFIT_FLAGS ?= --overfit --samples $(SAMPLES) --global-batch-size $(shell echo $$((10 * $(SAMPLES)))) \
-	--lr 1e-3 --lr-warmup-steps 50 --lr-schedule cosine --ema-decay 0.99 --log-every 50 --ckpt-every 500
+# The U-Net's recipes (full and overfit) live in train_model.py; these flags say where, and TRAIN_FLAGS overrides.
+UNET_FLAGS ?= --model $(MODEL) $(if $(DATASET),--dataset $(DATASET)) --image-size $(IMAGE_SIZE) \
+	$(if $(DATA_PATH),--data-path $(DATA_PATH)) --results-dir $(RESULTS)
+TRAIN_FLAGS ?=
 # Targets other than install depend on $(NEEDS); the test suite runs them with NEEDS= (already installed).
 NEEDS ?= install
 
@@ -138,20 +134,20 @@ bench: $(NEEDS)
 	$(PYTHON) benchmarks/train_throughput.py --model DiT-XL/2 --image-size 256 --batch-size 32
 
 train: $(NEEDS)
-	$(PYTHON) train.py $(UNET_FLAGS) $(TRAIN_FLAGS)
+	$(PYTHON) train_model.py --full $(UNET_FLAGS) $(TRAIN_FLAGS)
 
 overfit: $(NEEDS)
-	$(PYTHON) train.py $(UNET_FLAGS) $(OVERFIT_FLAGS) --epochs $(OVERFIT_EPOCHS)
+	$(PYTHON) train_model.py --overfit --samples $(SAMPLES) --epochs $(OVERFIT_EPOCHS) $(UNET_FLAGS) $(TRAIN_FLAGS)
 
 quick-test: $(NEEDS)
-	$(PYTHON) train.py $(UNET_FLAGS) $(OVERFIT_FLAGS) --epochs 2
+	$(PYTHON) train_model.py --overfit --samples $(SAMPLES) --epochs 2 $(UNET_FLAGS) $(TRAIN_FLAGS)
 
 # Samples of every class from the newest checkpoint of any run, into that run's folder.
 generate: $(NEEDS)
 	@ckpt=$$($(PYTHON) -m training.results newest $(RESULTS)) && run=$$(dirname $$(dirname $$ckpt)) && \
 	echo "newest checkpoint: $$ckpt" && \
-	$(PYTHON) sample.py --ckpt $$ckpt --samples 4 --class-labels 0 1 2 3 4 5 6 7 8 9 --sampler ddpm \
-		--num-sampling-steps $(GEN_STEPS) --cfg-scale $(CFG_SCALE) --output $$run/generated.png
+	$(PYTHON) generate_samples.py $$ckpt --samples 4 --num-sampling-steps $(GEN_STEPS) --cfg-scale $(CFG_SCALE) \
+		--output $$run/generated.png
 
 status: $(NEEDS)
 	@$(PYTHON) -m training.results status $(RESULTS)

@@ -259,3 +259,22 @@ def test_overfit_batch_is_every_image_when_the_default_is_larger(tmp_path, monke
                                  "--results-dir", str(tmp_path / "r")]))
     saved = json.loads((tmp_path / "r" / "000-UNet-Ti" / "args.json").read_text())
     assert saved["global_batch_size"] == 10 and saved["dataset"] == "builtin"
+
+
+def test_the_seeds_entry_points_parse_to_its_recipes():
+    """train_model.py --full | --overfit --samples N and generate_samples.py CKPT --samples N, as the U-Net's seed
+    project runs them; a train.py flag after the mode wins over the recipe."""
+    import generate_samples
+    import train_model
+
+    full = train_model.parse_args(["--full"])
+    assert (full.model, full.global_batch_size, full.epochs, full.lr, full.lr_schedule, full.ema_decay) == \
+        ("UNet", 128, 100, 2e-4, "cosine", 0.9999) and not full.overfit
+    over = train_model.parse_args(["--overfit", "--samples", "2", "--epochs", "2", "--image-size", "16"])
+    assert over.overfit and (over.samples, over.global_batch_size, over.epochs, over.image_size) == (2, 20, 2, 16)
+    with pytest.raises(SystemExit):
+        train_model.parse_args(["--full", "--overfit"])
+    args = generate_samples.parse_args(["runs/000-UNet/checkpoints/0000500.pt", "--samples", "4"])
+    assert (args.ckpt, args.samples, args.class_labels, args.sampler) == \
+        ("runs/000-UNet/checkpoints/0000500.pt", 4, list(range(10)), "ddpm")
+    assert args.output.endswith("000-UNet/generated.png") and args.cfg_scale == 2.0
