@@ -1,0 +1,97 @@
+"""The originals' documented commands (tests/originals.py) run here: every row parses with this repository's
+script of that name (or the equivalent the README's card shows, where the layout has no room for the original's
+path), and REG's evaluation chain runs end to end as its eval.sh wrote it, with only the model size, steps, sample
+count, data and unavailable weights substituted."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shlex
+
+import numpy as np
+import pytest
+import torch
+from eval_stand_in import StandInInception, random_images
+from originals import PLACEHOLDERS, ROWS, Row
+
+LAUNCHERS = ("torchrun", "accelerate")
+
+
+def split(command: str, cwd: str = "") -> tuple[str, list[str]]:
+    """``(module, argv)`` of a command: environment assignments and the launcher (``torchrun``, ``accelerate
+    launch``, ``python [-m torch.distributed.launch]``) with its options dropped; the script read from ``cwd``."""
+    for placeholder, value in PLACEHOLDERS.items():
+        command = command.replace(placeholder, value)
+    tokens = shlex.split(command)
+    while "=" in tokens[0] and not tokens[0].startswith("-"):
+        tokens.pop(0)
+    if tokens[0] == "python" and tokens[1] == "-m" and tokens[2] != "torch.distributed.launch":
+        return tokens[2], tokens[3:]
+    start = next(i for i, token in enumerate(tokens) if token.endswith(".py"))
+    script = os.path.normpath(os.path.join(cwd, tokens[start]))
+    return script[:-3].replace(os.sep, "."), tokens[start + 1:]
+
+
+def ours(row: Row) -> str:
+    return row.ours if row.ours else row.command
+
+
+def params():
+    for row in ROWS:
+        marks = [pytest.mark.xfail(strict=True, reason=row.pending)] if row.pending else []
+        yield pytest.param(row, id=row.id, marks=marks)
+
+
+@pytest.mark.parametrize("row", params())
+def test_every_documented_command_parses(row):
+    module, argv = split(ours(row), row.cwd)
+    parsed = importlib.import_module(module).parse_args(argv)
+    assert parsed is not None
+
+
+def test_the_table_names_every_original_and_its_commit():
+    from originals import COMMITS
+
+    assert {row.repo for row in ROWS} == set(COMMITS) and len(ROWS) == 35
+    assert all(row.ours or split(row.command, row.cwd)[0] for row in ROWS)
+
+
+def substitute(command: str, pairs: dict[str, str]) -> str:
+    for old, new in pairs.items():
+        assert old in command, old
+        command = command.replace(old, new)
+    return command
+
+
+def test_regs_eval_sh_runs_end_to_end(tmp_path, monkeypatch):
+    """REG's eval.sh, both commands: generate.py writes the .npz under the name the evaluator call gives, and
+    the evaluator writes REG's results file. Substituted: model size (SiT-Ti/2 with an 8-d class token, an 8 px
+    image in pixel space: the SD-VAE is not downloadable here), steps, sample count, batch, the reference."""
+    import evaluations.evaluator as evaluator
+    from models import create_model
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(evaluator, "load_inception", lambda *args, **kwargs: StandInInception())
+    generate_row, evaluate_row = [row for row in ROWS if row.repo == "Martinser/REG" and row.file == "eval.sh"]
+    run = tmp_path / "your_path/reg_xlarge_dinov2_base_align_8_cls/linear-dinov2-b-enc8/checkpoints"
+    run.mkdir(parents=True)
+    torch.manual_seed(0)
+    reg = create_model("SiT-Ti/2", input_size=8, in_channels=3, num_classes=10, z_dims=[8], cls_token_dim=8)
+    torch.save({"ema": reg.state_dict(), "args": {"model": "SiT-Ti/2", "image_size": 8, "num_classes": 10,
+                                                  "vae": "none", "encoder_depth": 1}}, run / "4000000.pt")
+    sizes = {"--model SiT-XL/2": "--model SiT-Ti/2 --vae none", "--num-fid-samples 50000": "--num-fid-samples 4",
+             "--encoder-depth=8": "--encoder-depth=1", "--projector-embed-dims=768": "--projector-embed-dims=8",
+             "--per-proc-batch-size=64": "--per-proc-batch-size=2", "--num-steps=250": "--num-steps=3",
+             "--cls=768": "--cls=8"}
+    module, argv = split(substitute(generate_row.command, sizes))
+    importlib.import_module(module).main(importlib.import_module(module).parse_args(argv))
+    npz = run / "SiT-Ti-2-4000000-size-8-vae-none-cfg-2.3-seed-0-sde-0.85-2.3.npz"
+    assert np.load(npz)["arr_0"].shape == (4, 8, 8, 3)
+    np.savez(tmp_path / "your_path/VIRTUAL_imagenet256_labeled.npz", random_images(6, size=8, seed=1))
+    names = {"SiT-XL-2-4000000-size-256-vae-ema": "SiT-Ti-2-4000000-size-8-vae-none"}
+    module, argv = split(substitute(evaluate_row.command, names))
+    evaluator.main(evaluator.parse_args(argv))
+    results = run.parent / "checkpoints25040000002.30.852.3cfg_cond_true.txt"
+    assert [line.split(":")[0] for line in results.read_text().splitlines()] == \
+        ["Inception Score", "FID", "sFID", "Precision", "Recall"]
