@@ -95,3 +95,66 @@ def test_regs_eval_sh_runs_end_to_end(tmp_path, monkeypatch):
     results = run.parent / "checkpoints25040000002.30.852.3cfg_cond_true.txt"
     assert [line.split(":")[0] for line in results.read_text().splitlines()] == \
         ["Inception Score", "FID", "sFID", "Precision", "Recall"]
+
+
+def row_of(repo: str, start: str) -> Row:
+    """The table's row of ``repo`` whose command starts (after the launcher) with ``start``."""
+    (row,) = [r for r in ROWS if r.repo == repo and start in r.command]
+    return row
+
+
+def run_row(row: Row, pairs: dict[str, str]):
+    module, argv = split(substitute(row.command, pairs), row.cwd)
+    script = importlib.import_module(module)
+    return script.main(script.parse_args(argv))
+
+
+@pytest.fixture(scope="module")
+def imagenet(tmp_path_factory):
+    """An ImageNet-style folder of the built-in images: ten classes, four 16 px images each."""
+    from PIL import Image
+
+    from imagedata.procedural import render
+
+    root = tmp_path_factory.mktemp("imagenet") / "train"
+    for i in range(40):
+        (root / f"n{i % 10:02d}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(render(i, resolution=16, num_classes=10)).save(root / f"n{i % 10:02d}" / f"{i}.png")
+    return root
+
+
+@pytest.mark.slow
+def test_dit_and_sits_readme_commands_run_end_to_end(imagenet, tmp_path, monkeypatch):
+    """DiT's and SiT's README commands, run in order as their READMEs chain them: train (DiT; SiT with its noise
+    target), fine-tune from a checkpoint (SiT's --ckpt), sample a grid, sample for FID (SiT's with its
+    likelihood). Substituted: the data path, model size (Ti, 16 px, pixel space: the SD-VAE is not
+    downloadable here), steps, batch and sample counts, and the checkpoint paths the commands point at."""
+    monkeypatch.chdir(tmp_path)
+    train_size = {"/path/to/imagenet/train": f"{imagenet} --image-size 16 --num-classes 10 --vae none --max-steps 2 "
+                  "--ckpt-every 2 --global-batch-size 8 --num-workers 0"}
+    run_row(row_of("facebookresearch/DiT", "train.py"), {"DiT-XL/2": "DiT-Ti/4", **train_size})
+    dit = tmp_path / "results/000-DiT-Ti-4/checkpoints/0000002.pt"
+    assert dit.is_file()
+    run_row(row_of("facebookresearch/DiT", "--model DiT-L/4"), {"DiT-L/4": "DiT-Ti/4", "--image-size 256":
+                                                                "--image-size 16 --num-sampling-steps 3",
+                                                                "/path/to/model.pt": str(dit)})
+    assert (tmp_path / "sample.png").is_file()
+    npz = run_row(row_of("facebookresearch/DiT", "sample_ddp.py"), {
+        "DiT-XL/2": f"DiT-Ti/4 --ckpt {dit} --num-sampling-steps 3 --per-proc-batch-size 2",
+        "--num-fid-samples 50000": "--num-fid-samples 2"})
+    assert (tmp_path / "samples/DiT-Ti-4-0000002-size-16-vae-none-cfg-1.5-seed-0.npz").is_file() and npz.is_file()
+
+    run_row(row_of("willisma/SiT", "--path-type Linear --prediction noise"), {"SiT-XL/2": "SiT-Ti/4", **train_size})
+    sit = tmp_path / "results/001-SiT-Ti-4/checkpoints/0000002.pt"
+    run_row(row_of("willisma/SiT", "train.py --model SiT-L/2"), {"SiT-L/2": "SiT-Ti/4", **train_size,
+            "--ckpt /path/to/model.pt": f"--ckpt {sit} --path-type Linear --prediction noise"})
+    assert (tmp_path / "results/002-SiT-Ti-4/checkpoints/0000002.pt").is_file()
+    sit_flags = "--image-size 16 --num-classes 10 --vae none --num-sampling-steps 3 --sampling-method euler"
+    run_row(row_of("willisma/SiT", "sample.py ODE --model SiT-L/4"), {
+        "SiT-L/4": "SiT-Ti/4 --path-type Linear --prediction noise", "--image-size 256": sit_flags,
+        "/path/to/model.pt": str(sit)})
+    run_row(row_of("willisma/SiT", "--likelihood"), {
+        "SiT-XL/2": f"SiT-Ti/4 --ckpt {sit} --path-type Linear --prediction noise {sit_flags} "
+                    "--per-proc-batch-size 2 --num-fid-samples 2"})
+    assert (tmp_path / "samples/SiT-Ti-4-0000002-cfg-1.0-2-ODE-3-euler.npz").is_file()
+    assert list((tmp_path / "samples").glob("*-likelihood.npz"))
