@@ -39,8 +39,11 @@ def test_sample_ddp_two_gloo_processes_write_exactly_n_and_resume(trained_run, t
     proc = run_script(*args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "(2 process(es))" in proc.stdout  # one process group of two, not two single processes
-    (npz_path,) = list(tmp_path.glob("*.npz"))
+    (npz_path,) = [p for p in tmp_path.glob("*.npz") if p.with_suffix("").is_dir()]  # beside its PNG folder
+    (dits,) = [p for p in tmp_path.glob("*.npz") if p != npz_path]  # the copy under official DiT's name
+    assert dits.name == "DiT-Ti-4-0000020-size-16-vae-none-cfg-1.5-seed-0.npz"
     data = np.load(npz_path)
+    assert np.array_equal(np.load(dits)["arr_0"], data["arr_0"])
     assert data["arr_0"].shape == (10, 16, 16, 3) and data["arr_0"].dtype == np.uint8
     assert data["arr_1"].shape == (10,) and data["arr_1"].max() < 10
     (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]

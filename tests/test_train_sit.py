@@ -139,8 +139,10 @@ def test_generate_through_two_gloo_processes_writes_exactly_n_images(reg_run, tm
                       "--num-fid-samples", "7", "--per-proc-batch-size", "2", "--sample-dir", str(tmp_path),
                       "--proxy", timeout=600, env={"DIFFUSION_LAB_CACHE": str(cache)})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (npz,) = tmp_path.glob("*.npz")
+    (npz,) = [p for p in tmp_path.glob("*.npz") if p.with_suffix("").is_dir()]  # beside its PNG folder
     assert "sde3" in npz.name and "0.0-0.85-cls2.3" in npz.name
+    regs = list(tmp_path.glob("*-cfg-2.3-seed-0-sde-0.85-2.3.npz"))  # the copy under REG's own name
+    assert len(regs) == 1 and np.array_equal(np.load(regs[0])["arr_0"], np.load(npz)["arr_0"])
     with np.load(npz) as f:
         assert f["arr_0"].shape == (7, 16, 16, 3) and f["arr_0"].dtype == np.uint8
         assert f["arr_1"].shape == (7,)
