@@ -53,6 +53,11 @@ def check_plain_name(name: str, flag: str) -> None:
         raise ValueError(f"{flag} {name!r}: give a plain name without folders (choose the folder with its own flag)")
 
 
+def none_or_str(value: str) -> str | None:
+    """A flag value where the word ``None`` means None (SiT's ``--loss-weight None``, ``--last-step None``)."""
+    return None if value == "None" else value
+
+
 def require_positive(args: argparse.Namespace, *names: str, flag=lambda name: "--" + name.replace("_", "-")) -> None:
     """One line for the first of the flags ``names`` whose value is not positive (None: not given)."""
     for name in names:

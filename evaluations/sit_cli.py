@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from common.cli import none_or_str
 from diffusion.sit_transport import DIFFUSION_FORMS, PATH_TYPES, PREDICTIONS, create_transport
 
 MODES = ("ODE", "SDE")
@@ -22,10 +23,6 @@ def split_mode(argv: list[str]) -> tuple[str | None, list[str]]:
     if argv and argv[0] in MODES:
         return argv[0], argv[1:]
     return None, argv
-
-
-def none_or_str(value: str) -> str | None:
-    return None if value == "None" else value
 
 
 def add_sit_args(p: argparse.ArgumentParser, mode: str, script: str) -> None:

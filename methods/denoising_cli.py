@@ -16,12 +16,11 @@ from functools import partial
 from pathlib import Path
 
 from common import checkpoint as ckpt_io
-from common.cli import require_positive
+from common.cli import none_or_str, require_positive
 from diffusion import NOISE_SCHEDULES
 from diffusion.pipeline import diffusion_for
 from diffusion.sit_transport import PATH_TYPES as SIT_PATH_TYPES
 from diffusion.sit_transport import PREDICTIONS
-from evaluations.sit_cli import none_or_str
 from imagedata.inputs import latent_shape
 from loss.denoising import DDPMObjective, InterpolantObjective, SiTObjective
 from methods.alignment import check_token_counts
