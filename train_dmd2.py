@@ -17,6 +17,7 @@ drawing the generator's samples on the way.
 from __future__ import annotations
 
 import argparse
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -26,7 +27,7 @@ from common.cli import check_writable_dir, first_paragraph, run_cli
 from imagedata import class_names
 from methods.dmd2_cli import build_method, check_teacher_shape, condition_sampler, load_teacher, validate
 from methods.dmd2_cli import parse_args as recipe_args
-from methods.dmd2_weights import ADDABLE, load_into, weights_only
+from methods.dmd2_weights import ADDABLE, export_dmd2_folder, load_into, weights_only
 from training.data import Batches
 from training.engine import NonFiniteLoss
 from training.fit import Checkpoints, Grids, Resume, RunSpec, Trackers, TrainData, fit
@@ -110,7 +111,9 @@ def main(args: argparse.Namespace) -> None:
         num_workers=args.num_workers, mixed_precision="bf16" if args.use_fp16 else "no", shard=args.fsdp,
         log_every=1 if args.log_loss else args.wandb_iters, start_step=start,
         checkpoints=Checkpoints(every=args.log_iters, save=not args.no_save, keep=1 if args.delete_ckpts else None,
-                                copy_to=args.cache_dir or None, copies_kept=args.max_checkpoint),
+                                copy_to=args.cache_dir or None, copies_kept=args.max_checkpoint,
+                                export=partial(export_dmd2_folder, keep_only=args.delete_ckpts)
+                                if args.checkpoint_layout == "dmd2" else None),
         grids=Grids(every=args.wandb_iters, seed=args.seed, samples=args.grid_size**2, nrow=args.grid_size),
         resume=Resume(Path(args.checkpoint_path) if args.checkpoint_path else None, RESUME_KEYS, "--checkpoint_path",
                       lambda key: f"--{key}", CKPT_KEYS, "train_dmd2.py"),

@@ -127,6 +127,9 @@ def parse_args(argv=None, description: str | None = None) -> argparse.Namespace:
     _flag(run, "generator_ckpt_path", type=str, default=None, help="start the generator from these weights: a "
           "state dict file, a DMD2 checkpoint folder (its pytorch_model.bin) or a train_dmd2.py checkpoint")
     _flag(run, "no_save", action="store_true", help="write no checkpoints (debugging)")
+    _flag(run, "checkpoint_layout", choices=["ours", "dmd2"], default="ours", help="dmd2: also write every "
+          "checkpoint as DMD2 does, checkpoint_model_NNNNNN/ with pytorch_model.bin (the generator) and "
+          "pytorch_model_1.bin (the guidance model), which DMD2's evaluation reads")
     _flag(run, "delete_ckpts", action="store_true", help="keep only the newest checkpoint in the run folder")
     _flag(run, "cache_dir", type=str, default="", help="also copy every checkpoint to {cache_dir}/{run folder name}/, "
           "which keeps the newest --max_checkpoint")

@@ -62,6 +62,27 @@ def generator_weights(path: str) -> dict:
     return ckpt
 
 
+def export_dmd2_folder(state: dict, run_dir: Path, step: int, keep_only: bool = False) -> list[Path]:
+    """A checkpoint in DMD2's layout too: ``{run folder}/checkpoint_model_{step:06d}/`` with ``pytorch_model.bin``
+    (the generator's weights) and ``pytorch_model_1.bin`` (the guidance model's), which DMD2's evaluation and
+    ``--ckpt_only_path`` / ``--generator_ckpt_path`` read; ``keep_only``: the older such folders go (DMD2's
+    ``--delete_ckpts``)."""
+    import shutil
+
+    from common.checkpoint import save_atomic
+
+    folder = Path(run_dir) / f"checkpoint_model_{step:06d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    files = [folder / "pytorch_model.bin", folder / "pytorch_model_1.bin"]
+    for key, path in zip(("model", "guidance"), files):
+        save_atomic(state[key], path)
+    if keep_only:
+        for old in Path(run_dir).glob("checkpoint_model_*"):
+            if old != folder and old.is_dir():
+                shutil.rmtree(old)
+    return files
+
+
 def with_unet_level(weights: dict, own: dict, prefix: str) -> dict:
     """DMD2 names a diffusers UNet's weights without our ``DiffusersEps`` level: ``{prefix}x`` becomes
     ``{prefix}unet.x`` where the module has that level and ``weights`` do not."""

@@ -234,3 +234,26 @@ def test_warmup_is_dmd2s_scheduler_stepped_once_per_process():
     assert [constant_with_warmup(s, 1.0, 500) for s in (0, 250, 499, 500)] == [0.0, 0.5, 0.998, 1.0]
     assert constant_with_warmup(10, 1.0, 500, processes=7) == pytest.approx(70 / 500)
     assert constant_with_warmup(72, 1.0, 500, processes=7) == 1.0 > constant_with_warmup(71, 1.0, 500, processes=7)
+
+
+def test_checkpoints_in_dmd2s_layout_are_what_its_own_readers_take(teacher, tmp_path):
+    """--checkpoint_layout dmd2 also writes each checkpoint as DMD2 does, checkpoint_model_NNNNNN/ with the
+    generator (pytorch_model.bin) and the guidance model (pytorch_model_1.bin); --delete_ckpts keeps the newest;
+    --ckpt_only_path reads the folder back, its step from its name."""
+    out = tmp_path / "out"
+    train_dmd2.main(train_dmd2.parse_args(["--teacher", str(teacher), "--output_path", str(out), *TINY,
+                                           "--train_iters", "4", "--log_iters", "2", "--checkpoint_layout", "dmd2",
+                                           "--delete_ckpts"]))
+    (run,) = list(out.iterdir())
+    (folder,) = run.glob("checkpoint_model_*")
+    assert folder.name == "checkpoint_model_000004"
+    assert sorted(p.name for p in folder.iterdir()) == ["pytorch_model.bin", "pytorch_model_1.bin"]
+    ours = load_checkpoint(run / "checkpoints" / "0000004.pt")
+    for name, key in (("pytorch_model.bin", "model"), ("pytorch_model_1.bin", "guidance")):
+        saved = torch.load(folder / name, map_location="cpu")
+        assert saved.keys() == ours[key].keys() and all(torch.equal(saved[k], ours[key][k]) for k in saved)
+    from methods.dmd2_weights import weights_only
+
+    generator, guidance, step = weights_only(str(folder))
+    assert step == 4 and generator.keys() == ours["model"].keys() and guidance.keys() == ours["guidance"].keys()
+    assert "checkpoint_model_000004" in (run / "log.txt").read_text()

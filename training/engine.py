@@ -311,12 +311,15 @@ class Engine:
         for key, (src, _) in self.method.emas.items():
             update_ema(self.emas[key], self.module(src), decay=0)
 
-    def save(self, path: Path, args: dict) -> Path:
-        """Write a checkpoint atomically (main process) after checking that no loss went non-finite."""
+    def save(self, path: Path, args: dict, export=None) -> Path:
+        """Write a checkpoint atomically (main process) after checking that no loss went non-finite;
+        ``export(state)`` also writes it in another layout there."""
         self.check_finite()
         state = self.state_dict(args)
         if self.accelerator.is_main_process:
             ckpt_io.save_atomic(state, path)
+            if export is not None:
+                export(state)
         self.accelerator.wait_for_everyone()
         self.saved.append((self.steps, path))
         return path

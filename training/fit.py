@@ -101,6 +101,7 @@ class Checkpoints:
     keep: int | None = None
     copy_to: str | None = None
     copies_kept: int | None = None
+    export: Callable[[dict, Path, int], list[Path]] | None = None  # also (state, run folder, step) -> its files
 
 
 @dataclass

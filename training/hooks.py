@@ -62,10 +62,12 @@ class RunHooks:
         spec = self.spec.checkpoints
         if not spec.save:
             return
-        path = self.engine.save(self.run_dir / spec.folder / spec.name(step), self.spec.record)
+        exported = []
+        export = (lambda state: exported.extend(spec.export(state, self.run_dir, step))) if spec.export else None
+        path = self.engine.save(self.run_dir / spec.folder / spec.name(step), self.spec.record, export)
         if not self.is_main:
             return
-        self.logger.info(f"saved checkpoint {path}")
+        self.logger.info(f"saved checkpoint {path}" + "".join(f" and {p}" for p in exported))
         if spec.keep is not None:
             for stale in ckpt_io.keep_newest(path.parent, spec.keep):
                 self.logger.info(f"removed {stale} (only the newest {spec.keep} stay)")
