@@ -147,8 +147,7 @@ ROWS = [
     Row("End2End-Diffusion/REPA-E", "README.md", "torchrun --nnodes=1 --nproc_per_node=8 generate.py "
         "--num-fid-samples 50000 --path-type linear --mode sde --num-steps 250 --cfg-scale 1.0 --guidance-high 1.0 "
         "--guidance-low 0.0 --exp-path pretrained/sit-ldm-e2e-vavae --train-steps 4000000"),
-    Row("tianweiy/DMD2", "README.md", "python -m demo.imagenet_example  --checkpoint_path IMAGENET_CKPT_PATH",
-        pending="DMD2's ImageNet demo (issue 26, step 5)"),
+    Row("tianweiy/DMD2", "README.md", "python -m demo.imagenet_example  --checkpoint_path IMAGENET_CKPT_PATH"),
     Row("tianweiy/DMD2", "experiments/imagenet/README.md", "python main/edm/test_folder_edm.py --folder "
         "$CHECKPOINT_PATH/imagenet_gan_classifier_genloss3e-3_diffusion1000_lr2e-6_scratch/TIMESTAMP_TBD "
         "--wandb_name test_imagenet_gan_classifier_genloss3e-3_diffusion1000_lr2e-6_scratch --wandb_entity "

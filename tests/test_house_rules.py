@@ -7,7 +7,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOORS = [{"common"}, {"diffusion"}, {"models"}, {"loss", "imagedata"}, {"evaluations"}, {"training"},
-          {"methods"}, {"preprocessing", "examples"}]
+          {"methods"}, {"preprocessing", "examples", "demo"}]
 FLOOR = {pkg: level for level, pkgs in enumerate(FLOORS) for pkg in pkgs}
 SCRIPTS = {p.stem for p in ROOT.glob("*.py")}
 MAX_LINES = 60
