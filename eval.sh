@@ -5,14 +5,16 @@
 #             repae (SDE 250, cfg 2.2, guidance t <= 0.65: REPA-E + SD-VAE) |
 #             repae-ldm (SDE 250, cfg 2.5, guidance t <= 0.75: SiT-XL/1 on the E2E-VA-VAE) |
 #             dmd2-imagenet (a distilled generator, its own steps; DMD2's evaluation: class-balanced labels,
-#             seed 10, batch 128; REF_BATCH e.g. imagenet-64x64.npz)   [reg]
+#             seed 10, batch 128; REF_BATCH e.g. imagenet-64x64.npz; with WATCH=RUN_FOLDER instead of CKPT, every
+#             checkpoint of the run as it appears, as DMD2's test_folder_edm.py: REF_BATCH is then EDM's
+#             reference statistics, imagenet_fid_refs_edm.npz)   [reg]
 #   CKPT      checkpoint (required)       NUM_GPUS [8]     REF_BATCH  ADM reference batch, e.g.
 #             VIRTUAL_imagenet256_labeled.npz (required)   SAMPLE_DIR [samples]   NUM_SAMPLES [50000]
 #   NUM_STEPS / CFG_SCALE / CLS_CFG_SCALE (reg) / GH (reg, repa)  override the recipe's values
 # Extra arguments go to generate.py, e.g.  CKPT=... REF_BATCH=... bash eval.sh --per-proc-batch-size 32
 set -euo pipefail
 RECIPE=${RECIPE:-reg}
-CKPT=${CKPT:?set CKPT to the checkpoint to evaluate}
+if [ -z "${WATCH:-}" ]; then CKPT=${CKPT:?set CKPT to the checkpoint to evaluate}; fi
 REF_BATCH=${REF_BATCH:?set REF_BATCH to the ADM reference batch (VIRTUAL_imagenet256_labeled.npz)}
 NUM_GPUS=${NUM_GPUS:-8}
 PYTHON=${PYTHON:-python}
@@ -26,6 +28,11 @@ case "$RECIPE" in
   repae) MODE=sde; STEPS=${NUM_STEPS:-250}; CFG=${CFG_SCALE:-2.2}; FLOW=(--guidance-high "${GH:-0.65}") ;;
   repae-ldm) MODE=sde; STEPS=${NUM_STEPS:-250}; CFG=${CFG_SCALE:-2.5}; FLOW=(--guidance-high "${GH:-0.75}") ;;
   dmd2-imagenet)
+    if [ -n "${WATCH:-}" ]; then
+      exec "$PYTHON" -m torch.distributed.run --nnodes=1 --nproc_per_node="$NUM_GPUS" -m evaluations.watch \
+        --folder "$WATCH" --resolution 64 --label_dim 1000 --ref_path "$REF_BATCH" --seed 10 \
+        --total_eval_samples "${NUM_SAMPLES:-50000}" --eval_batch_size 128 "$@"
+    fi
     exec "$PYTHON" -m torch.distributed.run --nnodes=1 --nproc_per_node="$NUM_GPUS" generate.py \
       --ckpt "$CKPT" --class-balanced --global-seed 10 --num-fid-samples "${NUM_SAMPLES:-50000}" \
       --per-proc-batch-size 128 --sample-dir "${SAMPLE_DIR:-samples}" --ref-batch "$REF_BATCH" "$@" ;;

@@ -153,7 +153,11 @@ ROWS = [
         "--wandb_name test_imagenet_gan_classifier_genloss3e-3_diffusion1000_lr2e-6_scratch --wandb_entity "
         "$WANDB_ENTITY --wandb_project $WANDB_PROJECT --resolution 64 --label_dim 1000 --ref_path "
         "$CHECKPOINT_PATH/imagenet_fid_refs_edm.npz --detector_url $CHECKPOINT_PATH/inception-2015-12-05.pkl",
-        pending="DMD2's continuous evaluation (issue 26, step 5)"),
+        ours="python -m evaluations.watch --folder "
+             "$CHECKPOINT_PATH/imagenet_gan_classifier_genloss3e-3_diffusion1000_lr2e-6_scratch/TIMESTAMP_TBD "
+             "--wandb_name test_imagenet_gan_classifier_genloss3e-3_diffusion1000_lr2e-6_scratch --wandb_entity "
+             "$WANDB_ENTITY --wandb_project $WANDB_PROJECT --resolution 64 --label_dim 1000 --ref_path "
+             "$CHECKPOINT_PATH/imagenet_fid_refs_edm.npz --detector_url $CHECKPOINT_PATH/inception-2015-12-05.pkl"),
     *[Row("tianweiy/DMD2", f"experiments/imagenet/{name}.sh", command, ours=command.replace(script, "train_dmd2.py"))
       for name, script, command in DMD2_RUNS],
 ]

@@ -93,6 +93,18 @@ def test_eval_sh_recipes_parse_with_the_papers_values(recipe, expected, tmp_path
         assert getattr(args, key) == value, key
 
 
+def test_eval_sh_watches_a_dmd2_run_folder(tmp_path):
+    """RECIPE=dmd2-imagenet WATCH=RUN: DMD2's continuous evaluation (test_folder_edm.py's ImageNet settings)."""
+    from evaluations import watch
+
+    argv = run_recipe("eval.sh", tmp_path, full_argv=True, RECIPE="dmd2-imagenet", WATCH="runs/dmd2",
+                      REF_BATCH="imagenet_fid_refs_edm.npz", NUM_GPUS="7")
+    assert argv[argv.index("-m", 3) + 1] == "evaluations.watch" and "--nproc_per_node=7" in argv
+    args = watch.parse_args(argv[argv.index("evaluations.watch") + 1:])
+    assert (args.folder, args.ref_path, args.resolution, args.label_dim, args.seed, args.total_eval_samples,
+            args.eval_batch_size) == ("runs/dmd2", "imagenet_fid_refs_edm.npz", 64, 1000, 10, 50_000, 128)
+
+
 @pytest.mark.parametrize("recipe", ["reg", "repa"])
 def test_train_sh_launches_one_gpu_without_multi_gpu(recipe, tmp_path):
     one = run_recipe("train.sh", tmp_path, full_argv=True, RECIPE=recipe, DATA_DIR="data", NUM_GPUS="1")

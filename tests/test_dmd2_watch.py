@@ -1,0 +1,78 @@
+"""DMD2's continuous evaluation (main/edm/test_folder_edm.py) here: ``python -m evaluations.watch`` scores every
+checkpoint of a run folder, DMD2's checkpoint_model_NNNNNN/ folders and ours, with DMD2's protocol, keeps the
+results in stats.json and skips what is scored (a stand-in Inception: the wiring is what is tested)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from eval_stand_in import StandInInception
+
+import train_dmd2
+from evaluations import watch
+
+PKL = Path(__file__).parent / "fixtures" / "edm_tiny_snapshot.pkl"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("dmd2")
+    train_dmd2.main(train_dmd2.parse_args(["--teacher", str(PKL), "--output_path", str(out), "--dataset", "builtin",
+                                           "--batch_size", "2", "--num_workers", "0", "--train_iters", "2",
+                                           "--log_iters", "2", "--wandb_iters", "2", "--checkpoint_layout", "dmd2"]))
+    (folder,) = list(out.iterdir())
+    return folder
+
+
+def args_for(run: Path, ref: Path, *extra: str):
+    from models.pretrained import Query, sampling_config
+
+    _, cfg = sampling_config(Query(ckpt=str(run / "checkpoints" / "0000002.pt")))
+    return watch.parse_args(["--folder", str(run), "--ref_path", str(ref), "--resolution", str(cfg["image_size"]),
+                             "--label_dim", str(cfg["num_classes"]), "--total_eval_samples", "6",
+                             "--eval_batch_size", "4", "--test_visual_batch_size", "4", "--once", *extra])
+
+
+def test_every_checkpoint_is_scored_once_and_kept_in_stats_json(run, tmp_path, monkeypatch):
+    import evaluations.inception
+
+    monkeypatch.setattr(evaluations.inception, "load_inception", lambda *a, **k: StandInInception())
+    ref = tmp_path / "ref.npz"
+    np.savez(ref, mu=np.zeros(16), sigma=np.eye(16))
+    stats = watch.main(args_for(run, ref, "--detector_url", "inception-2015-12-05.pkl"))
+    assert sorted(Path(name).name for name in stats) == ["0000002.pt", "checkpoint_model_000002"]
+    assert all(np.isfinite(entry["fid"]) for entry in stats.values())
+    assert json.loads((run / "stats.json").read_text()) == stats and (run / "eval_grid_000002.png").is_file()
+    calls = []
+    monkeypatch.setattr(watch, "generate_images", lambda *a: calls.append(a) or np.zeros((6, 8, 8, 3), np.uint8))
+    assert watch.main(args_for(run, ref)) == stats and not calls  # scored: skipped
+    watch.main(args_for(run, ref, "--no_resume"))
+    assert len(calls) == 2
+
+
+def test_the_images_follow_dmd2s_protocol(run, tmp_path):
+    """Seed 10 on one process, labels 0, 1, 2, ... in turn, one step from sigma 80, uint8 by truncation."""
+    from accelerate.utils import set_seed
+
+    from common.setup import setup_accelerator
+    from models.pretrained import Query, build_for_sampling, load_codec, sampling_config
+
+    path = run / "checkpoint_model_000002" / "pytorch_model.bin"
+    args = args_for(run, tmp_path / "unused.npz")
+    images = watch.generate_images(path, args, setup_accelerator())
+    state_dict, cfg = watch.generator_config(path, run)
+    assert cfg == sampling_config(Query(ckpt=str(run / "checkpoints" / "0000002.pt")))[1]  # the run's own network
+    net = build_for_sampling(state_dict, cfg, load_codec(cfg, "cpu"), "cpu")
+    set_seed(10)
+    expected, labels = [], torch.arange(12) % cfg["num_classes"]
+    with torch.no_grad():
+        for start in (0, 4):
+            noise = torch.randn(4, 3, cfg["image_size"], cfg["image_size"])
+            x = net(noise * 80, torch.full((4,), 80.0), torch.eye(cfg["num_classes"])[labels[start:start + 4]])
+            expected.append(((x + 1.0) * 127.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    expected = np.concatenate(expected)[:6]
+    assert images.shape == expected.shape and np.abs(images.astype(int) - expected.astype(int)).max() <= 1
