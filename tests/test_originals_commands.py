@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import os
 import shlex
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,3 +159,45 @@ def test_dit_and_sits_readme_commands_run_end_to_end(imagenet, tmp_path, monkeyp
                     "--per-proc-batch-size 2 --num-fid-samples 2"})
     assert (tmp_path / "samples/SiT-Ti-4-0000002-cfg-1.0-2-ODE-3-euler.npz").is_file()
     assert list((tmp_path / "samples").glob("*-likelihood.npz"))
+
+
+@pytest.mark.slow
+def test_repae_readme_chain_runs_end_to_end(imagenet, tmp_path, monkeypatch):
+    """REPA-E's README from its data to its samples, each command as written, run from a copy of the repository's
+    configs/: the data (preprocessing.py's equivalent), end-to-end training, the tuned VAE saved, its latents cached,
+    a SiT trained on them, samples under REPA-E's name. Substituted: model and VAE sizes (SiT-Ti/1, the tiny VAE in
+    the files the commands name, 32 px), the encoder (a random tiny ViT for DINOv2), LPIPS (a random VGG), steps,
+    batches, sample counts, fp32 and no tracker (a CPU without an account), and the released VAE path."""
+    import shutil
+
+    from models.discriminator import NLayerDiscriminator
+    from models.vae import VAE_models, to_ldm_state_dict
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(Path(__file__).resolve().parents[1] / "configs", tmp_path / "configs")
+    (tmp_path / "pretrained/sdvae").mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(to_ldm_state_dict(VAE_models["tiny-f4d4"]().state_dict()), "pretrained/sdvae/sdvae-f8d4.pt")
+    torch.save({"latents_scale": torch.full((1, 4, 1, 1), 2.0), "latents_bias": torch.zeros(1, 4, 1, 1)},
+               "pretrained/sdvae/sdvae-f8d4-latents-stats.pt")
+    torch.save(NLayerDiscriminator().state_dict(), "pretrained/sdvae/sdvae-f8d4-discriminator-ckpt.pt")
+    rows = [row for row in ROWS if row.repo == "End2End-Diffusion/REPA-E"]
+    small = {'--batch-size=256': '--batch-size=4 --resolution 32 --no-compile --num-workers 0 --log-every 1',
+             '--report-to="wandb"': '--report-to="none"', '--mixed-precision="fp16"': '--mixed-precision="no"',
+             '--enc-type="dinov2-vit-b"': '--enc-type="tiny-vit"', '--encoder-depth=8': '--encoder-depth=1',
+             '--checkpointing-steps=50000': '--checkpointing-steps=2'}
+    module, argv = split(substitute(rows[0].ours, {"/PATH/TO/IMAGENET_TRAIN": str(imagenet), "256x256": "32x32"}))
+    importlib.import_module(module).main(importlib.import_module(module).parse_args(argv))
+    run_row(rows[1], {**small, "--max-train-steps=400000": "--max-train-steps=2", '--model="SiT-XL/2"':
+                      '--model="SiT-Ti/1" --lpips-random', '--vae="f8d4"': '--vae="tiny-f4d4"'})
+    exp = "exps/sit-xl-dinov2-b-enc8-repae-sdvae-0.5-1.5-400k"
+    run_row(rows[2], {"pretrained/sit-repae-vavae/checkpoints/0400000.pt": f"{exp}/checkpoints/0000002.pt"})
+    released = {"pretrained/e2e-vavae/e2e-vavae-400k.pt": "exps/e2e-vavae/e2e-vavae.pt", "f16d32": "tiny-f4d4"}
+    run_row(rows[3], {**released, "--pproc-batch-size=128": "--pproc-batch-size=4"})
+    run_row(rows[4], {**small, **released, "--max-train-steps=4000000": "--max-train-steps=2",
+                      '--model="SiT-XL/1"': '--model="SiT-Ti/1"'})
+    run_row(rows[5], {"pretrained/sit-ldm-e2e-vavae": "exps/sit-xl-1-dinov2-b-enc8-ldm-only-e2e-vavae-0.5-4m",
+                      "--train-steps 4000000": "--train-steps 2 --pproc-batch-size 2", "--num-steps 250":
+                      "--num-steps 3", "--num-fid-samples 50000": "--num-fid-samples 2"})
+    npz = tmp_path / "samples/sit-xl-1-dinov2-b-enc8-ldm-only-e2e-vavae-0.5-4m_0000002_cfg1.0-0.0-1.0.npz"
+    assert np.load(npz)["arr_0"].shape == (2, 32, 32, 3)
