@@ -136,8 +136,9 @@ def fid_of(images: np.ndarray, args, model, ref) -> float:
 
 
 def grid(images: np.ndarray, count: int) -> np.ndarray:
-    """The first side x side images (side = floor(sqrt(count))), tiled as DMD2 tiles them."""
-    side = int(count ** 0.5)
+    """The first side x side images (side = floor(sqrt(count)), fewer when there are fewer), tiled as DMD2 tiles
+    them."""
+    side = int(min(count, len(images)) ** 0.5)
     n, h, w, c = images[: side * side].shape
     return np.swapaxes(images[: side * side].reshape(side, side, h, w, c), 1, 2).reshape(side * h, side * w, c)
 

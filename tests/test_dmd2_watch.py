@@ -76,3 +76,9 @@ def test_the_images_follow_dmd2s_protocol(run, tmp_path):
             expected.append(((x + 1.0) * 127.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
     expected = np.concatenate(expected)[:6]
     assert images.shape == expected.shape and np.abs(images.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_the_grid_takes_what_there_is():
+    """--test_visual_batch_size 100 with fewer images (a short evaluation): the largest square of them."""
+    assert watch.grid(np.zeros((4, 8, 8, 3), np.uint8), 100).shape == (16, 16, 3)
+    assert watch.grid(np.zeros((120, 8, 8, 3), np.uint8), 100).shape == (80, 80, 3)

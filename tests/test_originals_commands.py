@@ -201,3 +201,43 @@ def test_repae_readme_chain_runs_end_to_end(imagenet, tmp_path, monkeypatch):
                       "--num-steps 3", "--num-fid-samples 50000": "--num-fid-samples 2"})
     npz = tmp_path / "samples/sit-xl-1-dinov2-b-enc8-ldm-only-e2e-vavae-0.5-4m_0000002_cfg1.0-0.0-1.0.npz"
     assert np.load(npz)["arr_0"].shape == (2, 32, 32, 3)
+
+
+@pytest.mark.slow
+def test_dmd2s_imagenet_scripts_run_end_to_end(tmp_path, monkeypatch):
+    """DMD2's experiments/imagenet: the GAN recipe trained as its script writes it (train_dmd2.py in place of its
+    main/edm/train_edm.py), then its continuous evaluation of that run folder (evaluations.watch in place of
+    main/edm/test_folder_edm.py). Substituted: a tiny EDM teacher for EDM's ImageNet pickle, an LMDB of the built-in
+    images at its resolution, steps, batches and sample counts, fp32 and no tracker (a CPU without an account), a
+    stand-in Inception with its reference statistics."""
+    import evaluations.inception
+    from evaluations import watch
+    from models.pretrained import Query, sampling_config
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(evaluations.inception, "load_inception", lambda *a, **k: StandInInception())
+    pkl = Path(__file__).parent / "fixtures" / "edm_tiny_snapshot.pkl"
+    _, cfg = sampling_config(Query(ckpt=str(pkl)))
+    res, classes = str(cfg["image_size"]), str(cfg["num_classes"])
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "edm-imagenet-64x64-cond-adm.pkl").write_bytes(pkl.read_bytes())  # EDM's, in miniature
+    module, argv = split(f"python preprocessing/make_lmdb.py --source builtin --dest checkpoints/imagenet-64x64_lmdb "
+                         f"--image-size {res} --num-classes {classes} --num-images 16")
+    importlib.import_module(module).main(importlib.import_module(module).parse_args(argv))
+    np.savez("checkpoints/imagenet_fid_refs_edm.npz", mu=np.zeros(16), sigma=np.eye(16))
+    train, evaluate = (row_of("tianweiy/DMD2", "diffusion1000_lr2e-6_scratch --batch_size 40"),
+                       row_of("tianweiy/DMD2", "test_folder_edm.py"))
+    name = "imagenet_gan_classifier_genloss3e-3_diffusion1000_lr2e-6_scratch"
+    sizes = {"--resolution 64 --label_dim 1000": f"--resolution {res} --label_dim {classes}"}
+    no_tracker = {"--wandb_entity $WANDB_ENTITY --wandb_project $WANDB_PROJECT ": "", f'--wandb_name "{name}" ': "",
+                  "--use_fp16 ": ""}
+    module, argv = split(substitute(ours(train), {**sizes, **no_tracker, "--train_iters 10000000": "--train_iters 2",
+                                                  "--batch_size 40": "--batch_size 2 --num_workers 0",
+                                                  "--log_iters 500": "--log_iters 2 --wandb_iters 2"}))
+    importlib.import_module(module).main(importlib.import_module(module).parse_args(argv))
+    (run,) = (tmp_path / "checkpoints" / name).iterdir()
+    assert (run / "checkpoints" / "0000002.pt").is_file()
+    stats = watch.main(watch.parse_args(split(substitute(ours(evaluate), {
+        **sizes, f"{name}/TIMESTAMP_TBD": f"{name}/{run.name} --once --total_eval_samples 4 --eval_batch_size 2",
+        f"--wandb_name test_{name} --wandb_entity $WANDB_ENTITY --wandb_project $WANDB_PROJECT ": ""}))[1]))
+    assert list(stats) == [str(Path("checkpoints") / name / run.name / "checkpoints" / "0000002.pt")]
