@@ -241,3 +241,69 @@ def test_dmd2s_imagenet_scripts_run_end_to_end(tmp_path, monkeypatch):
         **sizes, f"{name}/TIMESTAMP_TBD": f"{name}/{run.name} --once --total_eval_samples 4 --eval_batch_size 2",
         f"--wandb_name test_{name} --wandb_entity $WANDB_ENTITY --wandb_project $WANDB_PROJECT ": ""}))[1]))
     assert list(stats) == [str(Path("checkpoints") / name / run.name / "checkpoints" / "0000002.pt")]
+
+
+def quarter_vae(path: Path) -> None:
+    """A random 4-channel, /4 diffusers VAE folder: its latents meet the tiny ViT's 4 px patches one to one."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
+                  up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(32, 32, 32), latent_channels=4,
+                  layers_per_block=1, norm_num_groups=8, sample_size=32).save_pretrained(path)
+
+
+ALIGNED = {'--report-to="wandb"': '--report-to="none"', '--mixed-precision="fp16"': '--mixed-precision="no"',
+           '--enc-type="dinov2-vit-b"': '--enc-type="tiny-vit"', '--encoder-depth=8': '--encoder-depth=1'}
+
+
+@pytest.mark.slow
+def test_repas_readme_runs_end_to_end(imagenet, tmp_path, monkeypatch):
+    """REPA's README in order: its data preparation (run from preprocessing/), training, generate.py. Substituted
+    as for REG (below); REPA's data folder is images/ + vae-sd/."""
+    monkeypatch.chdir(tmp_path)
+    quarter_vae(tmp_path / "vae")
+    convert, encode = [row for row in ROWS if row.repo == "sihyun-yu/REPA" and row.cwd == "preprocessing"]
+    run_row(convert, {"[YOUR_DOWNLOAD_PATH]/ILSVRC/Data/CLS-LOC/train": str(imagenet), "[TARGET_PATH]": "data",
+                      "256x256": "32x32"})
+    run_row(encode, {"[TARGET_PATH]": "data", "vae-sd": f"vae-sd --vae {tmp_path / 'vae'}"})
+    run_row(row_of("sihyun-yu/REPA", 'exp-name="linear-dinov2-b-enc8" '), {
+        **ALIGNED, "[YOUR_DATA_PATH]": f"data --model SiT-Ti/1 --resolution 32 --num-classes 10 --vae {tmp_path / 'vae'} "
+        "--batch-size 4 --max-train-steps 2 --checkpointing-steps 2 --num-workers 0"})
+    ckpt = tmp_path / "exps/linear-dinov2-b-enc8/checkpoints/0000002.pt"
+    assert ckpt.is_file()
+    run_row(row_of("sihyun-yu/REPA", "generate.py"), {
+        "--model SiT-XL/2": f"--model SiT-Ti/1 --vae {tmp_path / 'vae'}", "--num-fid-samples 50000":
+        "--num-fid-samples 2", "YOUR_CHECKPOINT_PATH": str(ckpt), "--encoder-depth=8": "--encoder-depth=1",
+        "--projector-embed-dims=768": "--projector-embed-dims=32", "--per-proc-batch-size=64": "--per-proc-batch-size=2",
+        "--num-steps=250": "--num-steps=3"})
+    (repas,) = (tmp_path / "samples").glob("SiT-Ti-1-0000002-size-32-vae-*-cfg-1.8-seed-0-sde.npz")  # REPA's name
+    assert np.load(repas)["arr_0"].shape == (2, 32, 32, 3)
+
+
+@pytest.mark.slow
+def test_regs_scripts_run_end_to_end(imagenet, tmp_path, monkeypatch):
+    """REG's shell scripts in order: its data preparation (convert, encode), train.sh, and eval.sh's sampling.
+    Substituted: the data paths, model and encoder sizes (SiT-Ti/1; a random tiny ViT for DINOv2, whose 4 px
+    patches meet a /4 VAE's latents), a tiny /4 VAE for the SD-VAE, 32 px, steps, batches and sample counts, fp32
+    and no tracker; REG's encode script writes vae-sd-256, which REG's own dataset does not read: vae-sd here."""
+    monkeypatch.chdir(tmp_path)
+    quarter_vae(tmp_path / "vae")
+    convert, encode = (row_of("Martinser/REG", "convert"), row_of("Martinser/REG", " encode"))
+    data = "data_path/imagenet_vae"
+    run_row(convert, {"/home/share/imagenet/train": str(imagenet), "256x256": "32x32",
+                      "/home/share/imagenet_vae": data})
+    run_row(encode, {"/home/share/imagenet_vae": data, "vae-sd-256": f"vae-sd --vae {tmp_path / 'vae'}"})
+    small = {**ALIGNED, '--batch-size=256': f'--batch-size=4 --resolution 32 --num-classes 10 --vae {tmp_path / "vae"} '
+                                 '--max-train-steps 2 --checkpointing-steps 2 --num-workers 0',
+             '--model="SiT-XL/2"': '--model="SiT-Ti/1"'}
+    run_row(row_of("Martinser/REG", "reg_xlarge_dinov2_base_align_8_cls\" --exp-name"), small)
+    run = tmp_path / "your_path/reg_xlarge_dinov2_base_align_8_cls/linear-dinov2-b-enc8/checkpoints"
+    assert (run / "0000002.pt").is_file()
+    generate_row = [row for row in ROWS if row.repo == "Martinser/REG" and row.file == "eval.sh"][0]
+    run_row(generate_row, {"4000000.pt": "0000002.pt", "--model SiT-XL/2": f"--model SiT-Ti/1 --vae {tmp_path / 'vae'}",
+                           "--num-fid-samples 50000": "--num-fid-samples 2", "--encoder-depth=8": "--encoder-depth=1",
+                           "--projector-embed-dims=768": "--projector-embed-dims=32", "--cls=768": "--cls=32",
+                           "--per-proc-batch-size=64": "--per-proc-batch-size=2", "--num-steps=250": "--num-steps=3"})
+    (regs,) = run.glob("SiT-Ti-1-0000002-size-32-vae-*-cfg-2.3-seed-0-sde-0.85-2.3.npz")  # REG's name
+    assert np.load(regs)["arr_0"].shape == (2, 32, 32, 3)
