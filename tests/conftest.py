@@ -55,6 +55,21 @@ def trained_run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def edm_generator_run(tmp_path_factory) -> Path:
+    """A train_dmd2.py run folder: the tiny EDM teacher (tests/fixtures/edm_tiny_snapshot.pkl) distilled for two
+    steps, its checkpoint also in DMD2's layout (checkpoint_model_000002/) beside ours (checkpoints/0000002.pt)."""
+    import train_dmd2
+
+    out = tmp_path_factory.mktemp("dmd2")
+    pkl = Path(__file__).parent / "fixtures" / "edm_tiny_snapshot.pkl"
+    train_dmd2.main(train_dmd2.parse_args(["--teacher", str(pkl), "--output_path", str(out), "--dataset", "builtin",
+                                           "--batch_size", "2", "--num_workers", "0", "--train_iters", "2",
+                                           "--log_iters", "2", "--wandb_iters", "2", "--checkpoint_layout", "dmd2"]))
+    (run,) = list(out.iterdir())
+    return run
+
+
+@pytest.fixture(scope="session")
 def tiny_vae(tmp_path_factory) -> Path:
     """A randomly initialised 4-channel, /8 diffusers AutoencoderKL saved as a local folder (``--vae PATH``)."""
     from diffusers import AutoencoderKL

@@ -11,20 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-import train_dmd2
 from demo import imagenet_example
 
 PKL = Path(__file__).parent / "fixtures" / "edm_tiny_snapshot.pkl"
 
 
 @pytest.fixture(scope="module")
-def generator(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("dmd2")
-    train_dmd2.main(train_dmd2.parse_args(["--teacher", str(PKL), "--output_path", str(out), "--dataset", "builtin",
-                                           "--batch_size", "2", "--num_workers", "0", "--train_iters", "1",
-                                           "--log_iters", "1", "--wandb_iters", "1"]))
-    (run,) = list(out.iterdir())
-    return run / "checkpoints" / "0000001.pt"
+def generator(edm_generator_run) -> Path:
+    return edm_generator_run / "checkpoints" / "0000002.pt"
 
 
 def test_the_demo_draws_dmd2s_grid(generator, tmp_path, monkeypatch):

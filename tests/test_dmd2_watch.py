@@ -12,20 +12,15 @@ import pytest
 import torch
 from eval_stand_in import StandInInception
 
-import train_dmd2
 from evaluations import watch
 
-PKL = Path(__file__).parent / "fixtures" / "edm_tiny_snapshot.pkl"
 
+@pytest.fixture
+def run(edm_generator_run, tmp_path) -> Path:
+    """A copy of the session's DMD2 run folder: the evaluation writes stats.json and grids into it."""
+    import shutil
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("dmd2")
-    train_dmd2.main(train_dmd2.parse_args(["--teacher", str(PKL), "--output_path", str(out), "--dataset", "builtin",
-                                           "--batch_size", "2", "--num_workers", "0", "--train_iters", "2",
-                                           "--log_iters", "2", "--wandb_iters", "2", "--checkpoint_layout", "dmd2"]))
-    (folder,) = list(out.iterdir())
-    return folder
+    return Path(shutil.copytree(edm_generator_run, tmp_path / edm_generator_run.name))
 
 
 def args_for(run: Path, ref: Path, *extra: str):
