@@ -72,3 +72,6 @@ def shard():
 
 
 {"nan": nan, "shard": shard}[sys.argv[1]]()
+if torch.distributed.is_initialized():  # join gloo's threads before exit (an abort at exit otherwise, now and then)
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
