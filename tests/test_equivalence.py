@@ -72,6 +72,8 @@ def cases(inputs: dict) -> dict:
         "dit-fsdp": {"script": "train", "argv": [*TRAIN, "--fsdp"]},
         "unet": {"script": "train", "argv": model("UNet-Ti")},
         "sit": {"script": "train", "argv": model("SiT-Ti/4")},
+        "sit-transport": {"script": "train", "argv": [*model("SiT-Ti/4"), "--path-type", "VP", "--prediction",
+                                                      "noise", "--loss-weight", "likelihood"]},
         "repa": {"script": "train", "argv": [*model("SiT-Ti/4"), *REPA]},
         "reg": {"script": "train", "argv": [*model("SiT-Ti/4"), *REPA, "--cls", "0.03"]},
         "repae": {"script": "train_repae", "argv": [*REPAE, "--dataset", "builtin", "--vae-ckpt", str(vae),
@@ -152,7 +154,7 @@ def entries(ckpt: dict) -> list[str]:
 
 
 
-@pytest.mark.parametrize("case", ["dit", "dit-fsdp", "unet", "sit", "repa", "reg", "repae-ldm", "dmd2-dit",
+@pytest.mark.parametrize("case", ["dit", "dit-fsdp", "unet", "sit", "sit-transport", "repa", "reg", "repae-ldm", "dmd2-dit",
                                   "dmd2-dit-fsdp", "dmd2-sit", "dmd2-unet", "dmd2-edm"])
 def test_two_processes_train_as_one(runs, case):
     one, two = checkpoint(runs[1] / case), checkpoint(runs[2] / case)
