@@ -62,13 +62,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def checkpoints(folder: Path) -> dict[str, tuple[int, Path]]:
-    """``{name: (step, weights file)}`` of the folder's complete checkpoints, DMD2's folders and ours."""
+    """``{name: (step, weights file)}`` of the folder's complete checkpoints, DMD2's folders and ours; a step saved
+    in both layouts (``--checkpoint_layout dmd2``) is DMD2's folder, scored once."""
     found = {}
     for sub in folder.glob("*checkpoint_*"):
         if sub.is_dir() and sub.name.split("_")[-1].isdigit() and (sub / "pytorch_model.bin").is_file():
             found[str(sub)] = (int(sub.name.split("_")[-1]), sub / "pytorch_model.bin")
+    steps = {step for step, _ in found.values()}
     for path in folder.glob("checkpoints/[0-9]*.pt"):
-        found[str(path)] = (int(path.stem), path)
+        if int(path.stem) not in steps:
+            found[str(path)] = (int(path.stem), path)
     return dict(sorted(found.items(), key=lambda item: item[1][0]))
 
 

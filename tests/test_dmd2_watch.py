@@ -39,14 +39,20 @@ def test_every_checkpoint_is_scored_once_and_kept_in_stats_json(run, tmp_path, m
     ref = tmp_path / "ref.npz"
     np.savez(ref, mu=np.zeros(16), sigma=np.eye(16))
     stats = watch.main(args_for(run, ref, "--detector_url", "inception-2015-12-05.pkl"))
-    assert sorted(Path(name).name for name in stats) == ["0000002.pt", "checkpoint_model_000002"]
+    # the run saved step 2 in both layouts (--checkpoint_layout dmd2): scored once, as DMD2's folder
+    assert [Path(name).name for name in stats] == ["checkpoint_model_000002"]
+    ours = tmp_path / "ours" / "checkpoints"
+    ours.mkdir(parents=True)
+    (ours / "0000002.pt").symlink_to(run / "checkpoints" / "0000002.pt")
+    assert list(watch.checkpoints(ours.parent).values()) == [(2, ours / "0000002.pt")]  # this layout alone
+    assert [path.name for _, path in watch.checkpoints(run).values()] == ["pytorch_model.bin"]
     assert all(np.isfinite(entry["fid"]) for entry in stats.values())
     assert json.loads((run / "stats.json").read_text()) == stats and (run / "eval_grid_000002.png").is_file()
     calls = []
     monkeypatch.setattr(watch, "generate_images", lambda *a: calls.append(a) or np.zeros((6, 8, 8, 3), np.uint8))
     assert watch.main(args_for(run, ref)) == stats and not calls  # scored: skipped
     watch.main(args_for(run, ref, "--no_resume"))
-    assert len(calls) == 2
+    assert len(calls) == 1
 
 
 def test_the_images_follow_dmd2s_protocol(run, tmp_path):

@@ -231,16 +231,30 @@ def test_dmd2s_imagenet_scripts_run_end_to_end(tmp_path, monkeypatch):
     sizes = {"--resolution 64 --label_dim 1000": f"--resolution {res} --label_dim {classes}"}
     no_tracker = {"--wandb_entity $WANDB_ENTITY --wandb_project $WANDB_PROJECT ": "", f'--wandb_name "{name}" ': "",
                   "--use_fp16 ": ""}
-    module, argv = split(substitute(ours(train), {**sizes, **no_tracker, "--train_iters 10000000": "--train_iters 2",
-                                                  "--batch_size 40": "--batch_size 2 --num_workers 0",
-                                                  "--log_iters 500": "--log_iters 2 --wandb_iters 2"}))
+    short = {"--train_iters 10000000": "--train_iters 2", "--batch_size 40": "--batch_size 2 --num_workers 0",
+             "--log_iters 500": "--log_iters 2 --wandb_iters 2"}
+    # DMD2's released folder for the resume script is written by this run, in DMD2's layout
+    module, argv = split(substitute(ours(train), {**sizes, **no_tracker, **short,
+                                                  "--max_checkpoint 500": "--max_checkpoint 500 --checkpoint_layout dmd2"}))
     importlib.import_module(module).main(importlib.import_module(module).parse_args(argv))
     (run,) = (tmp_path / "checkpoints" / name).iterdir()
-    assert (run / "checkpoints" / "0000002.pt").is_file()
+    assert (run / "checkpoints" / "0000002.pt").is_file() and (run / "checkpoint_model_000002").is_dir()
     stats = watch.main(watch.parse_args(split(substitute(ours(evaluate), {
         **sizes, f"{name}/TIMESTAMP_TBD": f"{name}/{run.name} --once --total_eval_samples 4 --eval_batch_size 2",
         f"--wandb_name test_{name} --wandb_entity $WANDB_ENTITY --wandb_project $WANDB_PROJECT ": ""}))[1]))
-    assert list(stats) == [str(Path("checkpoints") / name / run.name / "checkpoints" / "0000002.pt")]
+    assert list(stats) == [str(Path("checkpoints") / name / run.name / "checkpoint_model_000002")]  # scored once
+    # the two other scripts: the resume from a released checkpoint folder at lr 5e-7, and the recipe without a GAN
+    for script, pairs in (("diffusion1000_lr5e-7_resume", {
+            "imagenet_lr2e-6_scratch_fid2.61_checkpoint_model_405500/": f"{name}/{run.name}/checkpoint_model_000002/",
+            "--train_iters 10000000": "--train_iters 4"}), ("imagenet_lr2e-6_scratch --batch", {})):
+        row = row_of("tianweiy/DMD2", script)
+        resumed = row.command.split('--wandb_name "')[1].split('"')[0]
+        module, argv = split(substitute(ours(row), {**sizes, **short, **pairs, "--use_fp16 ": "",
+                                                    f'--wandb_name "{resumed}" ': "", "--wandb_entity $WANDB_ENTITY "
+                                                    "--wandb_project $WANDB_PROJECT ": ""}))
+        importlib.import_module(module).main(importlib.import_module(module).parse_args(argv))
+        (out,) = (tmp_path / "checkpoints" / resumed).iterdir()
+        assert sorted(p.name for p in (out / "checkpoints").glob("*.pt"))[-1] == f"000000{4 if pairs else 2}.pt"
 
 
 def quarter_vae(path: Path) -> None:
@@ -283,7 +297,8 @@ def test_repas_readme_runs_end_to_end(imagenet, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_regs_scripts_run_end_to_end(imagenet, tmp_path, monkeypatch):
-    """REG's shell scripts in order: its data preparation (convert, encode), train.sh, and eval.sh's sampling.
+    """REG's shell scripts in order: its data preparation (convert, encode), train.sh (and the README's copy of it
+    with SiT-B/2), and eval.sh's sampling.
     Substituted: the data paths, model and encoder sizes (SiT-Ti/1; a random tiny ViT for DINOv2, whose 4 px
     patches meet a /4 VAE's latents), a tiny /4 VAE for the SD-VAE, 32 px, steps, batches and sample counts, fp32
     and no tracker; REG's encode script writes vae-sd-256, which REG's own dataset does not read: vae-sd here."""
@@ -300,6 +315,10 @@ def test_regs_scripts_run_end_to_end(imagenet, tmp_path, monkeypatch):
     run_row(row_of("Martinser/REG", "reg_xlarge_dinov2_base_align_8_cls\" --exp-name"), small)
     run = tmp_path / "your_path/reg_xlarge_dinov2_base_align_8_cls/linear-dinov2-b-enc8/checkpoints"
     assert (run / "0000002.pt").is_file()
+    run_row(row_of("Martinser/REG", 'model="SiT-B/2"'), {**{k: v for k, v in small.items() if "depth" not in k and "model" not in k},
+                                                         '--model="SiT-B/2"': '--model="SiT-Ti/1"',
+                                                         "--encoder-depth=4": "--encoder-depth=1"})  # the README's copy
+    assert (tmp_path / "your_path/linear-dinov2-b-enc4/checkpoints/0000002.pt").is_file()
     generate_row = [row for row in ROWS if row.repo == "Martinser/REG" and row.file == "eval.sh"][0]
     run_row(generate_row, {"4000000.pt": "0000002.pt", "--model SiT-XL/2": f"--model SiT-Ti/1 --vae {tmp_path / 'vae'}",
                            "--num-fid-samples 50000": "--num-fid-samples 2", "--encoder-depth=8": "--encoder-depth=1",
