@@ -15,13 +15,23 @@ from common.checkpoint import CheckpointError
 
 
 def run_cli(main, args, extra: tuple[type[BaseException], ...] = ()) -> None:
+    """Run ``main(args)``; on success the process group it joined is torn down before the interpreter exits (a
+    gloo or NCCL group left to the interpreter's teardown can abort the process after the work is done)."""
     try:
         main(args)
+        destroy_process_group()
     except (ValueError, CheckpointError, OSError, pickle.UnpicklingError, *extra) as e:
         if os.environ.get("DIFFUSION_LAB_DEBUG"):
             raise
         print(f"error: {one_line(e)}", file=sys.stderr)
         sys.exit(1 if isinstance(e, extra) else 2)
+
+
+def destroy_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def one_line(e: BaseException) -> str:

@@ -94,3 +94,15 @@ def test_repae_refusals_name_repae_s_own_flags(flags, needle):
     with pytest.raises(ValueError) as error:
         validate(parse_args(["--exp-name", "x", "--dataset", "builtin", *flags]))
     assert needle in str(error.value)
+
+
+def test_a_finished_script_tears_its_process_group_down(tmp_path):
+    """A script run through run_cli leaves no process group for the interpreter's teardown (where gloo and NCCL
+    can abort a finished run)."""
+    import torch.distributed as dist
+
+    from common.cli import run_cli
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    run_cli(lambda args: dist.barrier(), None)
+    assert not dist.is_initialized()
