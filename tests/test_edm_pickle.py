@@ -37,7 +37,8 @@ def test_snapshot_loads_without_edm_code_and_gives_the_recorded_outputs():
     assert not net.training and net.use_fp16 and net.model.enc["8x8_block0"].dropout == 0.1
     with torch.no_grad():
         out = net(REF["x"], REF["sigma"], REF["labels"])
-    torch.testing.assert_close(out, REF["out"], atol=1e-6, rtol=1e-6)
+    # float32 rounding of other CPU kernels (1.1e-6 on AVX2 against the AVX512 recording)
+    torch.testing.assert_close(out, REF["out"], atol=1e-5, rtol=1e-5)
     assert not edm_code_loaded()  # nothing of EDM's was imported or run
 
 
