@@ -51,6 +51,9 @@ def open_data(args, cfg: dict, teacher, codec, device):
         if args.gan_classifier or args.cls_on_clean_image or (args.denoising and not args.backward_simulation):
             raise ValueError("the GAN head and --denoising without --backward_simulation need real images: pass "
                              "--real_image_path (or --dataset builtin)")
+        if args.denoising and teacher.prompts is not None:
+            raise ValueError("--denoising on a text-to-image teacher conditions the generator on the real data's "
+                             "prompts, as DMD2 does: pass --real_image_path (DMD2's LMDB of latents and prompts)")
         return None, None, lambda batch: (None, None)
     # DMD2's SD LMDB holds latents and prompts
     kind = "lmdb-latents" if cfg["model"] == "diffusers" else resolve_dataset_kind(args.dataset, args.real_image_path)

@@ -11,6 +11,8 @@ A network of this repository declares, as class or instance attributes:
 - ``cls_token_dim``: REG's class token;
 - ``bn``: REPA-E's ``BatchNorm2d(affine=False)`` of the latents (the network samples normalised latents);
 - ``generator_sigmas``: a distilled few-step generator's noise levels (DMD2);
+- ``unit_noise``: such a generator's top-level input is unit noise, not pure noise at its top level's variance
+  (DMD2's Stable Diffusion generators, as diffusers' pipelines start);
 - ``transport``: a SiT trained with SiT's own transport: its ``create_transport`` arguments (path, target, eps);
 - ``bottleneck_module()``: the module whose output DMD2's GAN head reads.
 
@@ -51,6 +53,7 @@ class Contract:
     latent_norm: nn.Module | None
     generator_sigmas: tuple[float, ...] | None
     transport: dict | None = None
+    unit_noise: bool = False
 
     @property
     def sit_only(self) -> bool:
@@ -79,6 +82,7 @@ def contract(model) -> Contract:
         latent_norm=latent_norm(net),
         generator_sigmas=tuple(sigmas) if sigmas else None,
         transport=getattr(net, "transport", None) or None,
+        unit_noise=bool(getattr(net, "unit_noise", False)),
     )
 
 

@@ -55,12 +55,13 @@ def base_alphas_cumprod(noise_schedule: str = "linear") -> np.ndarray:
     return create_diffusion("", noise_schedule=noise_schedule).alphas_cumprod
 
 
-def few_step_sample(den, noise: torch.Tensor, labels: torch.Tensor, sigmas) -> torch.Tensor:
-    """DMD2's few-step generation (sec. 4.4): from pure noise at ``sigmas[0]``, the model's x0 at each level,
-    noised with fresh noise to the next level (``(x0 + sigma eps) / sqrt(1 + sigma^2)``); the last x0."""
+def few_step_sample(den, noise: torch.Tensor, labels: torch.Tensor, sigmas, unit_noise: bool = False) -> torch.Tensor:
+    """DMD2's few-step generation (sec. 4.4): from pure noise at ``sigmas[0]`` (``unit_noise``: the unit noise
+    itself, as DMD2's SD generators and diffusers' pipelines start), the model's x0 at each level, noised with fresh
+    noise to the next level (``(x0 + sigma eps) / sqrt(1 + sigma^2)``); the last x0."""
     n = len(noise)
     level = torch.full((n,), float(sigmas[0]), dtype=torch.float64, device=noise.device)
-    x = noised(torch.zeros_like(noise), level, noise)
+    x = noise if unit_noise else noised(torch.zeros_like(noise), level, noise)
     for i, sigma in enumerate(sigmas):
         x0 = den(x, torch.full((n,), float(sigma), dtype=torch.float64, device=noise.device), labels).x0
         if i + 1 < len(sigmas):
@@ -148,7 +149,7 @@ def _generator_sample(model, net, noise, labels, sampler: str, cfg_scale: float,
     if cfg_scale > 1.0:
         raise ValueError("a distilled generator has the teacher's guidance built in: sample it with --cfg-scale 1")
     den = denoiser_for(model, base_alphas_cumprod(noise_schedule), path_type)
-    return den.denormalize(few_step_sample(den, noise, labels, net.generator_sigmas).to(noise.dtype))
+    return den.denormalize(few_step_sample(den, noise, labels, net.generator_sigmas, net.unit_noise).to(noise.dtype))
 
 
 def generate(model, noise: torch.Tensor, labels: torch.Tensor, *, sampler: str, num_steps: int,

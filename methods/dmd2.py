@@ -8,7 +8,8 @@ One step, in DMD2's order (``main/edm/train_edm.py`` / ``main/train_sd.py`` ``tr
    real data or, with ``--backward_simulation``, from the generator's own few-step samples). When
    ``step % dfake_gen_update_ratio == 0`` (step 0 included) the generator is updated with the
    distribution-matching loss (t in [min_step_percent, max_step_percent] of the teacher's 1000 levels,
-   the teacher guided by ``real_guidance_scale``) plus ``gen_cls_loss_weight`` x the GAN generator loss;
+   the teacher guided by ``real_guidance_scale``) plus ``gen_cls_loss_weight`` x the GAN generator loss (with
+   ``--gen_cls_loss``, or ``--gan_classifier`` as train_edm.py);
    the guidance model is frozen meanwhile. ``dm_loss_weight`` weighs the DM loss; ``gan_alone`` drops it.
 2. The guidance turn, every step, on the same generated batch (detached): the fake score's own
    denoising loss plus the weighted GAN classifier loss on real and generated images
@@ -99,6 +100,9 @@ class DMD2Method(Method):
         VAE, noise schedule or path); the learning rates warm up over ``warmup_step`` from step ``warmup_from``
         (``training.schedule.constant_with_warmup`` on ``processes``)."""
         self.teacher, self.data, self.draw_labels, self.shape = teacher, data, draw_labels, tuple(shape)
+        self.unit_noise = teacher.unit_noise
+        # an SD generator's few-step inputs are conditioned on the real data's prompts (DMD2's denoising loader)
+        self.real_prompts = teacher.prompts is not None
         self.batch_size, self.device = batch_size, device
         self.modules = {"model": generator.to(device), "guidance": guidance.to(device)}
         self.modules_generator = generator  # the unwrapped generator, whatever the engine wraps it in
@@ -115,7 +119,7 @@ class DMD2Method(Method):
         self.min_step, self.max_step = int(min_step_percent * GRID), int(max_step_percent * GRID)
         self.gen_cls_weight, self.cls_weight = gen_cls_loss_weight, cls_loss_weight
         self.dm_weight, self.gan_alone = dm_loss_weight, gan_alone
-        self.gen_gan = guidance.cls_pred_branch is not None and (gen_cls_loss or gen_cls_loss_weight > 0)
+        self.gen_gan = guidance.cls_pred_branch is not None and gen_cls_loss  # train_sd.py's --gen_cls_loss gate
         self.diffusion_gan, self.gan_max = diffusion_gan, diffusion_gan_max_timestep
         self.denoising, self.backward_simulation = denoising, backward_simulation
         self.generator_sigmas = [float(s) for s in generator_sigmas]
@@ -131,9 +135,10 @@ class DMD2Method(Method):
         return self.teacher.adapter(generator)(x_vp, sigma, y, x0_dtype=torch.float64).x0.float()
 
     def pure_noise(self, n: int, device, sigma: torch.Tensor) -> torch.Tensor:
-        """Noise at level ``sigma`` with nothing of the data in it: ``noised(0, sigma, eps)``."""
+        """Noise at level ``sigma`` with nothing of the data in it: ``noised(0, sigma, eps)``; for a generator that
+        starts from unit noise (DMD2's SD generators) ``eps`` itself."""
         eps = torch.randn(n, *self.shape, device=device)
-        return noised(torch.zeros_like(eps), sigma, eps)
+        return eps if self.unit_noise else noised(torch.zeros_like(eps), sigma, eps)
 
     def gan_noise(self, n: int, like: torch.Tensor):
         """Grid indices and noise for the classifier's inputs: ``diffusion_gan`` draws indices in
@@ -174,7 +179,8 @@ class DMD2Method(Method):
         eps = torch.randn(n, *self.shape, device=device)
         x = noised(clean, sigma, eps)
         top = k == 0  # DMD2's pure-noise mask at the first (top) level
-        return torch.where(top.view(-1, *[1] * len(self.shape)), noised(torch.zeros_like(eps), sigma, eps), x), sigma
+        pure = eps if self.unit_noise else noised(torch.zeros_like(eps), sigma, eps)
+        return torch.where(top.view(-1, *[1] * len(self.shape)), pure, x), sigma
 
     # ----- what the run reads -----
     def lr_at(self, step: int, base: float, total: int) -> float:
@@ -189,14 +195,15 @@ class DMD2Method(Method):
         """A text-to-image generator's grid shows its first training prompts (``samples`` of them)."""
         prompts = self.teacher.prompts
         if prompts is not None:
-            return prompts[:samples].cpu(), nrow
+            return prompts.first(samples).cpu(), nrow
         return super().grid_conditions(samples, nrow)
 
     # ----- the step -----
     def train_step(self, engine, batch) -> dict[str, torch.Tensor]:
         real, y_real = self.data(batch)
         n, device = self.batch_size, self.device
-        y = self.draw_labels(n, device) if not self.denoising or self.backward_simulation else y_real
+        real_conditions = self.denoising and (self.real_prompts or not self.backward_simulation)
+        y = y_real if real_conditions else self.draw_labels(n, device)
         update_generator = engine.steps % self.ratio == 0
         generator, guidance = engine.module("model"), engine.module("guidance")
         record = {}

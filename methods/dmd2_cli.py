@@ -11,7 +11,7 @@ import torch
 
 from common.cli import require_positive, use_local_rank
 from methods.dmd2_teacher import GRID, DDPMTeacher, FlowTeacher, Teacher
-from methods.dmd2_text import is_diffusers_folder, load_text_teacher
+from methods.dmd2_text import is_diffusers_teacher, load_text_teacher
 
 
 def sd15_top_sigma() -> float:
@@ -42,8 +42,10 @@ def _flag(p, name: str, **kw) -> None:
 def parse_args(argv=None, description: str | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=description)
     _flag(p, "teacher", type=str, default=None, help="the teacher: a train.py checkpoint, an official DiT / REPA release, "
-          "EDM's network pickle (edm-imagenet-64x64-cond-adm.pkl) or a diffusers folder (unet/, scheduler/)")
+          "EDM's network pickle (edm-imagenet-64x64-cond-adm.pkl), or a Stable Diffusion model: a hub id "
+          "(runwayml/stable-diffusion-v1-5, through the Hugging Face cache) or a diffusers folder (unet/, scheduler/)")
     p.add_argument("--model_id", "--model-id", dest="teacher", type=str, help="DMD2's name for --teacher")
+    _flag(p, "revision", type=str, default=None, help="the hub revision of a --model_id hub id")
     _flag(p, "output_path", type=str, default="results", help="the run folders' parent")
     _flag(p, "exp_name", type=str, default=None, help="run folder {output_path}/{exp_name} (default: numbered)")
     _flag(p, "train_iters", type=int, default=1_000_000)
@@ -148,7 +150,7 @@ def parse_args(argv=None, description: str | None = None) -> argparse.Namespace:
           "accelerate launch set LOCAL_RANK instead)")
     refused = p.add_argument_group("DMD2 flags train_dmd2.py refuses with the reason")
     for name, kw in (("sdxl", {"action": "store_true"}), ("tiny_vae", {"action": "store_true"}),
-                     ("revision", {"type": str}), ("lr", {"type": float}), ("denoising_loss_weight", {"type": float})):
+                     ("lr", {"type": float}), ("denoising_loss_weight", {"type": float})):
         _flag(refused, name, default=None, help=argparse.SUPPRESS, **kw)
     return p.parse_args(argv)
 
@@ -159,8 +161,6 @@ REFUSED = {
             "or a class-conditional teacher",
     "tiny_vae": "--tiny_vae decodes SDXL's grids with TAESD; SDXL teachers are not supported, and SD1.5-layout "
                 "teachers decode with their own vae/",
-    "revision": "--revision picks a Hugging Face Hub revision; train_dmd2.py reads local folders only: download "
-                "that revision and pass its folder to --model_id",
     "lr": "DMD2 never reads --lr: set --generator_lr and --guidance_lr",
     "denoising_loss_weight": "DMD2 never reads --denoising_loss_weight; the fake score's loss has weight 1",
 }
@@ -169,8 +169,12 @@ REFUSED = {
 def validate(args: argparse.Namespace) -> None:
     if not args.teacher:
         raise ValueError("no teacher: pass --teacher (a checkpoint, EDM's .pkl or a diffusers folder)")
-    if not Path(args.teacher).exists():
-        raise ValueError(f"--teacher {args.teacher} does not exist")
+    if not Path(args.teacher).expanduser().exists() and not is_diffusers_teacher(args.teacher):
+        raise ValueError(f"--teacher {args.teacher} does not exist (a checkpoint, EDM's .pkl, a diffusers folder or a "
+                         "Stable Diffusion hub id)")
+    if args.revision is not None and Path(args.teacher).expanduser().exists():
+        raise ValueError(f"--revision {args.revision} picks a hub revision, but --model_id {args.teacher} is a local "
+                         "folder: drop --revision")
     if not 0 <= args.min_step_percent < args.max_step_percent <= 1:
         raise ValueError("--min_step_percent and --max_step_percent must satisfy 0 <= min < max <= 1")
     require_positive(args, "batch_size", "dfake_gen_update_ratio", "train_iters", "log_iters", "wandb_iters",
@@ -258,8 +262,8 @@ def load_teacher(args: argparse.Namespace, device) -> tuple[Teacher, dict, objec
     from models.pretrained import REPAE_VAES, Query, build_for_sampling, load_codec, sampling_config
 
     path = Path(args.teacher)
-    if is_diffusers_folder(path):
-        teacher, cfg, codec, teacher.encoder = load_text_teacher(args, path, device)
+    if is_diffusers_teacher(args.teacher):
+        teacher, cfg, codec, teacher.encoder = load_text_teacher(args, args.teacher, device)
         freeze(teacher.model)
         return teacher, cfg, codec
     try:
@@ -380,7 +384,7 @@ def condition_sampler(teacher: Teacher, num_classes: int):
 
     def draw(n: int, device) -> torch.Tensor:
         if prompts is not None:
-            return prompts[torch.randint(0, len(prompts), (n,))].to(device)
+            return prompts.draw(n, device)
         return torch.randint(0, num_classes, (n,), device=device)
 
     return draw
@@ -418,9 +422,9 @@ def build_method(args, teacher: Teacher, cfg: dict, codec, data, draw_labels, de
     channels, size = cfg["latent_channels"], cfg["latent_size"]
     if args.gan_classifier or args.cls_on_clean_image:
         probe = torch.zeros(1, channels, size, size, device=device)
+        y = teacher.null.to(device) if torch.is_tensor(teacher.null) else draw_labels(1, device)  # the empty prompt
         with torch.no_grad():
-            features = teacher.bottleneck(teacher.model, probe, teacher.sigma(torch.zeros(1, dtype=torch.long)),
-                                          draw_labels(1, device))
+            features = teacher.bottleneck(teacher.model, probe, teacher.sigma(torch.zeros(1, dtype=torch.long)), y)
         head = dmd2_classifier_head(features.shape[1], features.shape[-1])
     if args.generator_lora:
         generator = lora_generator(generator, args)

@@ -36,7 +36,7 @@ from diffusion.denoiser import (
     flow_sigma,
     noised,
 )
-from diffusion.network import bottleneck_module
+from diffusion.network import bottleneck_module, contract
 from diffusion.transport import expand_t_like_x
 
 GRID = 1000  # DMD2's --num_train_timesteps
@@ -54,7 +54,7 @@ class Teacher:
 
     family: str
     sigmas: torch.Tensor
-    prompts: torch.Tensor | None = None  # a text-to-image teacher's training prompts, embedded (methods.dmd2_text)
+    prompts = None  # a text-to-image teacher's training prompts (methods.dmd2_text.Prompts)
     encoder = None  # and its prompt encoder
 
     def __init__(self, model: torch.nn.Module, null=None):
@@ -62,6 +62,11 @@ class Teacher:
 
     def adapter(self, net: torch.nn.Module) -> Denoiser:
         raise NotImplementedError
+
+    @property
+    def unit_noise(self) -> bool:
+        """Whether the generator's top-level input is unit noise (``diffusion.network.Contract.unit_noise``)."""
+        return contract(self.model).unit_noise
 
     def fake_score_loss(self, net: torch.nn.Module, x0: torch.Tensor, y) -> torch.Tensor:
         raise NotImplementedError
@@ -188,6 +193,7 @@ class DiffusersEps(torch.nn.Module):
 
     prediction = "eps"
     learn_sigma = False
+    unit_noise = True  # DMD2's SD generators start from unit noise, as diffusers' pipelines do
 
     def __init__(self, unet: torch.nn.Module):
         super().__init__()

@@ -66,7 +66,8 @@ class SDVAE(torch.nn.Module):
 
 
 def load_vae(name: str, device: torch.device | str = "cpu") -> torch.nn.Module:
-    """``none`` | ``ema`` | ``mse`` | a diffusers folder (with ``config.json``) | a hub id.
+    """``none`` | ``ema`` | ``mse`` | a diffusers folder (with ``config.json``) | a hub id, with a subfolder and a
+    revision where needed (``runwayml/stable-diffusion-v1-5/vae@main``, ``models.hub.hub_parts``).
 
     Hub weights come from the local Hugging Face cache first; without a cache and
     without network the error names what to download and where to point ``--vae``.
@@ -74,35 +75,17 @@ def load_vae(name: str, device: torch.device | str = "cpu") -> torch.nn.Module:
     if name == "none":
         return PixelCodec().to(device)
     path = Path(name).expanduser()
-    repo = HUB_NAMES.get(name, name)
+    from diffusers import AutoencoderKL
+
     if path.exists():
         if not (path / "config.json").is_file():
             raise ValueError(f"--vae {name}: expected a diffusers AutoencoderKL folder with config.json "
                              "and diffusion_pytorch_model.safetensors")
-    elif "/" not in repo:
-        raise ValueError(f"--vae {name}: use ema, mse, none, a local diffusers folder or a hub id")
-    elif name.startswith((".", "/", "~")) or repo.count("/") > 1:  # a hub id is exactly "owner/name"
-        raise ValueError(f"--vae {name}: no such folder")
-    from diffusers import AutoencoderKL
-
-    if path.exists():
         return SDVAE(AutoencoderKL.from_pretrained(path)).to(device)
-    try:
-        vae = AutoencoderKL.from_pretrained(repo, local_files_only=True)
-    except Exception:
-        vae = None
-        if not hub.offline():
-            try:
-                vae = AutoencoderKL.from_pretrained(repo)
-            except Exception:
-                vae = None
-        if vae is None:
-            local = f"vae/{repo.split('/')[-1]}"
-            raise ValueError(f"--vae {name}: {repo} is not in the Hugging Face cache and cannot be downloaded; "
-                             f"on a machine with internet run `hf download {repo} config.json "
-                             f"diffusion_pytorch_model.safetensors --local-dir {local}`, copy the folder here "
-                             f"and pass --vae {local}") from None
-    return SDVAE(vae).to(device)
+    repo = HUB_NAMES.get(name, name)
+    if "/" not in repo:
+        raise ValueError(f"--vae {name}: use ema, mse, none, a local diffusers folder or a hub id")
+    return SDVAE(hub.from_pretrained(AutoencoderKL, repo, "--vae")).to(device)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,0 +1,163 @@
+"""DMD2's Stable Diffusion conventions: the teacher by hub id through the Hugging Face cache (--revision too) or as a
+folder, one line when it is missing; unit noise at the generator's top level; the real data's prompts for the
+few-step generator's inputs; --gen_cls_loss as the gate of the generator's GAN loss; training prompts encoded a
+batch at a time. On the tiny random SD folder of the run fixtures, offline."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import train_dmd2
+from methods import dmd2_text
+
+SNAPSHOT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture(scope="module")
+def sd_folder(tmp_path_factory):
+    from fixtures.record_run_fixtures import sd_folder
+
+    return sd_folder(tmp_path_factory.mktemp("sd"))
+
+
+@pytest.fixture(scope="module")
+def hub_id(sd_folder):
+    """The tiny SD folder as the Hugging Face cache holds a downloaded model (snapshots/<commit>/, refs/main)."""
+    repo = Path(os.environ["HF_HOME"]) / "hub" / "models--diffusion-lab-tests--tiny-sd"
+    for part in ("unet", "scheduler", "text_encoder", "tokenizer", "vae"):
+        shutil.copytree(sd_folder / part, repo / "snapshots" / SNAPSHOT / part, dirs_exist_ok=True)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(SNAPSHOT)
+    return "diffusion-lab-tests/tiny-sd"
+
+
+def load(argv):
+    from methods.dmd2_cli import load_teacher, parse_args, validate
+
+    args = parse_args(argv)
+    validate(args)
+    return load_teacher(args, torch.device("cpu"))
+
+
+def test_a_hub_id_teacher_loads_from_the_cache_as_the_folder_does(sd_folder, hub_id):
+    from models.vae import load_vae
+
+    prompts = ["--train_prompt_path", str(sd_folder / "prompts.txt")]
+    folder, folder_cfg, _ = load(["--teacher", str(sd_folder), *prompts])
+    for revision in ([], ["--revision", SNAPSHOT]):
+        teacher, cfg, codec = load(["--model_id", hub_id, *prompts, *revision])
+        mine, theirs = teacher.model.state_dict(), folder.model.state_dict()
+        assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+        assert cfg["vae"] == f"{hub_id}/vae" + (f"@{SNAPSHOT}" if revision else "")  # what the generator records
+        vae = load_vae(cfg["vae"])  # and what sample.py reads back, offline
+        assert all(torch.equal(a, b) for a, b in zip(vae.state_dict().values(), codec.state_dict().values()))
+
+
+def test_a_missing_hub_teacher_is_one_line_naming_the_download(sd_folder):
+    args = train_dmd2.parse_args(["--model_id", "nobody-here/no-such-sd", "--revision", "v2",
+                                  "--train_prompt_path", str(sd_folder / "prompts.txt"), "--output_path", "unused"])
+    with pytest.raises(ValueError) as info:
+        train_dmd2.main(args)
+    message = str(info.value)
+    assert "\n" not in message and "nobody-here/no-such-sd at revision v2" in message
+    assert "hf download nobody-here/no-such-sd --revision v2" in message and "--model_id" in message
+    assert not Path("unused").exists()
+    with pytest.raises(ValueError, match="drop --revision"):
+        load(["--model_id", str(sd_folder), "--revision", "v2"])
+
+
+@pytest.fixture()
+def counted(monkeypatch):
+    """Every batch of prompts the text encoder embeds, and the training prompts drawn for the generator."""
+    seen = {"encoded": [], "drawn": 0}
+    call, draw = dmd2_text.TextEncoder.__call__, dmd2_text.Prompts.draw
+
+    def encode(self, prompts):
+        seen["encoded"].append(list(prompts))
+        return call(self, prompts)
+
+    def drawn(self, n, device):
+        seen["drawn"] += n
+        return draw(self, n, device)
+
+    monkeypatch.setattr(dmd2_text.TextEncoder, "__call__", encode)
+    monkeypatch.setattr(dmd2_text.Prompts, "draw", drawn)
+    return seen
+
+
+def train(sd_folder, tmp_path, *flags, prompts=None):
+    file = sd_folder / "prompts.txt"
+    if prompts:
+        file = tmp_path / "prompts.txt"
+        file.write_text("\n".join(prompts) + "\n")
+    train_dmd2.main(train_dmd2.parse_args([
+        "--teacher", str(sd_folder), "--train_prompt_path", str(file), "--real_image_path", str(sd_folder / "laion_lmdb"),
+        "--output_path", str(tmp_path / "out"), "--batch_size", "2", "--num_workers", "0", "--train_iters", "2",
+        "--log_iters", "2", "--wandb_iters", "2", "--grid_size", "1", "--no_save", "--warmup_step", "0", *flags]))
+    (run,) = (tmp_path / "out").iterdir()
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_prompts_are_encoded_a_batch_at_a_time(sd_folder, tmp_path, counted):
+    """A prompt file of 500 prompts: no call embeds more than one batch (2) or the grid (1), and the generator's
+    prompts are drawn from it; the GAN head without --gen_cls_loss leaves the generator's GAN loss off."""
+    many = [f"prompt {chr(97 + i % 26)}{chr(97 + i // 26 % 26)}" for i in range(500)]
+    records = train(sd_folder, tmp_path, "--cls_on_clean_image", "--gen_cls_loss_weight", "5e-3",
+                    "--guidance_cls_loss_weight", "1e-2", prompts=many)
+    assert counted["drawn"] > 0 and max(len(batch) for batch in counted["encoded"]) <= 2
+    assert "gen_cls_loss" not in records[-1] and "guidance_cls_loss" in records[-1]
+
+
+def test_few_step_inputs_take_the_real_datas_prompts(sd_folder, tmp_path, counted):
+    """--denoising --backward_simulation: the generator is conditioned on the prompts of DMD2's LMDB, never on
+    training prompts drawn from --train_prompt_path (DMD2's denoising loader); --gen_cls_loss turns the generator's
+    GAN loss on."""
+    records = train(sd_folder, tmp_path, "--denoising", "--num_denoising_step", "2", "--backward_simulation",
+                    "--cls_on_clean_image", "--gen_cls_loss", "--gen_cls_loss_weight", "5e-3",
+                    "--guidance_cls_loss_weight", "1e-2")
+    assert counted["drawn"] == 0 and "gen_cls_loss" in records[0]
+    with pytest.raises(ValueError, match="real data's prompts"):
+        train_dmd2.main(train_dmd2.parse_args(["--teacher", str(sd_folder), "--train_prompt_path",
+                                               str(sd_folder / "prompts.txt"), "--denoising", "--backward_simulation",
+                                               "--output_path", str(tmp_path / "refused")]))
+    assert not (tmp_path / "refused").exists()
+
+
+def test_an_sd_generator_starts_from_unit_noise(sd_folder):
+    """DMD2's SD generator maps unit noise at its conditioning step (and diffusers' LCMScheduler starts there),
+    not the pure noise of that step's variance (sqrt(1 - abar_999) = 0.99767 for SD1.5)."""
+    from diffusion.denoiser import noised
+    from diffusion.network import contract
+    from diffusion.pipeline import few_step_sample
+    from methods.dmd2_cli import build_method
+
+    teacher, cfg, codec = load(["--teacher", str(sd_folder), "--train_prompt_path", str(sd_folder / "prompts.txt")])
+    cfg.update(latent_channels=codec.latent_channels, latent_size=cfg["image_size"] // codec.downsample)
+    from methods.dmd2_cli import parse_args
+
+    method = build_method(parse_args(["--teacher", str(sd_folder)]), teacher, cfg, codec, lambda b: (None, None),
+                          teacher.prompts.draw, torch.device("cpu"), 2)
+    assert contract(method.modules["model"]).unit_noise and teacher.unit_noise
+    torch.manual_seed(0)
+    eps = torch.randn(2, 4, 8, 8)
+    torch.manual_seed(0)
+    x, sigma = method.generator_input(method.modules["model"], 2, None, None, torch.device("cpu"))
+    assert torch.equal(x, eps)
+
+    seen = []
+
+    def den(x, sigma, y):
+        seen.append(x)
+        return type("Out", (), {"x0": torch.zeros_like(x)})
+
+    few_step_sample(den, eps, None, [14.6, 1.0], unit_noise=True)
+    few_step_sample(den, eps, None, [14.6, 1.0])
+    assert torch.equal(seen[0], eps) and not torch.equal(seen[2], eps)
+    level = torch.full((2,), 14.6, dtype=torch.float64)
+    torch.testing.assert_close(seen[2], noised(torch.zeros_like(eps), level, eps))
