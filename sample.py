@@ -8,8 +8,10 @@
   python sample.py --ckpt DiT-XL-2-256x256.pt --sampler ode --heun --num-sampling-steps 25   # any model, any sampler
   python sample.py ODE --image-size 256 --seed 1              # SiT's command line: its release, dopri5
   python sample.py SDE --ckpt last.pt --model SiT-XL/2 --diffusion-form sigma --last-step Mean
+  python sample.py --ckpt results/000-DMD2-diffusers/checkpoints/0002000.pt --prompt "a photo of a cat"
 Writes ``sample.png`` (or ``--output``). A first argument ``ODE`` or ``SDE`` is SiT's mode
-(``evaluations/sit_cli.py``); ``--likelihood`` then also writes ``sample-likelihood.json``.
+(``evaluations/sit_cli.py``); ``--likelihood`` then also writes ``sample-likelihood.json``. ``--prompt`` or
+``--prompts`` samples a DMD2 text-to-image generator (``evaluations/prompt_cli.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from common.monitor import row_labels, save_grid
 from common.setup import enable_tf32
 from diffusion.pipeline import generate, generate_sit, sit_likelihood
 from diffusion.sit_samplers import bits_per_dim
+from evaluations.prompt_cli import add_prompt_args, prompt_main
 from evaluations.sampling_cli import add_sampling_args, check_sampling_args, choose_sampler, sampling_settings
 from evaluations.sit_cli import add_sit_args, sit_query, sit_sampling, split_mode
 from imagedata import class_names
@@ -51,6 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=1,
                    help="samples of each class in --class-labels; the grid then has one row per class")
     p.add_argument("--output", type=str, default="sample.png")
+    add_prompt_args(p)
     args = p.parse_args(argv)
     args.default_vae, args.flow_default, args.mode = "mse", "ode", None
     use_local_rank(args)
@@ -95,6 +99,8 @@ def sit_main(args: argparse.Namespace) -> None:
 def main(args: argparse.Namespace) -> None:
     if args.mode is not None:
         return sit_main(args)
+    if args.prompt or args.prompts:
+        return prompt_main(args)
     check_sampling_args(args)
     torch.manual_seed(args.seed)
     enable_tf32()

@@ -397,6 +397,8 @@ def generator_record(args, teacher: Teacher, cfg: dict, levels: list[float]) -> 
 
     schedule = {"squaredcos_cap_v2": "cosine"}.get(cfg.get("noise_schedule"), "linear")
     extra = {"model_kwargs": cfg["model_kwargs"]} if cfg["model"] == "EDM" else {}
+    if cfg["model"] == "diffusers":  # the base model sample.py --prompt reads the text encoder and VAE of
+        extra["sd_model"] = cfg["sd_model"]
     if args.generator_lora:
         extra.update(lora_alpha=args.lora_alpha, lora_rank=args.lora_rank)
     return sampling_record(teacher.model, cfg["model"], cfg["image_size"], cfg["num_classes"], cfg["vae"],

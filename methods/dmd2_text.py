@@ -42,23 +42,23 @@ class SDSource:
 
     def name(self, part: str) -> str:
         if self.local:
-            return str(Path(self.root).expanduser() / part)
+            return str((Path(self.root).expanduser() / part).absolute())
         repo, sub, revision = hub.hub_parts(self.root)
         return hub.hub_name(repo, "/".join(p for p in (sub, part) if p), self.revision or revision)
 
 
-def read_prompts(path: str) -> list[str]:
+def read_prompts(path: str, flag: str = "--train_prompt_path") -> list[str]:
     """Prompts from a text file (one a line) or DMD2's pickle of a list of captions."""
     file = Path(path)
     if not file.is_file():
-        raise ValueError(f"--train_prompt_path {path}: no such file (a text file of prompts, or DMD2's captions .pkl)")
+        raise ValueError(f"{flag} {path}: no such file (a text file of prompts, or DMD2's captions .pkl)")
     if file.suffix == ".pkl":
         with open(file, "rb") as f:
             prompts = pickle.load(f)  # DMD2's captions_*.pkl: a list of str (a trusted, local file)
     else:
         prompts = [line.strip() for line in file.read_text().splitlines() if line.strip()]
     if not prompts or not all(isinstance(p, str) for p in prompts):
-        raise ValueError(f"--train_prompt_path {path}: no prompts in it")
+        raise ValueError(f"{flag} {path}: no prompts in it")
     return list(prompts)
 
 
@@ -120,5 +120,6 @@ def load_text_teacher(args, name: str, device):
     teacher = DDPMTeacher(model, scheduler.alphas_cumprod.double().numpy(), objective=None, null=encoder([""]))
     teacher.prompts = Prompts(prompts, encoder)
     cfg = {"model": "diffusers", "image_size": model.unet.config.sample_size * codec.downsample,
-           "num_classes": 0, "vae": source.name("vae"), "ckpt": name, "dataset": None, "model_kwargs": {}}
+           "num_classes": 0, "vae": source.name("vae"), "ckpt": name, "dataset": None, "model_kwargs": {},
+           "sd_model": source.name("")}
     return teacher, cfg, codec, encoder

@@ -174,6 +174,10 @@ def sampling_config(query: Query) -> tuple[dict, dict]:
     ckpt = load_checkpoint(path)
     state_dict = model_state_dict(ckpt, prefer="ema")
     fmt, record = read_record(ckpt, state_dict, query)
+    if record.get("model") == "diffusers":
+        teacher = record.get("sd_model", "a Stable Diffusion teacher")
+        raise ValueError(f"{path} is a text-to-image generator (train_dmd2.py on {teacher}): sample it with "
+                         f"sample.py --ckpt {path} --prompt 'a prompt'")
     if record.get("model") and query.model and query.model != record["model"]:
         raise ValueError(f"{path} holds a {record['model']} (it was trained with --model {record['model']}), not a "
                          f"{query.model}: leave out --model")

@@ -161,3 +161,66 @@ def test_an_sd_generator_starts_from_unit_noise(sd_folder):
     assert torch.equal(seen[0], eps) and not torch.equal(seen[2], eps)
     level = torch.full((2,), 14.6, dtype=torch.float64)
     torch.testing.assert_close(seen[2], noised(torch.zeros_like(eps), level, eps))
+
+
+@pytest.fixture(scope="module")
+def sd_generator(sd_folder, tmp_path_factory):
+    """A four-step LoRA generator distilled for 2 steps from the tiny SD folder (DMD2's default steps)."""
+    out = tmp_path_factory.mktemp("sd_generator")
+    train_dmd2.main(train_dmd2.parse_args([
+        "--teacher", str(sd_folder), "--train_prompt_path", str(sd_folder / "prompts.txt"), "--real_image_path",
+        str(sd_folder / "laion_lmdb"), "--output_path", str(out), "--batch_size", "2", "--num_workers", "0",
+        "--train_iters", "2", "--log_iters", "2", "--wandb_iters", "2", "--grid_size", "1", "--warmup_step", "0",
+        "--generator_lr", "1e-3", "--guidance_lr", "1e-3", "--denoising", "--num_denoising_step", "4",
+        "--backward_simulation", "--generator_lora", "--lora_rank", "4"]))
+    (run,) = out.iterdir()
+    return run / "checkpoints" / "0000002.pt"
+
+
+def dmd2_demo_loop(unet, scheduler, embeddings, seed: int, steps: list[int]) -> torch.Tensor:
+    """DMD2's demo (demo/text_to_image_sdxl.py ``sample``), written out with diffusers' scheduler: unit noise; per
+    step the UNet's eps at that timestep, x0 = (x - sqrt(1 - abar) eps) / sqrt(abar), add_noise to the next."""
+    abar = scheduler.alphas_cumprod.double()
+    torch.manual_seed(seed)
+    size = unet.config.sample_size
+    x = torch.randn(len(embeddings), unet.config.in_channels, size, size)
+    for i, step in enumerate(steps):
+        t = torch.full((len(x),), step, dtype=torch.long)
+        eps = unet(x, t, embeddings).sample.double()
+        x0 = ((x.double() - (1 - abar[step]).sqrt() * eps) / abar[step].sqrt()).float()
+        if i + 1 < len(steps):
+            x = scheduler.add_noise(x0, torch.randn_like(x0), torch.full((len(x),), steps[i + 1], dtype=torch.long))
+    return x0
+
+
+def test_sample_py_samples_prompts_as_dmd2s_demo(sd_folder, sd_generator, tmp_path):
+    """sample.py --prompt on a train_dmd2.py checkpoint (LoRA merged, its base model and steps as recorded) and on
+    DMD2's own form of the same weights (a UNet state dict on --model_id, --num_step 4): the same latents as DMD2's
+    demo loop on diffusers' scheduler, and a grid of one image per prompt."""
+    from diffusers import DDPMScheduler
+    from PIL import Image
+
+    import sample
+    from evaluations.prompt_cli import load_text_generator, sample_prompts
+
+    prompts = ["a red disc", "a cat"]
+    args = sample.parse_args(["--ckpt", str(sd_generator), *sum((["--prompt", p] for p in prompts), []),
+                              "--output", str(tmp_path / "grid.png"), "--seed", "3"])
+    sample.main(args)
+    assert Image.open(tmp_path / "grid.png").size[0] > 64
+    model, encoder, codec, abar = load_text_generator(args, torch.device("cpu"))
+    ours = sample_prompts(model, encoder, abar, prompts, seed=3)
+    scheduler = DDPMScheduler.from_pretrained(sd_folder / "scheduler")
+    expected = dmd2_demo_loop(model.unet, scheduler, encoder(prompts), 3, [999, 749, 499, 249])
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+
+    torch.save({k.removeprefix("unet."): v for k, v in model.state_dict().items()}, tmp_path / "unet.bin")
+    theirs = sample.parse_args(["--ckpt", str(tmp_path / "unet.bin"), "--model_id", str(sd_folder), "--num_step", "4",
+                                "--prompt", "unused"])
+    released, *_ = load_text_generator(theirs, torch.device("cpu"))
+    assert released.generator_sigmas == pytest.approx(model.generator_sigmas, rel=1e-6)
+    torch.testing.assert_close(sample_prompts(released, encoder, abar, prompts, seed=3), ours)
+    with pytest.raises(ValueError, match="is a text-to-image generator .* --prompt"):  # without a prompt
+        sample.main(sample.parse_args(["--ckpt", str(sd_generator)]))
+    with pytest.raises(ValueError, match="pass its base model with --model_id"):
+        load_text_generator(sample.parse_args(["--ckpt", str(tmp_path / "unet.bin"), "--prompt", "x"]), "cpu")
