@@ -42,7 +42,7 @@ def add_prompt_args(p: argparse.ArgumentParser) -> None:
 def read_prompt_args(args) -> list[str]:
     prompts = list(args.prompt or [])
     if args.prompts:
-        from methods.dmd2_text import read_prompts
+        from models.stable_diffusion import read_prompts
 
         prompts += read_prompts(args.prompts, flag="--prompts")
     return prompts
@@ -51,12 +51,13 @@ def read_prompt_args(args) -> list[str]:
 def generator_weights(path: str) -> tuple[dict, dict | None]:
     """``(UNet state dict, train_dmd2.py's sampling record or None)`` of ``--ckpt``."""
     from common.checkpoint import load_checkpoint
-    from methods.dmd2_weights import dmd2_folder_file
     from models.pretrained import merge_lora
 
     file = Path(path)
-    if file.is_dir():
-        return dmd2_folder_file(file, "pytorch_model.bin", "--ckpt"), None
+    if file.is_dir():  # DMD2's checkpoint_model_NNNNNN/: the generator is pytorch_model.bin
+        if not (file / "pytorch_model.bin").is_file():
+            raise ValueError(f"--ckpt {path}: no pytorch_model.bin in this folder (DMD2's checkpoint_model_NNNNNN/)")
+        return load_checkpoint(file / "pytorch_model.bin"), None
     if file.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -82,10 +83,9 @@ def load_text_generator(args, device):
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
     from diffusion.denoiser import ddpm_sigmas
-    from methods.dmd2_teacher import DiffusersEps
-    from methods.dmd2_text import SDSource, TextEncoder
-    from methods.dmd2_weights import load_into
+    from models.stable_diffusion import DiffusersEps, SDSource, TextEncoder, UNetConfig
     from models.vae import SDVAE
+    from models.weights import load_weights
 
     if not args.ckpt:
         raise ValueError("--prompt samples a text-to-image generator: pass --ckpt (a train_dmd2.py checkpoint or "
@@ -97,7 +97,7 @@ def load_text_generator(args, device):
                          "(e.g. runwayml/stable-diffusion-v1-5, or a folder)")
     source = SDSource(base, args.revision, flag="--model_id")
     model = DiffusersEps(UNet2DConditionModel.from_config(source.load(UNetConfig, "unet")))
-    load_into(model, {f"unet.{k}": v for k, v in weights.items()}, f"--ckpt {args.ckpt}")
+    load_weights(model.unet, weights, f"--ckpt {args.ckpt}")
     model = model.to(device, PRECISIONS[args.precision]).eval().requires_grad_(False)
     abar = source.load(DDPMScheduler, "scheduler").alphas_cumprod.double().numpy()
     if record is not None:
@@ -112,16 +112,6 @@ def load_text_generator(args, device):
     vae = source.load(AutoencoderKL, "vae")
     codec = SDVAE(vae, vae.config.scaling_factor).to(device)
     return model, TextEncoder(source, device), codec, abar
-
-
-class UNetConfig:
-    """``from_pretrained`` that reads a UNet's config only (DMD2 builds its generator ``from_config``)."""
-
-    @staticmethod
-    def from_pretrained(name, **kwargs):
-        from diffusers import UNet2DConditionModel
-
-        return UNet2DConditionModel.load_config(name, **kwargs)
 
 
 @torch.no_grad()

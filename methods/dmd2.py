@@ -30,7 +30,8 @@ from loss.dmd import (
     gan_discriminator_loss,
     gan_generator_loss,
 )
-from methods.dmd2_teacher import GRID, DiffusersEps, Teacher, noised
+from methods.dmd2_teacher import GRID, Teacher, noised
+from models.stable_diffusion import DiffusersEps
 from training.engine import Method, Trainable, adamw
 from training.schedule import constant_with_warmup
 

@@ -11,7 +11,8 @@ import torch
 
 from common.cli import require_positive, use_local_rank
 from methods.dmd2_teacher import GRID, DDPMTeacher, FlowTeacher, Teacher
-from methods.dmd2_text import is_diffusers_teacher, load_text_teacher
+from methods.dmd2_text import load_text_teacher
+from models.stable_diffusion import is_diffusers_model
 
 
 def sd15_top_sigma() -> float:
@@ -169,7 +170,7 @@ REFUSED = {
 def validate(args: argparse.Namespace) -> None:
     if not args.teacher:
         raise ValueError("no teacher: pass --teacher (a checkpoint, EDM's .pkl or a diffusers folder)")
-    if not Path(args.teacher).expanduser().exists() and not is_diffusers_teacher(args.teacher):
+    if not Path(args.teacher).expanduser().exists() and not is_diffusers_model(args.teacher):
         raise ValueError(f"--teacher {args.teacher} does not exist (a checkpoint, EDM's .pkl, a diffusers folder or a "
                          "Stable Diffusion hub id)")
     if args.revision is not None and Path(args.teacher).expanduser().exists():
@@ -262,7 +263,7 @@ def load_teacher(args: argparse.Namespace, device) -> tuple[Teacher, dict, objec
     from models.pretrained import REPAE_VAES, Query, build_for_sampling, load_codec, sampling_config
 
     path = Path(args.teacher)
-    if is_diffusers_teacher(args.teacher):
+    if is_diffusers_model(args.teacher):
         teacher, cfg, codec, teacher.encoder = load_text_teacher(args, args.teacher, device)
         freeze(teacher.model)
         return teacher, cfg, codec

@@ -185,23 +185,3 @@ class EDMTeacher(Teacher):
         s = expand_t_like_x(sigma.to(torch.float64), x_vp)
         x = (torch.sqrt(1 + s**2) * x_vp.to(torch.float64)).to(x_vp.dtype)
         return net(x, sigma.to(x_vp.dtype), y, return_bottleneck=True)
-
-
-class DiffusersEps(torch.nn.Module):
-    """A diffusers ``UNet2DConditionModel`` (SD1.5 layout, eps prediction) as ``net(x, t, y)`` with ``y`` the
-    prompt embeddings (N, L, D), so ``DDPMDenoiser`` reads it like any eps model."""
-
-    prediction = "eps"
-    learn_sigma = False
-    unit_noise = True  # DMD2's SD generators start from unit noise, as diffusers' pipelines do
-
-    def __init__(self, unet: torch.nn.Module):
-        super().__init__()
-        self.unet = unet
-
-    def bottleneck_module(self) -> torch.nn.Module:
-        """DMD2's GAN head reads the UNet's ``mid_block`` (``diffusion.network``)."""
-        return self.unet.mid_block
-
-    def forward(self, x, t, y, **kwargs):
-        return self.unet(x, t, encoder_hidden_states=y, **kwargs).sample

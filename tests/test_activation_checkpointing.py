@@ -8,10 +8,10 @@ import copy
 import pytest
 import torch
 
-from methods.dmd2_teacher import DiffusersEps
 from models import create_model
 from models.activation_checkpointing import enable_activation_checkpointing
 from models.edm_unet import EDMPrecond
+from models.stable_diffusion import DiffusersEps
 
 
 def tiny_diffusers() -> DiffusersEps:

@@ -15,6 +15,7 @@ import torch
 
 import train_dmd2
 from methods import dmd2_text
+from models import stable_diffusion
 
 SNAPSHOT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -76,7 +77,7 @@ def test_a_missing_hub_teacher_is_one_line_naming_the_download(sd_folder):
 def counted(monkeypatch):
     """Every batch of prompts the text encoder embeds, and the training prompts drawn for the generator."""
     seen = {"encoded": [], "drawn": 0}
-    call, draw = dmd2_text.TextEncoder.__call__, dmd2_text.Prompts.draw
+    call, draw = stable_diffusion.TextEncoder.__call__, dmd2_text.Prompts.draw
 
     def encode(self, prompts):
         seen["encoded"].append(list(prompts))
@@ -86,7 +87,7 @@ def counted(monkeypatch):
         seen["drawn"] += n
         return draw(self, n, device)
 
-    monkeypatch.setattr(dmd2_text.TextEncoder, "__call__", encode)
+    monkeypatch.setattr(stable_diffusion.TextEncoder, "__call__", encode)
     monkeypatch.setattr(dmd2_text.Prompts, "draw", drawn)
     return seen
 
