@@ -42,6 +42,18 @@ TINY_TRAIN = ["--dataset", "builtin", "--model", "DiT-Ti/4", "--image-size", "16
               "--vae", "none", "--global-batch-size", "8", "--num-workers", "0", "--lr", "1e-3"]
 
 
+QUICK_PROXY = dict(num_images=3000, steps=200, width=8, num_held_out=500)
+
+
+@pytest.fixture(scope="session")
+def quick_proxy():
+    """A reduced proxy classifier (the same recipe on fewer images and steps, ~5 s) and its held-out accuracy, for
+    tests of what reads the classifier; the real one (trained on first use, ~30 s) is the slow tier's."""
+    from evaluations.proxy import train_proxy_classifier
+
+    return train_proxy_classifier(**QUICK_PROXY)
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
     """A run folder of a tiny pixel-space DiT trained for 20 steps on the built-in dataset."""

@@ -67,11 +67,15 @@ def test_the_other_demos_train_and_score_with_the_same_budget(target, run_name, 
     assert result["sampler"] == sampler  # the README's demo table: Euler-Maruyama for the SiT, DDPM for the U-Net
 
 
-def test_proxy_evaluation_scores_real_images_of_the_requested_classes_highly(tmp_path, monkeypatch):
+def test_proxy_evaluation_scores_real_images_of_the_requested_classes_highly(tmp_path, monkeypatch, quick_proxy):
     """A "model" that returns real built-in images of exactly the classes asked for scores near 1.0; images of
-    any other class would score near 0."""
+    any other class would score near 0. Scored by the reduced classifier (the real one: the slow demo tests)."""
+    import evaluations.proxy as proxy
     import training.visual as visual
     from models.vae import load_vae
+
+    monkeypatch.setattr(proxy, "get_proxy_classifier", lambda *args, **kwargs: quick_proxy[0])
+    monkeypatch.setattr(proxy, "real_image_scores", proxy.real_image_scores.__wrapped__)  # nothing cached of it
 
     def real_images(model, noise, labels, **kwargs):
         index = labels.cpu().numpy() + 10 * np.arange(len(labels))  # image i of the set has class i % 10

@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import QUICK_PROXY
 
 import evaluations.proxy as proxy
 from evaluations.proxy import (
@@ -19,13 +20,11 @@ from evaluations.proxy import (
 from imagedata.procedural import render_batch
 from models import hub
 
-QUICK = dict(num_images=3000, steps=200, width=8, num_held_out=500)  # ~5 s; the real one uses the defaults
-
 
 @pytest.fixture(scope="module")
-def quick():
-    """A reduced classifier (same recipe, fewer images and steps) and its held-out accuracy."""
-    return train_proxy_classifier(**QUICK)
+def quick(quick_proxy):
+    """A reduced classifier (conftest's) and its held-out accuracy."""
+    return quick_proxy
 
 
 def _real(n: int, resolution: int = 32, seed: int = 0):
@@ -50,7 +49,7 @@ def test_classifier_is_near_chance_on_noise(quick, tmp_path):
 
 
 def test_training_is_deterministic():
-    settings = dict(QUICK, num_images=200, steps=3, num_held_out=20)
+    settings = dict(QUICK_PROXY, num_images=200, steps=3, num_held_out=20)
     first, second = train_proxy_classifier(**settings)[0], train_proxy_classifier(**settings)[0]
     assert proxy.fingerprint(first) == proxy.fingerprint(second)
 
@@ -168,7 +167,7 @@ def test_full_classifier_reaches_98_percent_held_out(tmp_path):
                                      lambda: torch.autocast("cpu", dtype=torch.bfloat16)])
 def test_classifier_trains_the_same_from_any_calling_context(context):
     """It is trained on first use, which may be inside an evaluation under no_grad or inference_mode."""
-    settings = dict(QUICK, num_images=200, steps=3, num_held_out=20)
+    settings = dict(QUICK_PROXY, num_images=200, steps=3, num_held_out=20)
     expected = proxy.fingerprint(train_proxy_classifier(**settings)[0])
     with context():
         classifier, _ = train_proxy_classifier(**settings)

@@ -5,7 +5,6 @@ so 32 px images become 4 x 4 x 4 latents.
 """
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -125,11 +124,11 @@ def test_cached_latents_are_scaled_posterior_samples_of_the_chosen_view():
     assert sample_latents(moments.to("meta"), torch.tensor([False, True]), 0.5).device.type == "meta"
 
 
-def test_interrupted_cache_is_refused(latent_cache, tmp_path):
+def test_interrupted_cache_is_refused(tmp_path):
     partial = tmp_path / "partial"
-    partial.mkdir()
-    for name in ("moments.npy", "labels.npy"):  # what an interrupted run leaves: no latents.json
-        shutil.copy(latent_cache / name, partial / name)
+    partial.mkdir()  # what an interrupted encode_latents.py leaves: its arrays, no latents.json
+    np.save(partial / "moments.npy", np.zeros((N_IMAGES, 2, 8, 4, 4), np.float16))
+    np.save(partial / "labels.npy", np.zeros(N_IMAGES, np.int64))
     with pytest.raises(ValueError, match="incomplete latent cache .*re-run preprocessing/encode_latents.py"):
         LatentDataset(partial)
     assert resolve_dataset_kind(None, str(partial)) == "latents"  # so train.py shows that message too
