@@ -1,4 +1,4 @@
-"""``sample.py --prompt``: DMD2's text-to-image generators (SD1.5 layout), sampled as DMD2's demo samples them.
+"""``sample.py --prompt``: DMD2's text-to-image generators (SD1.5, SDXL), sampled as DMD2's demo samples them.
 
   python sample.py --ckpt results/000-DMD2-diffusers/checkpoints/0002000.pt --prompt "a photo of a cat"
   python sample.py --ckpt dmd2_unet.bin --model_id runwayml/stable-diffusion-v1-5 --num_step 4 --prompts prompts.txt
@@ -83,7 +83,7 @@ def load_text_generator(args, device):
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
     from diffusion.denoiser import ddpm_sigmas
-    from models.stable_diffusion import DiffusersEps, SDSource, TextEncoder, UNetConfig
+    from models.stable_diffusion import DiffusersEps, SDSource, TextEncoder, UNetConfig, XLTextEncoder
     from models.vae import SDVAE
     from models.weights import load_weights
 
@@ -96,7 +96,10 @@ def load_text_generator(args, device):
         raise ValueError(f"--ckpt {args.ckpt} holds a UNet's weights only: pass its base model with --model_id "
                          "(e.g. runwayml/stable-diffusion-v1-5, or a folder)")
     source = SDSource(base, args.revision, flag="--model_id")
-    model = DiffusersEps(UNet2DConditionModel.from_config(source.load(UNetConfig, "unet")))
+    vae = source.load(AutoencoderKL, "vae")
+    codec = SDVAE(vae, vae.config.scaling_factor).to(device)
+    unet = UNet2DConditionModel.from_config(source.load(UNetConfig, "unet"))
+    model = DiffusersEps(unet, unet.config.sample_size * codec.downsample)
     load_weights(model.unet, weights, f"--ckpt {args.ckpt}")
     model = model.to(device, PRECISIONS[args.precision]).eval().requires_grad_(False)
     abar = source.load(DDPMScheduler, "scheduler").alphas_cumprod.double().numpy()
@@ -109,9 +112,7 @@ def load_text_generator(args, device):
         steps = DMD2_FOUR_STEPS if (args.num_step or 4) == 4 else [args.conditioning_timestep]
         sigmas = [float(s) for s in ddpm_sigmas(abar)[steps]]
     model.generator_sigmas = sigmas
-    vae = source.load(AutoencoderKL, "vae")
-    codec = SDVAE(vae, vae.config.scaling_factor).to(device)
-    return model, TextEncoder(source, device), codec, abar
+    return model, (XLTextEncoder if model.xl else TextEncoder)(source, device), codec, abar
 
 
 @torch.no_grad()

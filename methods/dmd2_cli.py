@@ -149,19 +149,16 @@ def parse_args(argv=None, description: str | None = None) -> argparse.Namespace:
     _flag(run, "grid_size", type=int, default=4, help="the sample grids show grid_size^2 samples")
     _flag(run, "local_rank", type=int, default=-1, help="torch.distributed.launch's rank on this node (torchrun and "
           "accelerate launch set LOCAL_RANK instead)")
+    _flag(p, "sdxl", action="store_true", help="the teacher is SDXL (checked against its UNet)")
+    _flag(p, "tiny_vae", action="store_true", help="SDXL: decode the sample grids with TAESD (madebyollin/taesdxl)")
     refused = p.add_argument_group("DMD2 flags train_dmd2.py refuses with the reason")
-    for name, kw in (("sdxl", {"action": "store_true"}), ("tiny_vae", {"action": "store_true"}),
-                     ("lr", {"type": float}), ("denoising_loss_weight", {"type": float})):
+    for name, kw in (("lr", {"type": float}), ("denoising_loss_weight", {"type": float})):
         _flag(refused, name, default=None, help=argparse.SUPPRESS, **kw)
     return p.parse_args(argv)
 
 
 # DMD2 flags with no place here, each refused in one line that says what to do instead.
 REFUSED = {
-    "sdxl": "SDXL teachers (two text encoders, added time ids) are not supported: distil an SD1.5-layout folder "
-            "or a class-conditional teacher",
-    "tiny_vae": "--tiny_vae decodes SDXL's grids with TAESD; SDXL teachers are not supported, and SD1.5-layout "
-                "teachers decode with their own vae/",
     "lr": "DMD2 never reads --lr: set --generator_lr and --guidance_lr",
     "denoising_loss_weight": "DMD2 never reads --denoising_loss_weight; the fake score's loss has weight 1",
 }
@@ -173,6 +170,10 @@ def validate(args: argparse.Namespace) -> None:
     if not Path(args.teacher).expanduser().exists() and not is_diffusers_model(args.teacher):
         raise ValueError(f"--teacher {args.teacher} does not exist (a checkpoint, EDM's .pkl, a diffusers folder or a "
                          "Stable Diffusion hub id)")
+    for flag in ("sdxl", "tiny_vae"):
+        if getattr(args, flag) and not is_diffusers_model(args.teacher):
+            raise ValueError(f"--{flag}: --teacher {args.teacher} is not a Stable Diffusion model (SDXL's folder or "
+                             "hub id, e.g. stabilityai/stable-diffusion-xl-base-1.0)")
     if args.revision is not None and Path(args.teacher).expanduser().exists():
         raise ValueError(f"--revision {args.revision} picks a hub revision, but --model_id {args.teacher} is a local "
                          "folder: drop --revision")

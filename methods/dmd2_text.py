@@ -1,9 +1,10 @@
-"""DMD2's text-to-image teachers: a diffusers Stable Diffusion model (SD1.5 layout), a local folder or a hub id.
+"""DMD2's text-to-image teachers: a diffusers Stable Diffusion model (SD1.5's or SDXL's layout), a folder or a hub id.
 
 ``--model_id runwayml/stable-diffusion-v1-5`` (``--revision`` too) loads as diffusers loads it, through the Hugging
 Face cache; a local folder (``save_pretrained``'s layout) always works. The model holds ``unet/``
 (``UNet2DConditionModel``, eps prediction), ``scheduler/`` (its abar table), and for prompts and samples
-``text_encoder/`` + ``tokenizer/`` (CLIP) and ``vae/`` (``AutoencoderKL``). The teacher is the UNet behind
+``text_encoder/`` + ``tokenizer/`` (CLIP; SDXL: and ``text_encoder_2/`` + ``tokenizer_2/``) and ``vae/``
+(``AutoencoderKL``; ``--tiny_vae``: TAESD decodes SDXL's grids). The teacher is the UNet behind
 ``models.stable_diffusion.DiffusersEps``; its conditions are CLIP embeddings of the training prompts (DMD2's
 ``--train_prompt_path``: a text file, one prompt a line, or DMD2's pickle of a caption list), encoded a batch at a
 time as they are drawn; the null condition is the embedding of the empty prompt, as DMD2's ``uncond_embedding``.
@@ -14,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from methods.dmd2_teacher import DDPMTeacher
-from models.stable_diffusion import DiffusersEps, SDSource, TextEncoder, read_prompts
+from models.stable_diffusion import DiffusersEps, SDSource, TextEncoder, XLTextEncoder, is_xl, read_prompts
 
 
 class Prompts:
@@ -35,28 +36,43 @@ class Prompts:
         return self.encoder(self.prompts[:n])
 
 
-def load_text_teacher(args, name: str, device):
-    """``(teacher, cfg, codec, encoder)`` of a Stable Diffusion model (a folder or a hub id at ``--revision``); the
-    teacher's ``prompts`` are the training prompts the generator is conditioned on."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+TAESDXL = "madebyollin/taesdxl"  # DMD2's --tiny_vae for SDXL
 
-    from models.vae import SDVAE
+
+def load_text_teacher(args, name: str, device):
+    """``(teacher, cfg, codec, encoder)`` of a Stable Diffusion model, SD1.5's layout or SDXL's (a folder or a hub
+    id at ``--revision``); the teacher's ``prompts`` are the training prompts the generator is conditioned on. SDXL's
+    null condition is zeros, SD1.5's the empty prompt's embedding, as DMD2's."""
+    from diffusers import AutoencoderKL, AutoencoderTiny, DDPMScheduler, UNet2DConditionModel
+
+    from models import hub
+    from models.vae import SDVAE, TinyDecoder
 
     source = SDSource(name, args.revision)
     scheduler = source.load(DDPMScheduler, "scheduler")
     if scheduler.config.prediction_type != "epsilon":
         raise ValueError(f"--model_id {name}: its scheduler predicts {scheduler.config.prediction_type}; DMD2 "
-                         "distils eps-prediction UNets (SD1.5 layout)")
+                         "distils eps-prediction UNets (SD1.5's and SDXL's layouts)")
     if not args.train_prompt_path:
         raise ValueError("a text-to-image teacher needs prompts: pass --train_prompt_path (one prompt a line)")
     prompts = read_prompts(args.train_prompt_path)
-    model = DiffusersEps(source.load(UNet2DConditionModel, "unet")).to(device).eval()
-    encoder = TextEncoder(source, device)
+    unet = source.load(UNet2DConditionModel, "unet")
+    if args.sdxl and not is_xl(unet.config):
+        raise ValueError(f"--sdxl: {name} is not an SDXL model (its UNet takes no pooled text or time ids); drop "
+                         "--sdxl for an SD1.5-layout model")
+    if args.tiny_vae and not is_xl(unet.config):
+        raise ValueError(f"--tiny_vae decodes SDXL's latents with {TAESDXL}; {name} is not SDXL: drop --tiny_vae")
     vae = source.load(AutoencoderKL, "vae")
-    codec = SDVAE(vae, vae.config.scaling_factor).to(device)
-    teacher = DDPMTeacher(model, scheduler.alphas_cumprod.double().numpy(), objective=None, null=encoder([""]))
+    codec = SDVAE(vae, vae.config.scaling_factor)
+    if args.tiny_vae:
+        tiny = hub.from_pretrained(AutoencoderTiny, TAESDXL, "--tiny_vae")
+        codec = TinyDecoder(tiny, codec.latent_channels, codec.downsample)
+    image_size = unet.config.sample_size * codec.downsample
+    model = DiffusersEps(unet, image_size).to(device).eval()
+    encoder = (XLTextEncoder if model.xl else TextEncoder)(source, device)
+    null = torch.zeros_like(encoder([""])) if model.xl else encoder([""])
+    teacher = DDPMTeacher(model, scheduler.alphas_cumprod.double().numpy(), objective=None, null=null)
     teacher.prompts = Prompts(prompts, encoder)
-    cfg = {"model": "diffusers", "image_size": model.unet.config.sample_size * codec.downsample,
-           "num_classes": 0, "vae": source.name("vae"), "ckpt": name, "dataset": None, "model_kwargs": {},
-           "sd_model": source.name("")}
-    return teacher, cfg, codec, encoder
+    cfg = {"model": "diffusers", "image_size": image_size, "num_classes": 0, "vae": source.name("vae"), "ckpt": name,
+           "dataset": None, "model_kwargs": {}, "sd_model": source.name("")}
+    return teacher, cfg, codec.to(device), encoder

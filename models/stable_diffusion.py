@@ -84,21 +84,71 @@ class UNetConfig:
         return UNet2DConditionModel.load_config(name, **kwargs)
 
 
+class XLTextEncoder:
+    """SDXL's two prompt encoders as DMD2's ``SDXLTextEncoder``: the penultimate hidden states of ``text_encoder``
+    (CLIP) and ``text_encoder_2`` (CLIP with projection) side by side (N, 77, D1 + D2), and the second's projected
+    pooled embedding (N, P); returned packed in one tensor (``pack``), which ``DiffusersEps`` unpacks."""
+
+    def __init__(self, source: SDSource, device):
+        from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+        self.tokenizers = [source.load(CLIPTokenizer, "tokenizer"), source.load(CLIPTokenizer, "tokenizer_2")]
+        self.models = [source.load(cls, part).to(device).eval().requires_grad_(False) for cls, part in
+                       ((CLIPTextModel, "text_encoder"), (CLIPTextModelWithProjection, "text_encoder_2"))]
+        self.device = device
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str]) -> torch.Tensor:
+        hidden = []
+        for tokenizer, model in zip(self.tokenizers, self.models):
+            ids = tokenizer(list(prompts), padding="max_length", truncation=True, return_tensors="pt",
+                            max_length=tokenizer.model_max_length).input_ids
+            out = model(ids.to(self.device), output_hidden_states=True)
+            hidden.append(out.hidden_states[-2])
+        return pack(torch.cat(hidden, dim=-1).float(), out[0].float())
+
+
+def pack(embeddings: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+    """SDXL's conditions as one tensor (N, L * D + P), so that they travel wherever class labels and SD1.5's
+    embeddings do (drawn, concatenated with the null condition, chunked)."""
+    return torch.cat([embeddings.flatten(1), pooled], dim=1)
+
+
+def xl_time_ids(resolution: int) -> torch.Tensor:
+    """SDXL's added time ids as DMD2 builds them: original size, crop (0, 0), target size, all ``resolution``."""
+    return torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], dtype=torch.float32)
+
+
+def is_xl(unet_config) -> bool:
+    """An SDXL UNet: pooled text and time ids added to its time embedding."""
+    return unet_config.get("addition_embed_type") == "text_time"
+
+
 class DiffusersEps(torch.nn.Module):
-    """A diffusers ``UNet2DConditionModel`` (SD1.5 layout, eps prediction) as ``net(x, t, y)`` with ``y`` the
-    prompt embeddings (N, L, D), so ``DDPMDenoiser`` reads it like any eps model."""
+    """A diffusers ``UNet2DConditionModel`` (eps prediction) as ``net(x, t, y)``, so ``DDPMDenoiser`` reads it like
+    any eps model: ``y`` the prompt embeddings (N, L, D) for SD1.5, SDXL's packed conditions (``pack``) with its
+    time ids for a ``resolution`` px image when ``xl`` (its conditions are unpacked by the UNet's own sizes)."""
 
     prediction = "eps"
     learn_sigma = False
     unit_noise = True  # DMD2's SD generators start from unit noise, as diffusers' pipelines do
 
-    def __init__(self, unet: torch.nn.Module):
+    def __init__(self, unet: torch.nn.Module, resolution: int | None = None):
         super().__init__()
         self.unet = unet
+        self.xl = is_xl(unet.config)
+        if self.xl:
+            self.register_buffer("time_ids", xl_time_ids(resolution), persistent=False)
 
     def bottleneck_module(self) -> torch.nn.Module:
         """DMD2's GAN head reads the UNet's ``mid_block`` (``diffusion.network``)."""
         return self.unet.mid_block
 
     def forward(self, x, t, y, **kwargs):
-        return self.unet(x, t, encoder_hidden_states=y, **kwargs).sample
+        if not self.xl:
+            return self.unet(x, t, encoder_hidden_states=y, **kwargs).sample
+        config = self.unet.config
+        pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+        embeddings = y[:, :-pooled].reshape(len(y), -1, config.cross_attention_dim)
+        added = {"text_embeds": y[:, -pooled:], "time_ids": self.time_ids.to(y.dtype).expand(len(y), -1)}
+        return self.unet(x, t, encoder_hidden_states=embeddings, added_cond_kwargs=added, **kwargs).sample

@@ -65,6 +65,25 @@ class SDVAE(torch.nn.Module):
         return self.vae.decode(z / self.scale).sample
 
 
+class TinyDecoder(torch.nn.Module):
+    """A diffusers ``AutoencoderTiny`` (TAESD; DMD2's ``--tiny_vae``, ``madebyollin/taesdxl`` for SDXL) that decodes
+    the scaled latents of the VAE it stands in for; it encodes nothing (DMD2 trains on cached latents)."""
+
+    bounded = False
+
+    def __init__(self, vae, latent_channels: int, downsample: int):
+        super().__init__()
+        self.vae = vae.eval().requires_grad_(False)
+        self.latent_channels, self.downsample = latent_channels, downsample
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        raise ValueError("--tiny_vae only decodes: train on DMD2's LMDB of latents (--real_image_path)")
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(z / self.vae.config.scaling_factor).sample
+
+
 def load_vae(name: str, device: torch.device | str = "cpu") -> torch.nn.Module:
     """``none`` | ``ema`` | ``mse`` | a diffusers folder (with ``config.json``) | a hub id, with a subfolder and a
     revision where needed (``runwayml/stable-diffusion-v1-5/vae@main``, ``models.hub.hub_parts``).

@@ -53,7 +53,7 @@ def test_every_dmd2_flag_is_known():
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--sdxl"], "SDXL teachers"), (["--tiny_vae"], "TAESD"), (["--revision", "fp16"], "is a local folder: drop --revision"),
+    (["--sdxl"], "not a Stable Diffusion model"), (["--tiny_vae"], "not a Stable Diffusion model"), (["--revision", "fp16"], "is a local folder: drop --revision"),
     (["--lr", "1e-5"], "--generator_lr and --guidance_lr"), (["--denoising_loss_weight", "2"], "weight 1"),
     (["--fake_guidance_scale", "2"], "--real_guidance_scale"), (["--gradient_accumulation_steps", "2"], "must be 1"),
     (["--num_train_timesteps", "500"], "1000 levels"), (["--gan_alone"], "add --gan_classifier"),

@@ -10,6 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -92,7 +93,7 @@ def counted(monkeypatch):
     return seen
 
 
-def train(sd_folder, tmp_path, *flags, prompts=None):
+def train(sd_folder, tmp_path, *flags, prompts=None, save=False):
     file = sd_folder / "prompts.txt"
     if prompts:
         file = tmp_path / "prompts.txt"
@@ -100,7 +101,8 @@ def train(sd_folder, tmp_path, *flags, prompts=None):
     train_dmd2.main(train_dmd2.parse_args([
         "--teacher", str(sd_folder), "--train_prompt_path", str(file), "--real_image_path", str(sd_folder / "laion_lmdb"),
         "--output_path", str(tmp_path / "out"), "--batch_size", "2", "--num_workers", "0", "--train_iters", "2",
-        "--log_iters", "2", "--wandb_iters", "2", "--grid_size", "1", "--no_save", "--warmup_step", "0", *flags]))
+        "--log_iters", "2", "--wandb_iters", "2", "--grid_size", "1", *([] if save else ["--no_save"]),
+        "--warmup_step", "0", *flags]))
     (run,) = (tmp_path / "out").iterdir()
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
@@ -178,7 +180,7 @@ def sd_generator(sd_folder, tmp_path_factory):
     return run / "checkpoints" / "0000002.pt"
 
 
-def dmd2_demo_loop(unet, scheduler, embeddings, seed: int, steps: list[int]) -> torch.Tensor:
+def dmd2_demo_loop(unet, scheduler, embeddings, seed: int, steps: list[int], added=None) -> torch.Tensor:
     """DMD2's demo (demo/text_to_image_sdxl.py ``sample``), written out with diffusers' scheduler: unit noise; per
     step the UNet's eps at that timestep, x0 = (x - sqrt(1 - abar) eps) / sqrt(abar), add_noise to the next."""
     abar = scheduler.alphas_cumprod.double()
@@ -187,7 +189,7 @@ def dmd2_demo_loop(unet, scheduler, embeddings, seed: int, steps: list[int]) -> 
     x = torch.randn(len(embeddings), unet.config.in_channels, size, size)
     for i, step in enumerate(steps):
         t = torch.full((len(x),), step, dtype=torch.long)
-        eps = unet(x, t, embeddings).sample.double()
+        eps = unet(x, t, embeddings, added_cond_kwargs=added).sample.double()
         x0 = ((x.double() - (1 - abar[step]).sqrt() * eps) / abar[step].sqrt()).float()
         if i + 1 < len(steps):
             x = scheduler.add_noise(x0, torch.randn_like(x0), torch.full((len(x),), steps[i + 1], dtype=torch.long))
@@ -225,3 +227,94 @@ def test_sample_py_samples_prompts_as_dmd2s_demo(sd_folder, sd_generator, tmp_pa
         sample.main(sample.parse_args(["--ckpt", str(sd_generator)]))
     with pytest.raises(ValueError, match="pass its base model with --model_id"):
         load_text_generator(sample.parse_args(["--ckpt", str(tmp_path / "unet.bin"), "--prompt", "x"]), "cpu")
+
+
+@pytest.fixture(scope="module")
+def sdxl_folder(tmp_path_factory):
+    from fixtures.record_run_fixtures import sdxl_folder
+
+    return sdxl_folder(tmp_path_factory.mktemp("sdxl"))
+
+
+def test_sdxl_conditions_are_dmd2s(sdxl_folder, sd_folder):
+    """--sdxl: the penultimate hidden states of both encoders side by side and the second's pooled projection
+    (DMD2's SDXLTextEncoder), zeros as the null condition, time ids (r, r, 0, 0, r, r); the UNet reads them back
+    unpacked. --sdxl on an SD1.5 model and --tiny_vae elsewhere are one line."""
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from models.stable_diffusion import DiffusersEps
+
+    teacher, cfg, codec = load(["--model_id", str(sdxl_folder), "--sdxl", "--train_prompt_path",
+                                str(sdxl_folder / "prompts.txt")])
+    model = teacher.model
+    assert isinstance(model, DiffusersEps) and model.xl and cfg["image_size"] == 64
+    assert model.time_ids.tolist() == [[64, 64, 0, 0, 64, 64]]
+    y = teacher.prompts.encoder(["a cat", "a red disc"])
+    hidden, pooled = [], None
+    for part in ("", "_2"):
+        ids = CLIPTokenizer.from_pretrained(sdxl_folder / f"tokenizer{part}")(
+            ["a cat", "a red disc"], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        cls = CLIPTextModelWithProjection if part else CLIPTextModel
+        out = cls.from_pretrained(sdxl_folder / f"text_encoder{part}")(ids, output_hidden_states=True)
+        hidden.append(out.hidden_states[-2])
+        pooled = out[0]
+    torch.testing.assert_close(y, torch.cat([torch.cat(hidden, -1).flatten(1), pooled], 1))
+    assert torch.equal(teacher.null, torch.zeros_like(y[:1]))
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([999.0, 10.0])
+    added = {"text_embeds": pooled, "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]] * 2)}
+    with torch.no_grad():
+        expected = model.unet(x, t, encoder_hidden_states=torch.cat(hidden, -1), added_cond_kwargs=added).sample
+        torch.testing.assert_close(model(x, t, y), expected)
+    prompts = ["--train_prompt_path", str(sd_folder / "prompts.txt")]
+    with pytest.raises(ValueError, match="not an SDXL model"):
+        load(["--model_id", str(sd_folder), "--sdxl", *prompts])
+    with pytest.raises(ValueError, match="is not SDXL: drop --tiny_vae"):
+        load(["--model_id", str(sd_folder), "--tiny_vae", *prompts])
+
+
+def test_sdxl_distils_and_samples_as_dmd2s_demo(sdxl_folder, tmp_path):
+    """DMD2's SDXL four-step recipe in miniature (--sdxl --denoising --backward_simulation, the GAN head on the
+    fake UNet's mid block with --gen_cls_loss), then sample.py --prompt: DMD2's demo loop with the UNet's added
+    conditions (pooled text, time ids)."""
+    from diffusers import DDPMScheduler
+
+    import sample
+    from evaluations.prompt_cli import load_text_generator, sample_prompts
+
+    records = train(sdxl_folder, tmp_path, "--sdxl", "--denoising", "--num_denoising_step", "4",
+                    "--backward_simulation", "--cls_on_clean_image", "--gen_cls_loss", "--gen_cls_loss_weight", "5e-3",
+                    "--guidance_cls_loss_weight", "1e-2", "--real_guidance_scale", "8", "--generator_lr", "1e-3",
+                    save=True)
+    assert all(np.isfinite(records[-1][key]) for key in ("loss_dm", "gen_cls_loss", "guidance_cls_loss"))
+    (ckpt,) = (tmp_path / "out").glob("*/checkpoints/0000002.pt")
+    args = sample.parse_args(["--ckpt", str(ckpt), "--prompt", "a cat", "--prompt", "a red disc",
+                              "--output", str(tmp_path / "grid.png")])
+    sample.main(args)
+    model, encoder, codec, abar = load_text_generator(args, torch.device("cpu"))
+    ours = sample_prompts(model, encoder, abar, ["a cat", "a red disc"], seed=0)
+    y = encoder(["a cat", "a red disc"])
+    hidden = y[:, :-16].reshape(2, 77, 64)
+    added = {"text_embeds": y[:, -16:], "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]] * 2)}
+    expected = dmd2_demo_loop(model.unet, DDPMScheduler.from_pretrained(sdxl_folder / "scheduler"), hidden, 0,
+                              [999, 749, 499, 249], added)
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_tiny_vae_decodes_sdxls_grids_with_taesd_from_the_hub_cache(sdxl_folder):
+    """--tiny_vae: DMD2's madebyollin/taesdxl, by hub id through the cache, decodes; it encodes nothing."""
+    from diffusers import AutoencoderTiny
+
+    from models.vae import TinyDecoder
+
+    snapshot = Path(os.environ["HF_HOME"]) / "hub" / "models--madebyollin--taesdxl"
+    torch.manual_seed(0)
+    AutoencoderTiny(encoder_block_out_channels=(8,) * 4, decoder_block_out_channels=(8,) * 4,
+                    num_encoder_blocks=(1,) * 4, num_decoder_blocks=(1,) * 4, latent_channels=4
+                    ).save_pretrained(snapshot / "snapshots" / SNAPSHOT)
+    (snapshot / "refs").mkdir(exist_ok=True)
+    (snapshot / "refs" / "main").write_text(SNAPSHOT)
+    _, cfg, codec = load(["--model_id", str(sdxl_folder), "--sdxl", "--tiny_vae", "--train_prompt_path",
+                          str(sdxl_folder / "prompts.txt")])
+    assert isinstance(codec, TinyDecoder) and codec.decode(torch.randn(1, 4, 8, 8)).shape == (1, 3, 64, 64)
+    with pytest.raises(ValueError, match="only decodes"):
+        codec.encode(torch.zeros(1, 3, 64, 64))
