@@ -6,7 +6,7 @@ joined, the script's own shell variables expanded), the folder the original runs
 repository's layout makes the original's path impossible, the equivalent command here (the README's card for that
 system shows it). ``pending`` names rows whose capability is not built yet; their tests are expected to fail.
 Left out: install steps (``pip install``, DMD2's ``python setup.py develop``), downloads, REPA's text-to-image
-``train_t2i.py``, DMD2's SD / SDXL commands.
+``train_t2i.py``; DMD2's SD1.5 / SDXL ODE-pair pretraining and evaluation (issue 27, not built yet).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ COMMITS = {"facebookresearch/DiT": "ed81ce2", "willisma/SiT": "947f95b", "sihyun
            "Martinser/REG": "021ea2e", "End2End-Diffusion/REPA-E": "3ad8046", "tianweiy/DMD2": "8d8fa55"}
 # What the placeholders of the originals stand for when a command is parsed here.
 PLACEHOLDERS = {"$NUM_GPUS": "8", "$((RANDOM % 100 + 1200))": "1234", "$CHECKPOINT_PATH": "checkpoints",
-                "$WANDB_ENTITY": "me", "$WANDB_PROJECT": "dmd2", "nproc_per_node=N": "nproc_per_node=8"}
+                "$WANDB_ENTITY": "me", "$WANDB_PROJECT": "dmd2", "nproc_per_node=N": "nproc_per_node=8",
+                "$MASTER_IP": "10.0.0.1", "$FSDP_DIR": "fsdp_configs/sdxl", "$RANK": "0"}
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,54 @@ DMD2_RUNS = [
     _dmd2_run("imagenet_gan_classifier_genloss3e-3_diffusion1000_lr5e-7_resume", "main/edm/train_edm.py", "5e-7", GAN,
               200, " --ckpt_only_path $CHECKPOINT_PATH/imagenet_lr2e-6_scratch_fid2.61_checkpoint_model_405500/"),
     _dmd2_run("imagenet_lr2e-6_scratch", "main/train_edm.py", "2e-6", "", 200),  # the script's path is DMD2's typo
+]
+
+
+def _sd_run(launcher: str, script: str, name: str, lr: str, res: str, tail: str) -> str:
+    """DMD2's SD1.5 / SDXL training scripts share this much (the script's variables expanded, $1..$5 kept)."""
+    return (f"{launcher} {script} --generator_lr {lr} --guidance_lr {lr} --train_iters 100000000 --output_path "
+            f"$CHECKPOINT_PATH/{name} --batch_size {'32' if res == '512' else '2'} --grid_size 2 --initialie_generator "
+            f"--log_iters 1000 --resolution {res} --latent_resolution {int(res) // 8} --seed 10 --real_guidance_scale "
+            f"{'1.75' if res == '512' else '8'} --fake_guidance_scale 1.0 --max_grad_norm 10.0 --model_id "
+            f"\"{'runwayml/stable-diffusion-v1-5' if res == '512' else 'stabilityai/stable-diffusion-xl-base-1.0'}\" {tail}")
+
+
+TORCHRUN_8_NODES = "torchrun --nnodes 8 --nproc_per_node=8 --rdzv_id=2345 --rdzv_backend=c10d --rdzv_endpoint=$MASTER_IP"
+FSDP_LAUNCH = "accelerate launch --config_file $FSDP_DIR/config_rank$RANK.yaml"
+SD15 = "laion6.25_sd_baseline_8node_guidance1.75_lr1e-5_seed10_dfake10_from_scratch"
+SD15_GAN = "laion6.25_sd_baseline_8node_guidance1.75_lr5e-7_seed10_dfake10_diffusion1000_gan1e-3_resume"
+SDXL4 = "sdxl_cond999_8node_lr5e-7_denoising4step_diffusion1000_gan5e-3_guidance8_noinit_noode_backsim_scratch"
+SDXL1 = "sdxl_cond399_8node_lr5e-7_1step_diffusion1000_gan5e-3_guidance8_noinit_noode"
+SD_TRACKER = "--wandb_entity $WANDB_ENTITY --wandb_project $WANDB_PROJECT"
+SDXL_GAN = ("--log_loss --dfake_gen_update_ratio 5 --fsdp --sdxl --use_fp16 --max_step_percent 0.98 --cls_on_clean_image "
+            "--gen_cls_loss --gen_cls_loss_weight 5e-3 --guidance_cls_loss_weight 1e-2 --diffusion_gan "
+            "--diffusion_gan_max_timestep 1000")
+SDXL_DATA = ("--train_prompt_path $CHECKPOINT_PATH/captions_laion_score6.25.pkl --real_image_path "
+             "$CHECKPOINT_PATH/sdxl_vae_latents_laion_500k_lmdb/")
+DMD2_SD_RUNS = [
+    ("experiments/sdv1.5/" + SD15 + ".sh", _sd_run(TORCHRUN_8_NODES, "main/train_sd.py", SD15, "1e-5", "512",
+     f'--train_prompt_path $CHECKPOINT_PATH/captions_laion_score6.25.pkl --wandb_iters 50 --wandb_entity $WANDB_ENTITY '
+     f'--wandb_name "{SD15}" --wandb_project $WANDB_PROJECT --use_fp16 --log_loss --dfake_gen_update_ratio 10 '
+     "--gradient_checkpointing")),
+    # DMD2's script ends --ckpt_only_path with an unmatched quote; the table holds its evident intent
+    ("experiments/sdv1.5/laion6.25_sd_baseline_8node_guidance1.75_lr5e-7_seed10_dfake10_diffusion1000_gan1e-3_noode_"
+     "resume_fixdata.sh", _sd_run(TORCHRUN_8_NODES, "main/train_sd.py", SD15_GAN, "5e-7", "512",
+     f'--train_prompt_path $CHECKPOINT_PATH/captions_laion_score6.25.pkl --wandb_iters 50 {SD_TRACKER} --wandb_name '
+     f'"{SD15_GAN}" --use_fp16 --log_loss --dfake_gen_update_ratio 10 --gradient_checkpointing --cls_on_clean_image '
+     "--gen_cls_loss --gen_cls_loss_weight 1e-3 --guidance_cls_loss_weight 1e-2 --diffusion_gan "
+     f"--diffusion_gan_max_timestep 1000 --ckpt_only_path $CHECKPOINT_PATH/{SD15}_fid9.28_checkpoint_model_039000 "
+     "--real_image_path $CHECKPOINT_PATH/sd_vae_latents_laion_500k_lmdb/")),
+    ("experiments/sdxl/" + SDXL4 + ".sh", _sd_run(FSDP_LAUNCH, "main/train_sd.py", SDXL4, "5e-7", "1024",
+     f'--wandb_iters 100 {SD_TRACKER} --wandb_name "{SDXL4}" {SDXL_GAN} --denoising --num_denoising_step 4 '
+     f"--denoising_timestep 1000 --backward_simulation {SDXL_DATA}")),
+    ("experiments/sdxl/" + SDXL4.replace("lr5e-7", "lr5e-5") + "_lora.sh", _sd_run(
+     FSDP_LAUNCH, "main/train_sd.py", SDXL4, "5e-5", "1024", f'--wandb_iters 100 {SD_TRACKER} --wandb_name "{SDXL4}" '
+     f"{SDXL_GAN} --denoising --num_denoising_step 4 --denoising_timestep 1000 --backward_simulation {SDXL_DATA} "
+     "--generator_lora")),
+    ("experiments/sdxl/" + SDXL1 + ".sh", _sd_run(FSDP_LAUNCH, "main/train_sd.py", SDXL1, "5e-7", "1024",
+     f'--wandb_iters 100 --wandb_entity $WANDB_ENTITY --wandb_name "{SDXL1}" {SDXL_GAN} --conditioning_timestep 399 '
+     f"{SDXL_DATA} --generator_ckpt_path "
+     "$CHECKPOINT_PATH/sdxl_lr1e-5_8node_ode_pretraining_10k_cond399_checkpoint_model_002000.bin")),
 ]
 
 
@@ -160,4 +209,6 @@ ROWS = [
              "$CHECKPOINT_PATH/imagenet_fid_refs_edm.npz --detector_url $CHECKPOINT_PATH/inception-2015-12-05.pkl"),
     *[Row("tianweiy/DMD2", f"experiments/imagenet/{name}.sh", command, ours=command.replace(script, "train_dmd2.py"))
       for name, script, command in DMD2_RUNS],
+    *[Row("tianweiy/DMD2", file, command, ours=command.replace("main/train_sd.py", "train_dmd2.py"))
+      for file, command in DMD2_SD_RUNS],
 ]
