@@ -6,7 +6,8 @@
 
 The generator is a train_dmd2.py checkpoint (its LoRA adapters merged; its steps, VAE and base model as recorded),
 or DMD2's own weights: a UNet state dict (``pytorch_model.bin``, a ``checkpoint_model_NNNNNN/`` folder, a
-``.safetensors`` file, as DMD2's model zoo ships) on the base model ``--model_id`` (a hub id or a folder) with
+``.safetensors`` file, as DMD2's model zoo ships) or DMD2's LoRA file (``dmd2_sdxl_4step_lora_fp16.safetensors``,
+fused into the base UNet as diffusers' ``fuse_lora``) on the base model ``--model_id`` (a hub id or a folder) with
 ``--num_step`` 1 (from ``--conditioning_timestep``) or 4 (steps [999, 749, 499, 249]). DMD2's loop: unit noise, the
 generator's x0 at each step, noised afresh to the next (``diffusion.pipeline.few_step_sample``); no guidance. One
 image per prompt (``--samples`` each), a grid of them in ``--output``.
@@ -58,7 +59,7 @@ def generator_weights(path: str) -> tuple[dict, dict | None]:
         if not (file / "pytorch_model.bin").is_file():
             raise ValueError(f"--ckpt {path}: no pytorch_model.bin in this folder (DMD2's checkpoint_model_NNNNNN/)")
         return load_checkpoint(file / "pytorch_model.bin"), None
-    if file.suffix == ".safetensors":
+    if file.suffix == ".safetensors":  # DMD2's UNet weights, or its LoRA file (fused later into the base UNet)
         from safetensors.torch import load_file
 
         return load_file(file), None
@@ -83,6 +84,7 @@ def load_text_generator(args, device):
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
     from diffusion.denoiser import ddpm_sigmas
+    from models.lora import is_kohya_lora, merge_kohya
     from models.stable_diffusion import DiffusersEps, SDSource, TextEncoder, UNetConfig, XLTextEncoder
     from models.vae import SDVAE
     from models.weights import load_weights
@@ -98,7 +100,12 @@ def load_text_generator(args, device):
     source = SDSource(base, args.revision, flag="--model_id")
     vae = source.load(AutoencoderKL, "vae")
     codec = SDVAE(vae, vae.config.scaling_factor).to(device)
-    unet = UNet2DConditionModel.from_config(source.load(UNetConfig, "unet"))
+    if is_kohya_lora(weights):  # DMD2's LoRA file: fused into the base model's UNet (diffusers' fuse_lora, scale 1)
+        unet = source.load(UNet2DConditionModel, "unet")
+        names = [name for name, _ in unet.named_modules()]
+        weights = merge_kohya(unet.state_dict(), weights, names, f"--ckpt {args.ckpt}")
+    else:
+        unet = UNet2DConditionModel.from_config(source.load(UNetConfig, "unet"))
     model = DiffusersEps(unet, unet.config.sample_size * codec.downsample)
     load_weights(model.unet, weights, f"--ckpt {args.ckpt}")
     model = model.to(device, PRECISIONS[args.precision]).eval().requires_grad_(False)

@@ -318,3 +318,33 @@ def test_tiny_vae_decodes_sdxls_grids_with_taesd_from_the_hub_cache(sdxl_folder)
     assert isinstance(codec, TinyDecoder) and codec.decode(torch.randn(1, 4, 8, 8)).shape == (1, 3, 64, 64)
     with pytest.raises(ValueError, match="only decodes"):
         codec.encode(torch.zeros(1, 3, 64, 64))
+
+
+def test_lora_generators_export_to_dmd2s_lora_file_and_sample_from_it(sd_folder, sd_generator, tmp_path):
+    """preprocessing/extract_lora_module.py (DMD2's flags) writes the adapters in kohya's names with their alpha, as
+    DMD2's extract_lora_module.py; sample.py --ckpt FILE --model_id BASE fuses them into the base UNet (diffusers'
+    fuse_lora at scale 1) and samples what the checkpoint itself samples."""
+    from safetensors.torch import load_file
+
+    import sample
+    from evaluations.prompt_cli import load_text_generator, sample_prompts
+    from preprocessing import extract_lora_module
+
+    out = tmp_path / "lora.safetensors"
+    extract_lora_module.main(extract_lora_module.parse_args([
+        "--original_model_path", str(sd_generator), "--output_model_path", str(out), "--lora_rank", "4"]))
+    lora = load_file(out)
+    key = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    assert {f"{key}.lora_down.weight", f"{key}.lora_up.weight", f"{key}.alpha"} <= set(lora)
+    assert float(lora[f"{key}.alpha"]) == 8.0 and lora[f"{key}.lora_down.weight"].shape[0] == 4
+    with pytest.raises(ValueError, match="have rank \\[4\\]"):
+        extract_lora_module.main(extract_lora_module.parse_args([
+            "--original_model_path", str(sd_generator), "--output_model_path", str(tmp_path / "x.safetensors")]))
+
+    prompts = ["a cat", "a red disc"]
+    ours = sample.parse_args(["--ckpt", str(sd_generator), "--prompt", "x"])
+    model, encoder, _, abar = load_text_generator(ours, torch.device("cpu"))
+    theirs = sample.parse_args(["--ckpt", str(out), "--model_id", str(sd_folder), "--num_step", "4", "--prompt", "x"])
+    fused, *_ = load_text_generator(theirs, torch.device("cpu"))
+    torch.testing.assert_close(sample_prompts(fused, encoder, abar, prompts, seed=1),
+                               sample_prompts(model, encoder, abar, prompts, seed=1), atol=1e-5, rtol=1e-5)
