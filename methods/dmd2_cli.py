@@ -164,7 +164,8 @@ REFUSED = {
 }
 
 
-def validate(args: argparse.Namespace) -> None:
+def validate_teacher(args: argparse.Namespace) -> None:
+    """``--teacher`` / ``--model_id`` exists (or is a hub id) and the Stable Diffusion flags fit it."""
     if not args.teacher:
         raise ValueError("no teacher: pass --teacher (a checkpoint, EDM's .pkl or a diffusers folder)")
     if not Path(args.teacher).expanduser().exists() and not is_diffusers_model(args.teacher):
@@ -177,6 +178,10 @@ def validate(args: argparse.Namespace) -> None:
     if args.revision is not None and Path(args.teacher).expanduser().exists():
         raise ValueError(f"--revision {args.revision} picks a hub revision, but --model_id {args.teacher} is a local "
                          "folder: drop --revision")
+
+
+def validate(args: argparse.Namespace) -> None:
+    validate_teacher(args)
     if not 0 <= args.min_step_percent < args.max_step_percent <= 1:
         raise ValueError("--min_step_percent and --max_step_percent must satisfy 0 <= min < max <= 1")
     require_positive(args, "batch_size", "dfake_gen_update_ratio", "train_iters", "log_iters", "wandb_iters",

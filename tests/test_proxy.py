@@ -2,7 +2,6 @@
 
 import json
 import os
-import time
 
 import numpy as np
 import pytest
@@ -153,11 +152,10 @@ def test_cli_prints_both_metrics(quick, tmp_path, monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_full_classifier_reaches_98_percent_held_out(tmp_path):
-    start = time.perf_counter()
-    classifier = get_proxy_classifier(cache_dir=tmp_path)
-    saved = torch.load(tmp_path / "proxy_classifier_v1.pt", weights_only=True)
-    seconds, held_out = time.perf_counter() - start, saved["held_out_accuracy"]
-    print(f"full proxy classifier: {seconds:.1f} s, held-out accuracy {held_out:.4f}")
+    """The session's classifier: trained on first use (by the demo test, which meets the cache empty) or here."""
+    classifier = get_proxy_classifier()
+    saved = torch.load(proxy.classifier_path(), weights_only=True)
+    print(f"full proxy classifier: {saved['train_seconds']:.1f} s, held-out accuracy {saved['held_out_accuracy']:.4f}")
     assert saved["held_out_accuracy"] >= 0.98
     images, labels = _real(500)
     assert proxy_metrics(images, labels, classifier=classifier, cache_dir=tmp_path)["class_accuracy"] >= 0.98
