@@ -87,3 +87,51 @@ def coco_fid(generated: np.ndarray, ref_dir: str, model, eval_res: int | None, p
     fake = clean_features(generated, model, eval_res, patch)
     real = clean_features(reference_files(ref_dir), model, eval_res, patch)
     return float(frechet_distance(*compute_statistics(fake), *compute_statistics(real)))
+
+
+CLIP_MODEL, CLIP_WEIGHTS = "ViT-g-14", "laion2b_s12b_b42k"  # DMD2's "ViT-G/14" CLIP score
+PREFIX = "A photo depicts "  # DMD2 prepends it to every caption (arXiv 2104.08718)
+
+
+def load_clip(device="cpu", name: str = CLIP_MODEL, weights: str | None = CLIP_WEIGHTS):
+    """``(model, preprocess, tokenizer)`` of open_clip's ``name`` with ``weights`` (downloaded once through
+    open_clip's cache); offline without them, one line that says where they come from."""
+    import open_clip
+
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=weights, device=device)
+    except Exception as err:  # open_clip raises many kinds when the hub is out of reach
+        raise ValueError(f"the CLIP score's {name} ({weights}) could not be loaded ({str(err).splitlines()[0]}); "
+                         "run once with internet, which caches it through open_clip") from None
+    return model.eval().float(), preprocess, open_clip.get_tokenizer(name)
+
+
+def prefixed_tokens(captions: list[str], tokenizer):
+    """DMD2's tokens: each caption's, with ``PREFIX``'s three tokens after the start token, cut to 77 and ended
+    with the end token where the cut left a word."""
+    import torch
+
+    tokens = tokenizer(list(captions))
+    prefix = tokenizer([PREFIX])[:, 1:4].expand(tokens.shape[0], -1)
+    joined = torch.cat([tokens[:, :1], prefix, tokens[:, 1:]], dim=1)[:, :77]
+    last = joined[:, 76:77].clone()
+    last[last > 0] = tokenizer.eot_token_id
+    return torch.cat([joined[:, :76], last], dim=1)
+
+
+def clip_score(images: np.ndarray, captions: list[str], model, preprocess, tokenizer, batch_size: int = 64) -> float:
+    """DMD2's ``compute_clip_score``: each uint8 HWC image centre-cropped to its short side and Lanczos-resized to
+    256 px, then CLIP's own preprocessing; the mean cosine similarity of image and prefixed caption embeddings."""
+    import torch
+
+    if len(images) != len(captions):
+        raise ValueError(f"{len(images)} images but {len(captions)} captions")
+    device = next(model.parameters()).device
+    sims = []
+    for start in range(0, len(images), batch_size):
+        pils = [Image.fromarray(dmd2_transform(np.asarray(image), 256)) for image in images[start:start + batch_size]]
+        x = torch.stack([preprocess(pil) for pil in pils]).to(device)
+        tokens = prefixed_tokens(captions[start:start + batch_size], tokenizer).to(device)
+        with torch.no_grad():
+            sims.append(torch.nn.functional.cosine_similarity(model.encode_image(x), model.encode_text(tokens), dim=1))
+    return float(torch.cat(sims).mean())

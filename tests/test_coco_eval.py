@@ -41,3 +41,45 @@ def test_coco_fid_of_the_reference_images_themselves_is_zero(tmp_path):
     assert coco_fid(random_images(12, size=48, seed=4), str(tmp_path), model, eval_res=32) > 1e-3
     with pytest.raises(ValueError, match="no such folder"):
         coco_fid(images, str(tmp_path / "val2014"), model, eval_res=32)
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    """A tiny random open_clip model (its own config, CLIP's tokenizer and preprocessing)."""
+    import json
+
+    import open_clip
+    import torch
+
+    folder = tmp_path_factory.mktemp("clip_config")
+    (folder / "TinyCLIP-test.json").write_text(json.dumps({
+        "embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}))
+    open_clip.add_model_config(folder)
+    torch.manual_seed(0)
+    model, _, preprocess = open_clip.create_model_and_transforms("TinyCLIP-test", pretrained=None)
+    return model.eval(), preprocess, open_clip.get_tokenizer("ViT-g-14")
+
+
+def test_clip_score_is_dmd2s(tiny_clip):
+    """DMD2's compute_clip_score, written out as it is (crop, Lanczos 256, the preprocessor, "A photo depicts "
+    spliced in after the start token, cut to 77 with the end token forced, mean cosine similarity)."""
+    import torch
+
+    from evaluations.coco import clip_score
+
+    model, preprocess, tokenizer = tiny_clip
+    images = random_images(5, size=40, seed=7)
+    captions = ["a cat on a mat", "two dogs", "a red disc " * 30, "a kitchen", ""]
+    imgs = torch.stack([preprocess(Image.fromarray(dmd2_transform(im, 256))) for im in images])
+    tokens = tokenizer(captions)
+    prepend = tokenizer(["A photo depicts "])[:, 1:4].expand(tokens.shape[0], -1)
+    new = torch.cat([tokens[:, :1], prepend, tokens[:, 1:]], dim=1)[:, :77]
+    last_cols = new[:, 77 - 1:77]
+    last_cols[last_cols > 0] = 49407
+    new = torch.cat([new[:, :76], last_cols], dim=1)
+    with torch.no_grad():
+        expected = torch.nn.functional.cosine_similarity(model.encode_image(imgs), model.encode_text(new), dim=1).mean()
+    assert clip_score(images, captions, model, preprocess, tokenizer, batch_size=2) == pytest.approx(float(expected),
+                                                                                                     abs=1e-6)
+    assert new[2, 76] == 49407 and new[0, 1:4].tolist() == [320, 1125, 29340]
