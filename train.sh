@@ -2,15 +2,19 @@
 # Paper recipes, parameterised by environment variables (defaults in brackets):
 #   RECIPE    reg (SiT-XL/2 + REG, Wu et al. 2025) | repa (SiT-B/2 + REPA, Yu et al. 2025) | dit (DiT-XL/2)
 #             | repae (SiT-XL/2 + SD-VAE end to end, Leng et al. 2025) | repae-ldm (SiT-XL/1 on cached E2E-VAE latents)
-#             | dmd2-imagenet (DMD2's ImageNet-64 GAN recipe, Yin et al. 2024) | dmd2-sd15 (DMD2's SD1.5 recipe)  [reg]
-#   TEACHER   dmd2-imagenet: [edm-imagenet-64x64-cond-adm.pkl]; dmd2-sd15: a local Stable Diffusion 1.5 folder
-#   PROMPTS   dmd2-sd15: the training prompts (DMD2's captions_laion_score6.25.pkl)
+#             | dmd2-imagenet (DMD2's ImageNet-64 GAN recipe, Yin et al. 2024) | dmd2-sd15 (DMD2's SD1.5 recipe)
+#             | dmd2-sd15-gan (its second stage: the GAN head, from CKPT_ONLY) | dmd2-sdxl (SDXL, four steps,
+#             backward simulation, GAN) | dmd2-sdxl-lora (the same with LoRA) | dmd2-sdxl-1step (one step at
+#             timestep 399, from the ODE-pair pretraining's GENERATOR_CKPT)  [reg]
+#   TEACHER   dmd2-imagenet: [edm-imagenet-64x64-cond-adm.pkl]; dmd2-sd15*: [runwayml/stable-diffusion-v1-5];
+#             dmd2-sdxl*: [stabilityai/stable-diffusion-xl-base-1.0] (hub ids or local folders)
+#   PROMPTS   dmd2-sd15*, dmd2-sdxl*: the training prompts (DMD2's captions_laion_score6.25.pkl)
 #   VAE_CKPT  repae: pretrained/sdvae/sdvae-f8d4.pt (+ -latents-stats.pt, -discriminator-ckpt.pt beside it);
 #             repae-ldm: pretrained/e2e-vavae-400k/e2e-vavae-400k.pt   LATENTS  repae-ldm: [e2e-vavae-400k]
-#   NUM_GPUS  processes per node [8; dmd2-imagenet 7]   NNODES [1; dmd2-sd15 8] with NODE_RANK [0], MASTER_ADDR,
-#             MASTER_PORT [29500] on each node. Each recipe trains with its paper's global batch (256; DMD2: 7 x 40 =
-#             280 on ImageNet, 64 x 32 = 2048 on SD1.5), split over NNODES x NUM_GPUS processes: a count that
-#             cannot split it evenly is refused
+#   NUM_GPUS  processes per node [8; dmd2-imagenet 7]   NNODES [1; dmd2-sd15*, dmd2-sdxl* 8] with NODE_RANK [0],
+#             MASTER_ADDR, MASTER_PORT [29500] on each node. Each recipe trains with its paper's global batch (256;
+#             DMD2: 7 x 40 = 280 on ImageNet, 64 x 32 = 2048 on SD1.5, 64 x 2 = 128 on SDXL), split over
+#             NNODES x NUM_GPUS processes: a count that cannot split it evenly is refused
 #   DATA_DIR  REG layout (imagenet_256_vae/ + vae-sd/) or, for dit, an ImageNet train folder;
 #             dmd2-imagenet: DMD2's imagenet-64x64_lmdb; dmd2-sd15: its LMDB of SD latents and prompts
 #   OUTPUT_DIR / EXP_NAME  run folder {OUTPUT_DIR}/{EXP_NAME} [exps / the recipe]
@@ -20,7 +24,8 @@ set -euo pipefail
 RECIPE=${RECIPE:-reg}
 case "$RECIPE" in   # the paper's global batch and its GPU count
   dmd2-imagenet) GLOBAL_BATCH=280; NUM_GPUS=${NUM_GPUS:-7}; NNODES=${NNODES:-1} ;;
-  dmd2-sd15)     GLOBAL_BATCH=2048; NUM_GPUS=${NUM_GPUS:-8}; NNODES=${NNODES:-8} ;;
+  dmd2-sd15*)    GLOBAL_BATCH=2048; NUM_GPUS=${NUM_GPUS:-8}; NNODES=${NNODES:-8} ;;
+  dmd2-sdxl*)    GLOBAL_BATCH=128; NUM_GPUS=${NUM_GPUS:-8}; NNODES=${NNODES:-8} ;;
   *)             GLOBAL_BATCH=256; NUM_GPUS=${NUM_GPUS:-8}; NNODES=${NNODES:-1} ;;
 esac
 DATA_DIR=${DATA_DIR:?set DATA_DIR to the preprocessed data (see docs/running.md, "Data layout")}
@@ -100,15 +105,40 @@ case "$RECIPE" in
       --gen_cls_loss_weight 3e-3 --diffusion_gan --diffusion_gan_max_timestep 1000 --report_to "$REPORT_TO" \
       --resolution 64 --label_dim 1000 --delete_ckpts \
       --output_path "$OUTPUT_DIR" --exp_name "${EXP_NAME:-imagenet_gan_classifier_genloss3e-3_diffusion1000_lr2e-6}" "$@" ;;
-  dmd2-sd15) # DMD2 experiments/sdv1.5: guidance 1.75, TTUR 10, lr 1e-5, batch 32 per GPU (64 GPUs), bf16, no GAN,
-             # activation checkpointing
+  dmd2-sd15|dmd2-sd15-gan) # DMD2 experiments/sdv1.5: guidance 1.75, TTUR 10, lr 1e-5, batch 32 per GPU (64 GPUs),
+             # bf16, no GAN, activation checkpointing; the second stage: lr 5e-7 with the GAN head, from CKPT_ONLY
+    if [ "$RECIPE" = dmd2-sd15 ]; then STAGE=(--generator_lr 1e-5 --guidance_lr 1e-5)
+    else STAGE=(--generator_lr 5e-7 --guidance_lr 5e-7 --cls_on_clean_image --gen_cls_loss --gen_cls_loss_weight 1e-3
+                --guidance_cls_loss_weight 1e-2 --diffusion_gan --diffusion_gan_max_timestep 1000
+                --ckpt_only_path "${CKPT_ONLY:?set CKPT_ONLY to the first stage checkpoint (checkpoint_model_NNNNNN/)}"); fi
     exec "${ACCELERATE[@]}" train_dmd2.py \
-      --teacher "${TEACHER:?set TEACHER to a local Stable Diffusion 1.5 folder}" \
+      --teacher "${TEACHER:-runwayml/stable-diffusion-v1-5}" \
       --train_prompt_path "${PROMPTS:?set PROMPTS to the training prompts}" --real_image_path "$DATA_DIR" \
-      --generator_lr 1e-5 --guidance_lr 1e-5 --train_iters "${MAX_STEPS:-100000000}" --batch_size "$PER_PROCESS" --log_iters 1000 \
+      "${STAGE[@]}" --train_iters "${MAX_STEPS:-100000000}" --batch_size "$PER_PROCESS" --log_iters 1000 \
       --seed 10 --real_guidance_scale 1.75 --max_grad_norm 10 --wandb_iters 50 --use_fp16 \
       --dfake_gen_update_ratio 10 --resolution 512 --latent_resolution 64 --grid_size 2 --log_loss \
       --gradient_checkpointing --report_to "$REPORT_TO" --output_path "$OUTPUT_DIR" \
-      --exp_name "${EXP_NAME:-laion6.25_sd_baseline_guidance1.75_lr1e-5_seed10_dfake10}" "$@" ;;
-  *) echo "error: RECIPE must be reg, repa, dit, repae, repae-ldm, dmd2-imagenet or dmd2-sd15, not '$RECIPE'" >&2; exit 2 ;;
+      --exp_name "${EXP_NAME:-laion6.25_sd_baseline_guidance1.75_seed10_dfake10_${RECIPE#dmd2-}}" "$@" ;;
+  dmd2-sdxl|dmd2-sdxl-lora|dmd2-sdxl-1step) # DMD2 experiments/sdxl: guidance 8, TTUR 5, batch 2 per GPU (64 GPUs),
+             # bf16, sharded (--fsdp), GAN head 5e-3 / 1e-2 with diffusion GAN; four steps with backward simulation
+             # (lr 5e-7; LoRA: 5e-5), or one step at timestep 399 from the ODE-pair pretraining's generator
+    case "$RECIPE" in
+      dmd2-sdxl) STAGE=(--generator_lr 5e-7 --guidance_lr 5e-7 --denoising --num_denoising_step 4
+                        --denoising_timestep 1000 --backward_simulation) ;;
+      dmd2-sdxl-lora) STAGE=(--generator_lr 5e-5 --guidance_lr 5e-5 --denoising --num_denoising_step 4
+                             --denoising_timestep 1000 --backward_simulation --generator_lora) ;;
+      *) STAGE=(--generator_lr 5e-7 --guidance_lr 5e-7 --conditioning_timestep 399 --generator_ckpt_path
+                "${GENERATOR_CKPT:?set GENERATOR_CKPT to the generator of the ODE-pair pretraining}") ;;
+    esac
+    exec "${ACCELERATE[@]}" train_dmd2.py \
+      --teacher "${TEACHER:-stabilityai/stable-diffusion-xl-base-1.0}" --sdxl \
+      --train_prompt_path "${PROMPTS:?set PROMPTS to the training prompts}" --real_image_path "$DATA_DIR" \
+      "${STAGE[@]}" --train_iters "${MAX_STEPS:-100000000}" --batch_size "$PER_PROCESS" --log_iters 1000 \
+      --seed 10 --real_guidance_scale 8 --max_grad_norm 10 --wandb_iters 100 --use_fp16 --fsdp \
+      --dfake_gen_update_ratio 5 --max_step_percent 0.98 --cls_on_clean_image --gen_cls_loss --gen_cls_loss_weight 5e-3 \
+      --guidance_cls_loss_weight 1e-2 --diffusion_gan --diffusion_gan_max_timestep 1000 --resolution 1024 \
+      --latent_resolution 128 --grid_size 2 --log_loss --report_to "$REPORT_TO" --output_path "$OUTPUT_DIR" \
+      --exp_name "${EXP_NAME:-${RECIPE//-/_}_guidance8}" "$@" ;;
+  *) echo "error: RECIPE must be reg, repa, dit, repae, repae-ldm, dmd2-imagenet, dmd2-sd15, dmd2-sd15-gan, dmd2-sdxl," \
+          "dmd2-sdxl-lora or dmd2-sdxl-1step, not '$RECIPE'" >&2; exit 2 ;;
 esac

@@ -70,6 +70,20 @@ def test_train_sh_repae_recipes_parse_with_the_papers_values(recipe, command, ex
      dict(teacher="sd15", train_prompt_path="captions.pkl", batch_size=32, generator_lr=1e-5, guidance_lr=1e-5,
           real_guidance_scale=1.75, dfake_gen_update_ratio=10, use_fp16=True, seed=10, gan_classifier=False,
           resolution=512, latent_resolution=64, grid_size=2, log_loss=True, gradient_checkpointing=True)),
+    ("dmd2-sd15-gan", dict(PROMPTS="captions.pkl", CKPT_ONLY="stage1/checkpoint_model_039000", NNODES="1"),
+     dict(teacher="runwayml/stable-diffusion-v1-5", generator_lr=5e-7, cls_on_clean_image=True, gen_cls_loss=True,
+          gen_cls_loss_weight=1e-3, guidance_cls_loss_weight=1e-2, diffusion_gan=True, diffusion_gan_max_timestep=1000,
+          ckpt_only_path="stage1/checkpoint_model_039000", dfake_gen_update_ratio=10, batch_size=256)),
+    ("dmd2-sdxl", dict(PROMPTS="captions.pkl", MASTER_ADDR="10.0.0.1"),
+     dict(teacher="stabilityai/stable-diffusion-xl-base-1.0", sdxl=True, fsdp=True, batch_size=2, generator_lr=5e-7,
+          real_guidance_scale=8.0, dfake_gen_update_ratio=5, cls_on_clean_image=True, gen_cls_loss=True,
+          gen_cls_loss_weight=5e-3, guidance_cls_loss_weight=1e-2, diffusion_gan=True, denoising=True,
+          num_denoising_step=4, denoising_timestep=1000, backward_simulation=True, resolution=1024,
+          latent_resolution=128, generator_lora=False, use_fp16=True)),
+    ("dmd2-sdxl-lora", dict(PROMPTS="captions.pkl", MASTER_ADDR="10.0.0.1"),
+     dict(generator_lr=5e-5, generator_lora=True, backward_simulation=True)),
+    ("dmd2-sdxl-1step", dict(PROMPTS="captions.pkl", MASTER_ADDR="10.0.0.1", GENERATOR_CKPT="ode.bin"),
+     dict(conditioning_timestep=399, generator_ckpt_path="ode.bin", denoising=False, generator_lr=5e-7)),
 ])
 def test_train_sh_dmd2_recipes_parse_with_the_papers_values(recipe, env, expected, tmp_path):
     args = train_dmd2.parse_args(run_recipe("train.sh", tmp_path, RECIPE=recipe, DATA_DIR="data", **env))
@@ -117,6 +131,11 @@ def test_recipes_name_the_missing_variable():
     proc = subprocess.run(["bash", str(ROOT / "train.sh")], capture_output=True, text=True, cwd=ROOT,
                           env={k: v for k, v in os.environ.items() if k != "DATA_DIR"})
     assert proc.returncode != 0 and "set DATA_DIR" in proc.stderr
+    for recipe, variable in (("dmd2-sd15-gan", "CKPT_ONLY"), ("dmd2-sdxl-1step", "GENERATOR_CKPT")):
+        proc = subprocess.run(["bash", str(ROOT / "train.sh")], capture_output=True, text=True, cwd=ROOT,
+                              env={**os.environ, "PYTHON": "false", "RECIPE": recipe, "DATA_DIR": "data",
+                                   "PROMPTS": "p.pkl", "NNODES": "1"})
+        assert proc.returncode != 0 and f"set {variable}" in proc.stderr, recipe
 
 
 @pytest.mark.parametrize("recipe, env, processes, per_process", [
@@ -144,6 +163,7 @@ def test_train_sh_recipes_keep_the_papers_global_batch(recipe, env, processes, p
     ("dmd2-imagenet", {"NUM_GPUS": "3"}, "global batch 280, which 3 processes"),
     ("reg", {"NUM_GPUS": "3"}, "global batch 256, which 3 processes"),
     ("dmd2-sd15", {"TEACHER": "sd15", "PROMPTS": "p.pkl"}, "set MASTER_ADDR"),
+    ("dmd2-sdxl", {"PROMPTS": "p.pkl", "NNODES": "1", "NUM_GPUS": "3"}, "global batch 128, which 3 processes"),
     ("dit", {"NNODES": "x"}, "NNODES must be a positive integer")])
 def test_train_sh_refuses_a_process_count_that_cannot_give_the_global_batch(recipe, env, message):
     proc = subprocess.run(["bash", str(ROOT / "train.sh")], capture_output=True, text=True, cwd=ROOT,
