@@ -78,6 +78,13 @@ def generator_weights(path: str) -> tuple[dict, dict | None]:
     return ckpt, None
 
 
+def dmd2_base(weights: dict) -> str:
+    """The base model DMD2's evaluation scripts load a bare UNet state dict on: SDXL's when the UNet adds pooled text
+    and time ids (``add_embedding``), else SD1.5's."""
+    xl = any(key.startswith(("add_embedding.", "lora_unet_add_embedding")) for key in weights)
+    return "stabilityai/stable-diffusion-xl-base-1.0" if xl else "runwayml/stable-diffusion-v1-5"
+
+
 def load_text_generator(args, device):
     """``(generator, prompt encoder, codec, the base model's abar table)``: a ``DiffusersEps`` UNet with the
     generator's weights and noise levels, the base model's text encoder, VAE and scheduler."""
@@ -94,6 +101,8 @@ def load_text_generator(args, device):
                          "DMD2's UNet weights with --model_id)")
     weights, record = generator_weights(args.ckpt)
     base = args.model_id or (record or {}).get("sd_model")
+    if base is None and getattr(args, "dmd2_base", False):
+        base = dmd2_base(weights)
     if base is None:
         raise ValueError(f"--ckpt {args.ckpt} holds a UNet's weights only: pass its base model with --model_id "
                          "(e.g. runwayml/stable-diffusion-v1-5, or a folder)")

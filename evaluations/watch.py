@@ -146,20 +146,22 @@ def grid(images: np.ndarray, count: int) -> np.ndarray:
     return np.swapaxes(images[: side * side].reshape(side, side, h, w, c), 1, 2).reshape(side * h, side * w, c)
 
 
-def main(args: argparse.Namespace) -> dict:
+def watch_folder(args: argparse.Namespace, prepare, score) -> dict:
+    """The watching loop of DMD2's ``test_folder_*.py``: every checkpoint of ``--folder`` not yet in its
+    ``stats.json`` is scored, ``score(path, accelerator, state) -> (metrics, images)`` with ``state =
+    prepare(accelerator)``; the metrics go to ``stats.json`` (and wandb), a grid of the images to
+    ``eval_grid_NNNNNN.png``. With ``--once`` it returns when everything is scored."""
     from PIL import Image
 
     from common.setup import setup_accelerator
-    from evaluations.inception import load_inception
 
     folder = Path(args.folder)
     if not folder.is_dir():
         raise ValueError(f"--folder {folder} is not a folder; pass a run folder of train_dmd2.py or DMD2")
-    ref = reference(args.ref_path)
     accelerator = setup_accelerator()
+    state = prepare(accelerator)
     stats_path = folder / "stats.json"
     stats = json.loads(stats_path.read_text()) if stats_path.is_file() and not args.no_resume else {}
-    detector = load_inception(args.inception_weights, accelerator.device)
     tracker = None
     if args.wandb_project and accelerator.is_main_process:
         import wandb
@@ -171,19 +173,29 @@ def main(args: argparse.Namespace) -> dict:
         if not new and args.once:
             return stats
         for name, (step, path) in new.items():
-            images = generate_images(path, args, accelerator)
-            stats[name] = {"fid": fid_of(images, args, detector, ref)}  # every process: the statistics are reduced
+            stats[name], images = score(path, accelerator, state)  # every process: the statistics are reduced
             if accelerator.is_main_process:
-                fid = stats[name]["fid"]
-                print(f"checkpoint {name} fid {fid}")
+                print(f"checkpoint {name} " + " ".join(f"{key} {value}" for key, value in stats[name].items()))
                 view = grid(images, args.test_visual_batch_size)
                 Image.fromarray(view).save(folder / f"eval_grid_{step:06d}.png")
                 write_text_atomic(stats_path, json.dumps(stats, indent=2) + "\n")
                 if tracker is not None:
-                    tracker.log({"fid": fid, "generated_image_grid": wandb.Image(view)}, step=step)
+                    tracker.log({**stats[name], "generated_image_grid": wandb.Image(view)}, step=step)
             accelerator.wait_for_everyone()
         if not new:
             time.sleep(args.poll_seconds)
+
+
+def main(args: argparse.Namespace) -> dict:
+    from evaluations.inception import load_inception
+
+    ref = reference(args.ref_path)
+
+    def score(path, accelerator, detector):
+        images = generate_images(path, args, accelerator)
+        return {"fid": fid_of(images, args, detector, ref)}, images
+
+    return watch_folder(args, lambda accelerator: load_inception(args.inception_weights, accelerator.device), score)
 
 
 if __name__ == "__main__":

@@ -105,3 +105,21 @@ def quick_grids():
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(visual, "GRID_STEPS", 2)
         yield
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory):
+    """A tiny random open_clip model (its own config, CLIP's tokenizer and preprocessing)."""
+    import json
+
+    import open_clip
+    import torch
+
+    folder = tmp_path_factory.mktemp("clip_config")
+    (folder / "TinyCLIP-test.json").write_text(json.dumps({
+        "embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}))
+    open_clip.add_model_config(folder)
+    torch.manual_seed(0)
+    model, _, preprocess = open_clip.create_model_and_transforms("TinyCLIP-test", pretrained=None)
+    return model.eval(), preprocess, open_clip.get_tokenizer("ViT-g-14")

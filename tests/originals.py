@@ -6,7 +6,7 @@ joined, the script's own shell variables expanded), the folder the original runs
 repository's layout makes the original's path impossible, the equivalent command here (the README's card for that
 system shows it). ``pending`` names rows whose capability is not built yet; their tests are expected to fail.
 Left out: install steps (``pip install``, DMD2's ``python setup.py develop``), downloads, REPA's text-to-image
-``train_t2i.py``; DMD2's SD1.5 / SDXL ODE-pair pretraining and evaluation (issue 27, not built yet).
+``train_t2i.py``; DMD2's SDXL ODE-pair pretraining (issue 27, not built yet).
 """
 
 from __future__ import annotations
@@ -103,6 +103,29 @@ DMD2_SD_RUNS = [
      f'--wandb_iters 100 --wandb_entity $WANDB_ENTITY --wandb_name "{SDXL1}" {SDXL_GAN} --conditioning_timestep 399 '
      f"{SDXL_DATA} --generator_ckpt_path "
      "$CHECKPOINT_PATH/sdxl_lr1e-5_8node_ode_pretraining_10k_cond399_checkpoint_model_002000.bin")),
+]
+
+
+def _test_folder(script: str, name: str, tail: str) -> tuple[str, str]:
+    """DMD2's text-to-image evaluation commands (its SD1.5 and SDXL READMEs) and the equivalent here."""
+    folder = f"--folder $CHECKPOINT_PATH/{name}/TIMESTAMP_TBD"
+    command = f"python {script} {folder}{'/' if 'sdxl' in script else ''} {tail}"
+    return command, command.replace(f"python {script}", "python -m evaluations.watch_text")
+
+
+SDXL_TEST = ("--wandb_entity $WANDB_ENTITY --wandb_project $WANDB_PROJECT --num_train_timesteps 1000 --seed 10 "
+             "--eval_res 512 --ref_dir $CHECKPOINT_PATH/coco10k/subset --anno_path  $CHECKPOINT_PATH/coco10k/all_prompts.pkl "
+             "--total_eval_samples 10000 --clip_score")
+DMD2_SD_TESTS = [
+    ("experiments/sdv1.5/README.md", *_test_folder("main/test_folder_sd.py", SD15, (
+        f"--wandb_name test_{SD15} --wandb_entity $WANDB_ENTITY --wandb_project $WANDB_PROJECT --image_resolution 512 "
+        "--latent_resolution 64 --num_train_timesteps 1000 --test_visual_batch_size 64 --per_image_object 16 --seed 10 "
+        "--anno_path $CHECKPOINT_PATH/captions_coco14_test.pkl --eval_res 256 --ref_dir $CHECKPOINT_PATH/val2014 "
+        '--total_eval_samples 30000 --model_id "runwayml/stable-diffusion-v1-5" --pred_eps'))),
+    ("experiments/sdxl/README.md", *_test_folder("main/sdxl/test_folder_sdxl.py", SDXL4,
+                                                 f"--conditioning_timestep 999 --num_step 4 {SDXL_TEST} --wandb_name test_{SDXL4}")),
+    ("experiments/sdxl/README.md", *_test_folder("main/sdxl/test_folder_sdxl.py", SDXL1,
+                                                 f"--conditioning_timestep 399 --num_step 1 {SDXL_TEST} --wandb_name test_{SDXL1}")),
 ]
 
 
@@ -211,4 +234,5 @@ ROWS = [
       for name, script, command in DMD2_RUNS],
     *[Row("tianweiy/DMD2", file, command, ours=command.replace("main/train_sd.py", "train_dmd2.py"))
       for file, command in DMD2_SD_RUNS],
+    *[Row("tianweiy/DMD2", file, command, ours=equivalent) for file, command, equivalent in DMD2_SD_TESTS],
 ]

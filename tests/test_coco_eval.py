@@ -43,24 +43,6 @@ def test_coco_fid_of_the_reference_images_themselves_is_zero(tmp_path):
         coco_fid(images, str(tmp_path / "val2014"), model, eval_res=32)
 
 
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    """A tiny random open_clip model (its own config, CLIP's tokenizer and preprocessing)."""
-    import json
-
-    import open_clip
-    import torch
-
-    folder = tmp_path_factory.mktemp("clip_config")
-    (folder / "TinyCLIP-test.json").write_text(json.dumps({
-        "embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}))
-    open_clip.add_model_config(folder)
-    torch.manual_seed(0)
-    model, _, preprocess = open_clip.create_model_and_transforms("TinyCLIP-test", pretrained=None)
-    return model.eval(), preprocess, open_clip.get_tokenizer("ViT-g-14")
-
-
 def test_clip_score_is_dmd2s(tiny_clip):
     """DMD2's compute_clip_score, written out as it is (crop, Lanczos 256, the preprocessor, "A photo depicts "
     spliced in after the start token, cut to 77 with the end token forced, mean cosine similarity)."""

@@ -348,3 +348,61 @@ def test_lora_generators_export_to_dmd2s_lora_file_and_sample_from_it(sd_folder,
     fused, *_ = load_text_generator(theirs, torch.device("cpu"))
     torch.testing.assert_close(sample_prompts(fused, encoder, abar, prompts, seed=1),
                                sample_prompts(model, encoder, abar, prompts, seed=1), atol=1e-5, rtol=1e-5)
+
+
+def test_watch_text_scores_a_run_as_dmd2s_test_folder_scripts(sd_folder, sd_generator, tmp_path, monkeypatch,
+                                                              tiny_clip):
+    """python -m evaluations.watch_text (DMD2's test_folder_sd.py flags) on this repository's run folder and on a
+    DMD2 checkpoint folder: the first captions in batches, batch i's noise from seed i, FID against the reference
+    folder and the CLIP score into stats.json, a grid; scored checkpoints are skipped on the next start."""
+    import json
+
+    from eval_stand_in import StandInInception, random_images
+    from PIL import Image
+
+    import evaluations.coco
+    import evaluations.inception
+    import sample
+    from diffusion.denoiser import DDPMDenoiser
+    from diffusion.pipeline import few_step_sample
+    from evaluations import watch_text
+    from evaluations.prompt_cli import load_text_generator
+
+    monkeypatch.setattr(evaluations.inception, "load_inception", lambda *a, **k: StandInInception())
+    monkeypatch.setattr(evaluations.coco, "load_clip", lambda *a, **k: tiny_clip)
+    (tmp_path / "captions.txt").write_text("a cat\na red disc\ntwo dogs\na kitchen\nunused\n")
+    ref = tmp_path / "val2014"
+    ref.mkdir()
+    for i, image in enumerate(random_images(4, size=64, seed=5)):
+        Image.fromarray(image).save(ref / f"{i}.png")
+    flags = ["--anno_path", str(tmp_path / "captions.txt"), "--ref_dir", str(ref), "--eval_res", "32",
+             "--total_eval_samples", "4", "--eval_batch_size", "2", "--clip_score", "--once", "--pred_eps"]
+    run = sd_generator.parent.parent
+    stats = watch_text.main(watch_text.parse_args(["--folder", str(run), *flags]))
+    (entry,) = stats.values()
+    assert set(entry) == {"fid", "clip_score"} and all(np.isfinite(v) for v in entry.values())
+    assert json.loads((run / "stats.json").read_text()) == stats and (run / "eval_grid_000002.png").is_file()
+
+    args = watch_text.parse_args(["--folder", str(run), *flags])
+    images, xl = watch_text.generate(sd_generator, args, ["a cat", "a red disc"], torch.device("cpu"))
+    model, encoder, codec, abar = load_text_generator(sample.parse_args(["--ckpt", str(sd_generator), "--prompt", "x"]),
+                                                      "cpu")
+    torch.manual_seed(10)
+    noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))  # batch 0: seed 0
+    x0 = few_step_sample(DDPMDenoiser(model, abar), noise, encoder(["a cat", "a red disc"]), model.generator_sigmas,
+                         unit_noise=True)
+    expected = ((codec.decode(x0) + 1) * 127.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    assert not xl and np.array_equal(images, expected)
+
+    dmd2 = tmp_path / "dmd2_run" / "checkpoint_model_000004"  # DMD2's own folder: its UNet on --model_id
+    dmd2.mkdir(parents=True)
+    torch.save({k.removeprefix("unet."): v for k, v in model.state_dict().items()}, dmd2 / "pytorch_model.bin")
+    stats = watch_text.main(watch_text.parse_args(["--folder", str(dmd2.parent), *flags, "--model_id", str(sd_folder),
+                                                   "--num_step", "4"]))
+    assert list(stats) == [str(dmd2)] and np.isfinite(stats[str(dmd2)]["fid"])
+    from evaluations.prompt_cli import (
+        dmd2_base,  # without --model_id: the base DMD2's script for that UNet loads
+    )
+
+    assert dmd2_base({"add_embedding.linear_1.weight": 0}) == "stabilityai/stable-diffusion-xl-base-1.0"
+    assert dmd2_base({"conv_in.weight": 0}) == "runwayml/stable-diffusion-v1-5"

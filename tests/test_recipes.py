@@ -119,6 +119,24 @@ def test_eval_sh_watches_a_dmd2_run_folder(tmp_path):
             args.eval_batch_size) == ("runs/dmd2", "imagenet_fid_refs_edm.npz", 64, 1000, 10, 50_000, 128)
 
 
+@pytest.mark.parametrize("recipe, expected", [
+    ("dmd2-sd15", dict(eval_res=256, total_eval_samples=30000, eval_batch_size=10, clip_score=False, pred_eps=True,
+                       model_id="runwayml/stable-diffusion-v1-5")),
+    ("dmd2-sdxl", dict(eval_res=512, total_eval_samples=10000, eval_batch_size=4, clip_score=True, num_step=4,
+                       conditioning_timestep=999, model_id="stabilityai/stable-diffusion-xl-base-1.0")),
+])
+def test_eval_sh_watches_a_text_to_image_run_as_dmd2s_test_folder_scripts(recipe, expected, tmp_path):
+    from evaluations import watch_text
+
+    argv = run_recipe("eval.sh", tmp_path, full_argv=True, RECIPE=recipe, WATCH="runs/sd", ANNO="captions.pkl",
+                      REF_DIR="val2014")
+    assert argv[:2] == ["-m", "evaluations.watch_text"]
+    args = watch_text.parse_args(argv[2:])
+    assert (args.folder, args.anno_path, args.ref_dir, args.seed) == ("runs/sd", "captions.pkl", "val2014", 10)
+    for key, value in expected.items():
+        assert getattr(args, key) == value, key
+
+
 @pytest.mark.parametrize("recipe", ["reg", "repa"])
 def test_train_sh_launches_one_gpu_without_multi_gpu(recipe, tmp_path):
     one = run_recipe("train.sh", tmp_path, full_argv=True, RECIPE=recipe, DATA_DIR="data", NUM_GPUS="1")
