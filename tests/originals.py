@@ -235,4 +235,8 @@ ROWS = [
     *[Row("tianweiy/DMD2", file, command, ours=command.replace("main/train_sd.py", "train_dmd2.py"))
       for file, command in DMD2_SD_RUNS],
     *[Row("tianweiy/DMD2", file, command, ours=equivalent) for file, command, equivalent in DMD2_SD_TESTS],
+    Row("tianweiy/DMD2", "README.md", "python -m demo.text_to_image_sdxl --checkpoint_path SDXL_CKPT_PATH --precision "
+        "float16"),
+    Row("tianweiy/DMD2", "README.md", "python -m demo.text_to_image_sdxl --num_step 1 --checkpoint_path SDXL_CKPT_PATH "
+        "--precision float16 --conditioning_timestep 399"),
 ]

@@ -406,3 +406,20 @@ def test_watch_text_scores_a_run_as_dmd2s_test_folder_scripts(sd_folder, sd_gene
 
     assert dmd2_base({"add_embedding.linear_1.weight": 0}) == "stabilityai/stable-diffusion-xl-base-1.0"
     assert dmd2_base({"conv_in.weight": 0}) == "runwayml/stable-diffusion-v1-5"
+
+
+def test_dmd2s_sdxl_demo_command_writes_its_images(sdxl_folder, tmp_path):
+    """python -m demo.text_to_image_sdxl with DMD2's flags (one step at 399, fp16 where there is a GPU): a grid of
+    --num_images images of the prompt from DMD2's UNet weights on --model_id."""
+    from diffusers import UNet2DConditionModel
+    from PIL import Image
+
+    from demo import text_to_image_sdxl
+
+    weights = tmp_path / "dmd2_sdxl_1step_unet.bin"
+    torch.save(UNet2DConditionModel.from_pretrained(sdxl_folder / "unet").state_dict(), weights)
+    text_to_image_sdxl.main(text_to_image_sdxl.parse_args([
+        "--num_step", "1", "--checkpoint_path", str(weights), "--conditioning_timestep", "399", "--model_id",
+        str(sdxl_folder), "--num_images", "2", "--output", str(tmp_path / "demo.png")]))
+    width, height = Image.open(tmp_path / "demo.png").size
+    assert width >= 2 * 64 and height >= 64
