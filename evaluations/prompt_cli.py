@@ -49,8 +49,9 @@ def read_prompt_args(args) -> list[str]:
     return prompts
 
 
-def generator_weights(path: str) -> tuple[dict, dict | None]:
-    """``(UNet state dict, train_dmd2.py's sampling record or None)`` of ``--ckpt``."""
+def generator_weights(path: str, lora_alpha: float = 8.0) -> tuple[dict, dict | None]:
+    """``(UNet state dict, train_dmd2.py's sampling record or None)`` of ``--ckpt``; a LoRA generator's adapters
+    merged (DMD2's own ``--generator_lora`` weights: peft's names, the rank from their shapes, ``lora_alpha``)."""
     from common.checkpoint import load_checkpoint
     from models.pretrained import merge_lora
 
@@ -58,7 +59,7 @@ def generator_weights(path: str) -> tuple[dict, dict | None]:
     if file.is_dir():  # DMD2's checkpoint_model_NNNNNN/: the generator is pytorch_model.bin
         if not (file / "pytorch_model.bin").is_file():
             raise ValueError(f"--ckpt {path}: no pytorch_model.bin in this folder (DMD2's checkpoint_model_NNNNNN/)")
-        return load_checkpoint(file / "pytorch_model.bin"), None
+        file = file / "pytorch_model.bin"
     if file.suffix == ".safetensors":  # DMD2's UNet weights, or its LoRA file (fused later into the base UNet)
         from safetensors.torch import load_file
 
@@ -75,7 +76,8 @@ def generator_weights(path: str) -> tuple[dict, dict | None]:
         return weights, record
     if not isinstance(ckpt, dict) or not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
         raise ValueError(f"--ckpt {path}: neither a UNet state dict (DMD2's weights) nor a train_dmd2.py checkpoint")
-    return ckpt, None
+    down = next((v for k, v in ckpt.items() if ".lora_A." in k), None)
+    return (ckpt if down is None else merge_lora(ckpt, lora_alpha / down.shape[0])), None
 
 
 def dmd2_base(weights: dict) -> str:
@@ -99,7 +101,7 @@ def load_text_generator(args, device):
     if not args.ckpt:
         raise ValueError("--prompt samples a text-to-image generator: pass --ckpt (a train_dmd2.py checkpoint or "
                          "DMD2's UNet weights with --model_id)")
-    weights, record = generator_weights(args.ckpt)
+    weights, record = generator_weights(args.ckpt, getattr(args, "lora_alpha", 8.0))
     base = args.model_id or (record or {}).get("sd_model")
     if base is None and getattr(args, "dmd2_base", False):
         base = dmd2_base(weights)

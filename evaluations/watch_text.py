@@ -53,6 +53,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--clip_score", action="store_true")
     p.add_argument("--num_step", type=int, choices=[1, 4], default=None, help="DMD2's folders: default 1")
     p.add_argument("--conditioning_timestep", type=int, default=999)
+    p.add_argument("--generator_lora", action="store_true", help="accepted: LoRA adapters are found by their names")
+    p.add_argument("--lora_rank", type=int, default=64, help="accepted: the rank is read off the adapters")
+    p.add_argument("--lora_alpha", type=float, default=8, help="DMD2's folders of a LoRA run: the adapters' alpha")
+    p.add_argument("--lora_dropout", type=float, default=0.0, help="accepted, as DMD2's script")
     ours = p.add_argument_group("beyond DMD2's flags")
     ours.add_argument("--once", action="store_true", help="stop once every checkpoint in the folder is scored")
     ours.add_argument("--no_resume", action="store_true", help="score again what stats.json holds")
@@ -72,7 +76,8 @@ def generate(path: Path, args, captions: list[str], device) -> np.ndarray:
     own = path.suffix == ".pt"
     query = argparse.Namespace(ckpt=str(path), model_id=None if own else (record or {}).get("sd_model", args.model_id),
                                revision=args.revision, num_step=None if own or record else args.num_step or 1,
-                               conditioning_timestep=args.conditioning_timestep, precision="float32", dmd2_base=True)
+                               conditioning_timestep=args.conditioning_timestep, precision="float32", dmd2_base=True,
+                               lora_alpha=(record or {}).get("lora_alpha", args.lora_alpha))
     model, encoder, codec, abar = load_text_generator(query, device)
     if record is not None and not own:  # a DMD2 folder of this repository's run: the run's own steps
         model.generator_sigmas = [float(s) for s in record["generator_sigmas"]]

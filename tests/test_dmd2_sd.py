@@ -423,3 +423,19 @@ def test_dmd2s_sdxl_demo_command_writes_its_images(sdxl_folder, tmp_path):
         str(sdxl_folder), "--num_images", "2", "--output", str(tmp_path / "demo.png")]))
     width, height = Image.open(tmp_path / "demo.png").size
     assert width >= 2 * 64 and height >= 64
+
+
+def test_a_lora_runs_dmd2_folder_is_read_with_its_adapters_merged(sd_folder, sd_generator, tmp_path):
+    """DMD2's own folder of a --generator_lora run holds peft's names (base layers and adapters): read with the
+    adapters merged (rank from their shapes, --lora_alpha), it generates what the run's checkpoint generates."""
+    from common.checkpoint import load_checkpoint
+    from evaluations import watch_text
+
+    folder = tmp_path / "lora_run" / "checkpoint_model_000002"
+    folder.mkdir(parents=True)
+    torch.save(load_checkpoint(sd_generator)["model"], folder / "pytorch_model.bin")
+    args = watch_text.parse_args(["--folder", str(folder.parent), "--anno_path", "unused", "--model_id",
+                                  str(sd_folder), "--num_step", "4", "--generator_lora", "--lora_alpha", "8"])
+    theirs, _ = watch_text.generate(folder / "pytorch_model.bin", args, ["a cat", "two dogs"], torch.device("cpu"))
+    ours, _ = watch_text.generate(sd_generator, args, ["a cat", "two dogs"], torch.device("cpu"))
+    assert np.array_equal(theirs, ours)
