@@ -79,7 +79,7 @@ def from_pretrained(cls, name: str, flag: str, subfolder: str | None = None, rev
             except Exception:
                 pass
     what = f"{subfolder}/ of {repo}" if subfolder else repo
-    local = Path(flag.lstrip("-").split("_")[-1].split("-")[-1]) / repo.split("/")[-1]
+    local = Path("vae" if flag.endswith("vae") else "pretrained") / repo.split("/")[-1]
     raise ValueError(f"{flag} {name}: {what}{f' at revision {revision}' if revision else ''} is not in the Hugging "
                      f"Face cache and cannot be downloaded; on a machine with internet run `hf download {repo}"
                      f"{f' --revision {revision}' if revision else ''} --local-dir {local}`, copy the folder here and "

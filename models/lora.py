@@ -12,6 +12,13 @@ import torch
 PREFIX = "lora_unet_"
 
 
+def lora_delta(down: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """``up @ down`` in float32: a linear layer's ``B A``; a convolution's, with A (r, in, k, k) and a 1x1 B."""
+    if down.ndim == 4:
+        return torch.einsum("or,rikl->oikl", up[:, :, 0, 0].float(), down.float())
+    return up.float() @ down.float()
+
+
 def is_kohya_lora(state_dict: dict) -> bool:
     return any(key.startswith(PREFIX) for key in state_dict)
 
@@ -43,11 +50,7 @@ def merge_kohya(base: dict, lora: dict, module_names, source: str) -> dict:
             raise ValueError(f"{source}: LoRA weights for {stem}, which this UNet has no layer for; pass the base "
                              "model they were trained on (--model_id)")
         weight = modules[stem] + ".weight"
-        down, up = lora[f"{stem}.lora_down.weight"].float(), lora[f"{stem}.lora_up.weight"].float()
+        down, up = lora[f"{stem}.lora_down.weight"], lora[f"{stem}.lora_up.weight"]
         scale = float(lora.get(f"{stem}.alpha", torch.tensor(float(down.shape[0])))) / down.shape[0]
-        if down.ndim == 4:  # a convolution: down (r, in, k, k), up (out, r, 1, 1)
-            delta = torch.einsum("or,rikl->oikl", up[:, :, 0, 0], down)
-        else:
-            delta = up @ down
-        merged[weight] = (base[weight].float() + scale * delta).to(base[weight].dtype)
+        merged[weight] = (base[weight].float() + scale * lora_delta(down, up)).to(base[weight].dtype)
     return merged

@@ -68,6 +68,8 @@ DMD2_CONDITIONING_SIGMA = 80.0
 def merge_lora(state_dict: dict, scale: float) -> dict:
     """A plain state dict from one with peft LoRA adapters (``train_dmd2.py --generator_lora``): each adapted
     layer's ``W = W_base + scale B A`` (``scale = lora_alpha / lora_rank``; for a convolution, B is 1x1)."""
+    from models.lora import lora_delta
+
     merged = {}
     for key, value in state_dict.items():
         if ".lora_A." in key or ".lora_B." in key:
@@ -79,11 +81,7 @@ def merge_lora(state_dict: dict, scale: float) -> dict:
         merged[f"{layer}.{name}"] = value
         if name == "weight":
             down, up = state_dict[f"{layer}.lora_A.default.weight"], state_dict[f"{layer}.lora_B.default.weight"]
-            if value.ndim == 4:  # Conv2d: A is (r, in, k, k), B is (out, r, 1, 1)
-                delta = torch.einsum("or,rikl->oikl", up[:, :, 0, 0].float(), down.float())
-            else:
-                delta = up.float() @ down.float()
-            merged[f"{layer}.{name}"] = (value.float() + scale * delta).to(value.dtype)
+            merged[f"{layer}.{name}"] = (value.float() + scale * lora_delta(down, up)).to(value.dtype)
     return merged
 
 
