@@ -13,6 +13,8 @@ A network of this repository declares, as class or instance attributes:
 - ``generator_sigmas``: a distilled few-step generator's noise levels (DMD2);
 - ``unit_noise``: such a generator's top-level input is unit noise, not pure noise at its top level's variance
   (DMD2's Stable Diffusion generators, as diffusers' pipelines start);
+- ``alphas_cumprod``: an eps network's own abar table (float64, 1000 steps), where it is none of the named noise
+  schedules (a diffusers UNet carries its scheduler's); samplers read it instead of ``--noise-schedule``'s;
 - ``transport``: a SiT trained with SiT's own transport: its ``create_transport`` arguments (path, target, eps);
 - ``bottleneck_module()``: the module whose output DMD2's GAN head reads.
 
@@ -54,6 +56,7 @@ class Contract:
     generator_sigmas: tuple[float, ...] | None
     transport: dict | None = None
     unit_noise: bool = False
+    alphas_cumprod: object = None  # a float64 array
 
     @property
     def sit_only(self) -> bool:
@@ -83,6 +86,7 @@ def contract(model) -> Contract:
         generator_sigmas=tuple(sigmas) if sigmas else None,
         transport=getattr(net, "transport", None) or None,
         unit_noise=bool(getattr(net, "unit_noise", False)),
+        alphas_cumprod=getattr(net, "alphas_cumprod", None),
     )
 
 

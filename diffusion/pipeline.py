@@ -55,6 +55,12 @@ def base_alphas_cumprod(noise_schedule: str = "linear") -> np.ndarray:
     return create_diffusion("", noise_schedule=noise_schedule).alphas_cumprod
 
 
+def alphas_cumprod_for(model, noise_schedule: str = "linear") -> np.ndarray:
+    """The abar table ``model`` reads noise levels on: its own (``contract``), else ``noise_schedule``'s."""
+    own = contract(model).alphas_cumprod
+    return np.asarray(own, dtype=np.float64) if own is not None else base_alphas_cumprod(noise_schedule)
+
+
 def few_step_sample(den, noise: torch.Tensor, labels: torch.Tensor, sigmas, unit_noise: bool = False) -> torch.Tensor:
     """DMD2's few-step generation (sec. 4.4): from pure noise at ``sigmas[0]`` (``unit_noise``: the unit noise
     itself, as DMD2's SD generators and diffusers' pipelines start), the model's x0 at each level, noised with fresh
@@ -148,7 +154,7 @@ def _generator_sample(model, net, noise, labels, sampler: str, cfg_scale: float,
                          "one: " + (f"use --sampler {FEW_STEP}" if net.generator_sigmas else "choose another sampler"))
     if cfg_scale > 1.0:
         raise ValueError("a distilled generator has the teacher's guidance built in: sample it with --cfg-scale 1")
-    den = denoiser_for(model, base_alphas_cumprod(noise_schedule), path_type)
+    den = denoiser_for(model, alphas_cumprod_for(model, noise_schedule), path_type)
     return den.denormalize(few_step_sample(den, noise, labels, net.generator_sigmas, net.unit_noise).to(noise.dtype))
 
 
@@ -188,7 +194,7 @@ def generate(model, noise: torch.Tensor, labels: torch.Tensor, *, sampler: str, 
     if guided_channels is None:
         guided_channels = net.guided_channels
     cls_dim = net.cls_token_dim
-    den = denoiser_for(model, base_alphas_cumprod(noise_schedule), path_type)
+    den = denoiser_for(model, alphas_cumprod_for(model, noise_schedule), path_type)
     cls_latents = None if cls_dim is None else torch.randn(len(noise), cls_dim, device=noise.device)
     cls = dict(cls_latents=cls_latents, cls_cfg_scale=cls_cfg_scale if cls_dim else 0.0)
     guidance = dict(cfg_scale=cfg_scale, guidance_low=guidance_low, guidance_high=guidance_high,

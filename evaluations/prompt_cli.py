@@ -117,10 +117,10 @@ def load_text_generator(args, device):
         weights = merge_kohya(unet.state_dict(), weights, names, f"--ckpt {args.ckpt}")
     else:
         unet = UNet2DConditionModel.from_config(source.load(UNetConfig, "unet"))
-    model = DiffusersEps(unet, unet.config.sample_size * codec.downsample)
+    abar = source.load(DDPMScheduler, "scheduler").alphas_cumprod.double().numpy()
+    model = DiffusersEps(unet, unet.config.sample_size * codec.downsample, abar)
     load_weights(model.unet, weights, f"--ckpt {args.ckpt}")
     model = model.to(device, PRECISIONS[args.precision]).eval().requires_grad_(False)
-    abar = source.load(DDPMScheduler, "scheduler").alphas_cumprod.double().numpy()
     if record is not None:
         sigmas = [float(s) for s in record["generator_sigmas"]]
         if args.num_step is not None and args.num_step != len(sigmas):

@@ -342,3 +342,46 @@ class LMDBLatentsPrompts(_LMDBDataset):
         """``(None, latents, prompts)``, as stored (DMD2 flips nothing)."""
         latents, prompts = batch
         return None, latents, prompts
+
+
+class LMDBODEPairs(_LMDBDataset):
+    """DMD2's noise-image pairs (``preprocessing/generate_noise_image_pairs.py``, DMD2's ``SDXLODEDatasetLMDB``):
+    ``(noise, latents, condition)`` in float32 from float16 ``latents`` (the noise; a row may hold a trajectory,
+    (steps, C, h, w)), ``images`` (the teacher's final latents), ``prompt_embeds_list`` and, for SDXL,
+    ``pooled_prompt_embeds`` (the condition is then both, packed as ``models.stable_diffusion.pack``). The first
+    ``num_pairs`` rows when given (DMD2's ``--num_ode_pairs``)."""
+
+    KEYS = ("latents", "images", "prompt_embeds_list")
+
+    def __init__(self, path: str | Path, num_pairs: int = 0):
+        super().__init__(path)
+        remedy = "write it again with preprocessing/create_lmdb_iterative.py"
+        env = self.env()
+        self.shapes = {k: _require_shape(env, k, "DMD2 noise-image pairs", remedy) for k in self.KEYS}
+        pooled = read_shape(env, "pooled_prompt_embeds")
+        if pooled is not None:
+            self.shapes["pooled_prompt_embeds"] = pooled
+        counts = {k: shape[0] for k, shape in self.shapes.items()}
+        if len(set(counts.values())) > 1:
+            raise ValueError(f"{self.path}: its arrays hold different numbers of rows {counts}; {remedy}")
+        self.count = counts["latents"] if num_pairs <= 0 else min(num_pairs, counts["latents"])
+        for name, shape in self.shapes.items():
+            _check_rows(env, name, counts[name], np.float16, shape[1:], remedy)
+
+    @property
+    def xl(self) -> bool:
+        return "pooled_prompt_embeds" in self.shapes
+
+    def __len__(self) -> int:
+        return self.count
+
+    def _row(self, name: str, index: int) -> torch.Tensor:
+        row = read_row(self.env(), name, index, np.float16, self.shapes[name][1:])
+        return torch.from_numpy(row.astype(np.float32))
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        index = self._check_index(index)
+        condition = self._row("prompt_embeds_list", index)
+        if self.xl:
+            condition = torch.cat([condition.flatten(), self._row("pooled_prompt_embeds", index)])
+        return self._row("latents", index), self._row("images", index), condition

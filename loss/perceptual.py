@@ -73,3 +73,24 @@ class PerceptualLoss(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         return self.lpips(x.float(), y.float(), normalize=normalize).flatten()
+
+
+PIQ_LPIPS_FILE = "lpips_weights.pt"  # piq's release of LPIPS's linear heads
+
+
+def piq_lpips() -> torch.nn.Module:
+    """DMD2's regression distance: piq's LPIPS with average pooling (``replace_pooling=True``), one distance per
+    image of images in [0, 1], frozen. piq reads torchvision's VGG16 and its own ``lpips_weights.pt`` through
+    torch.hub's checkpoint folder (downloaded there when there is a network); offline, one line names both files."""
+    import piq
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # piq asks torchvision for its VGG16 with a deprecated flag
+            net = piq.LPIPS(replace_pooling=True, reduction="none")
+    except Exception as error:
+        folder = Path(torch.hub.get_dir()) / "checkpoints"
+        raise ValueError(f"DMD2's LPIPS (piq) needs {VGG16_FILE} ({VGG16_URL}) and {PIQ_LPIPS_FILE} "
+                         f"({piq.LPIPS._weights_url}) in {folder}, and could not get them "
+                         f"({type(error).__name__}); download both there") from None
+    return net.eval().requires_grad_(False)

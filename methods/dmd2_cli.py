@@ -34,7 +34,7 @@ def within_cap(sigma):
     return sigma <= EPS_CONDITIONING_SIGMA * (1 + 1e-5)
 
 
-def _flag(p, name: str, **kw) -> None:
+def add_flag(p, name: str, **kw) -> None:
     """``--name_with_underscores`` as DMD2 spells it, and ``--name-with-hyphens``."""
     names = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
     p.add_argument(*names, dest=name, **kw)
@@ -42,118 +42,118 @@ def _flag(p, name: str, **kw) -> None:
 
 def parse_args(argv=None, description: str | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=description)
-    _flag(p, "teacher", type=str, default=None, help="the teacher: a train.py checkpoint, an official DiT / REPA release, "
+    add_flag(p, "teacher", type=str, default=None, help="the teacher: a train.py checkpoint, an official DiT / REPA release, "
           "EDM's network pickle (edm-imagenet-64x64-cond-adm.pkl), or a Stable Diffusion model: a hub id "
           "(runwayml/stable-diffusion-v1-5, through the Hugging Face cache) or a diffusers folder (unet/, scheduler/)")
     p.add_argument("--model_id", "--model-id", dest="teacher", type=str, help="DMD2's name for --teacher")
-    _flag(p, "revision", type=str, default=None, help="the hub revision of a --model_id hub id")
-    _flag(p, "output_path", type=str, default="results", help="the run folders' parent")
-    _flag(p, "exp_name", type=str, default=None, help="run folder {output_path}/{exp_name} (default: numbered)")
-    _flag(p, "train_iters", type=int, default=1_000_000)
-    _flag(p, "log_iters", type=int, default=100, help="checkpoint every N steps")
-    _flag(p, "wandb_iters", type=int, default=100, help="log the losses and draw a sample grid every N steps")
-    _flag(p, "batch_size", type=int, default=1, help="per process, as DMD2's")
-    _flag(p, "seed", type=int, default=0)
-    _flag(p, "train_prompt_path", type=str, default=None, help="text-to-image teachers: the training prompts (a "
+    add_flag(p, "revision", type=str, default=None, help="the hub revision of a --model_id hub id")
+    add_flag(p, "output_path", type=str, default="results", help="the run folders' parent")
+    add_flag(p, "exp_name", type=str, default=None, help="run folder {output_path}/{exp_name} (default: numbered)")
+    add_flag(p, "train_iters", type=int, default=1_000_000)
+    add_flag(p, "log_iters", type=int, default=100, help="checkpoint every N steps")
+    add_flag(p, "wandb_iters", type=int, default=100, help="log the losses and draw a sample grid every N steps")
+    add_flag(p, "batch_size", type=int, default=1, help="per process, as DMD2's")
+    add_flag(p, "seed", type=int, default=0)
+    add_flag(p, "train_prompt_path", type=str, default=None, help="text-to-image teachers: the training prompts (a "
           "text file, one a line, or DMD2's captions .pkl)")
-    _flag(p, "real_image_path", type=str, default=None, help="real images for the GAN head and --denoising: an "
+    add_flag(p, "real_image_path", type=str, default=None, help="real images for the GAN head and --denoising: an "
           "LMDB in DMD2's format, an image folder, or a latent cache (default: none, or --dataset builtin)")
-    _flag(p, "dataset", choices=["builtin", "cifar10", "folder", "latents", "lmdb"], default=None,
+    add_flag(p, "dataset", choices=["builtin", "cifar10", "folder", "latents", "lmdb"], default=None,
           help="default: from what --real_image_path holds")
-    _flag(p, "num_workers", type=int, default=12)
-    _flag(p, "initialie_generator", action=argparse.BooleanOptionalAction, default=True,
+    add_flag(p, "num_workers", type=int, default=12)
+    add_flag(p, "initialie_generator", action=argparse.BooleanOptionalAction, default=True,
           help="start the generator from the teacher's weights (DMD2's spelling); --no-initialie_generator: from a fresh "
           "initialisation of the same network")
-    _flag(p, "generator_lr", type=float, default=2e-6)
-    _flag(p, "guidance_lr", type=float, default=2e-6)
-    _flag(p, "warmup_step", type=int, default=500, help="linear warm-up from 0 (diffusers' constant_with_warmup), "
+    add_flag(p, "generator_lr", type=float, default=2e-6)
+    add_flag(p, "guidance_lr", type=float, default=2e-6)
+    add_flag(p, "warmup_step", type=int, default=500, help="linear warm-up from 0 (diffusers' constant_with_warmup), "
           "over warmup_step / processes iterations as DMD2's accelerate-prepared scheduler")
-    _flag(p, "max_grad_norm", type=float, default=10.0)
-    _flag(p, "min_step_percent", type=float, default=0.02)
-    _flag(p, "max_step_percent", type=float, default=0.98)
-    _flag(p, "dfake_gen_update_ratio", type=int, default=1, help="update the generator every N steps (TTUR)")
-    _flag(p, "real_guidance_scale", type=float, default=None, help="the teacher's guidance in the DM loss (1: none; "
+    add_flag(p, "max_grad_norm", type=float, default=10.0)
+    add_flag(p, "min_step_percent", type=float, default=0.02)
+    add_flag(p, "max_step_percent", type=float, default=0.98)
+    add_flag(p, "dfake_gen_update_ratio", type=int, default=1, help="update the generator every N steps (TTUR)")
+    add_flag(p, "real_guidance_scale", type=float, default=None, help="the teacher's guidance in the DM loss (1: none; "
           "default: train_sd.py's 6 for a text-to-image teacher, 1 for a class-conditional one, as train_edm.py, "
           "which never guides)")
-    _flag(p, "conditioning_sigma", type=float, default=None, help="the generator's noise level on the common "
+    add_flag(p, "conditioning_sigma", type=float, default=None, help="the generator's noise level on the common "
           "sigma scale (EDM: 80); default: --conditioning_timestep's")
-    _flag(p, "conditioning_timestep", type=int, default=None, help="the generator's noise level as an index into "
+    add_flag(p, "conditioning_timestep", type=int, default=None, help="the generator's noise level as an index into "
           "the teacher's own 1000 levels (DDPM step; interpolant t = index / 999; EDM: Karras grid); default 999, "
           f"for eps teachers at most sigma {EPS_CONDITIONING_SIGMA:.2f}, SD1.5's step 999 (docs/notes/dmd2.md)")
-    _flag(p, "sigma_min", type=float, default=0.002, help="EDM teachers: the Karras grid")
-    _flag(p, "sigma_max", type=float, default=80.0)
-    _flag(p, "rho", type=float, default=7.0)
-    _flag(p, "sigma_data", type=float, default=0.5)
-    _flag(p, "gan_classifier", action="store_true", help="DMD2's GAN head on the fake score's bottleneck (EDM)")
-    _flag(p, "cls_on_clean_image", action="store_true", help="the GAN head (train_sd.py's name)")
-    _flag(p, "gen_cls_loss", action="store_true", help="the generator's GAN loss (train_sd.py)")
-    _flag(p, "gen_cls_loss_weight", type=float, default=0.0)
-    _flag(p, "cls_loss_weight", type=float, default=1.0, help="the GAN head's loss weight with --gan_classifier")
-    _flag(p, "guidance_cls_loss_weight", type=float, default=0.0,
+    add_flag(p, "sigma_min", type=float, default=0.002, help="EDM teachers: the Karras grid")
+    add_flag(p, "sigma_max", type=float, default=80.0)
+    add_flag(p, "rho", type=float, default=7.0)
+    add_flag(p, "sigma_data", type=float, default=0.5)
+    add_flag(p, "gan_classifier", action="store_true", help="DMD2's GAN head on the fake score's bottleneck (EDM)")
+    add_flag(p, "cls_on_clean_image", action="store_true", help="the GAN head (train_sd.py's name)")
+    add_flag(p, "gen_cls_loss", action="store_true", help="the generator's GAN loss (train_sd.py)")
+    add_flag(p, "gen_cls_loss_weight", type=float, default=0.0)
+    add_flag(p, "cls_loss_weight", type=float, default=1.0, help="the GAN head's loss weight with --gan_classifier")
+    add_flag(p, "guidance_cls_loss_weight", type=float, default=0.0,
           help="the GAN head's loss weight with --cls_on_clean_image")
-    _flag(p, "diffusion_gan", action="store_true", help="noise real and generated images before the GAN head")
-    _flag(p, "diffusion_gan_max_timestep", type=int, default=0)
-    _flag(p, "denoising", action="store_true", help="a few-step generator (--num_denoising_step)")
-    _flag(p, "num_denoising_step", type=int, default=1)
-    _flag(p, "denoising_timestep", type=int, default=None, help=f"the few-step generator's steps are "
+    add_flag(p, "diffusion_gan", action="store_true", help="noise real and generated images before the GAN head")
+    add_flag(p, "diffusion_gan_max_timestep", type=int, default=0)
+    add_flag(p, "denoising", action="store_true", help="a few-step generator (--num_denoising_step)")
+    add_flag(p, "num_denoising_step", type=int, default=1)
+    add_flag(p, "denoising_timestep", type=int, default=None, help=f"the few-step generator's steps are "
           f"denoising_timestep - 1 down in strides of denoising_timestep // num_denoising_step, above "
           f"--num_denoising_step and at most {GRID} (DMD2's default {GRID}: [999, 749, 499, 249] for four); default: "
           f"{GRID}, for eps teachers the levels up to sigma {EPS_CONDITIONING_SIGMA:.2f}")
-    _flag(p, "backward_simulation", action="store_true", help="train the few-step generator on its own samples")
-    _flag(p, "generator_lora", action="store_true", help="train LoRA adapters of the generator (peft)")
-    _flag(p, "lora_rank", type=int, default=64)
-    _flag(p, "lora_alpha", type=float, default=8)
-    _flag(p, "lora_dropout", type=float, default=0.0)
-    _flag(p, "use_fp16", action="store_true", help="bfloat16 autocast (DMD2's --use_fp16 means bf16)")
-    _flag(p, "fsdp", action="store_true", help="shard the generator, the guidance model and their optimizer states "
+    add_flag(p, "backward_simulation", action="store_true", help="train the few-step generator on its own samples")
+    add_flag(p, "generator_lora", action="store_true", help="train LoRA adapters of the generator (peft)")
+    add_flag(p, "lora_rank", type=int, default=64)
+    add_flag(p, "lora_alpha", type=float, default=8)
+    add_flag(p, "lora_dropout", type=float, default=0.0)
+    add_flag(p, "use_fp16", action="store_true", help="bfloat16 autocast (DMD2's --use_fp16 means bf16)")
+    add_flag(p, "fsdp", action="store_true", help="shard the generator, the guidance model and their optimizer states "
           "over the processes (FSDP2)")
-    _flag(p, "gradient_checkpointing", action="store_true", help="recompute the generator's and the fake score's "
+    add_flag(p, "gradient_checkpointing", action="store_true", help="recompute the generator's and the fake score's "
           "block activations in the backward pass instead of storing them (less memory, about a third more compute)")
-    _flag(p, "dm_loss_weight", type=float, default=1.0, help="the distribution-matching loss's weight")
-    _flag(p, "gan_alone", action="store_true", help="train the generator with the GAN loss only (no DM loss, the "
+    add_flag(p, "dm_loss_weight", type=float, default=1.0, help="the distribution-matching loss's weight")
+    add_flag(p, "gan_alone", action="store_true", help="train the generator with the GAN loss only (no DM loss, the "
           "teacher is never run)")
-    _flag(p, "fake_guidance_scale", type=float, default=1.0, help="guidance of the fake score: 1 (none), as DMD2 "
+    add_flag(p, "fake_guidance_scale", type=float, default=1.0, help="guidance of the fake score: 1 (none), as DMD2 "
           "requires")
-    _flag(p, "gradient_accumulation_steps", type=int, default=1, help="1: DMD2 accumulates no gradients")
-    _flag(p, "num_train_timesteps", type=int, default=GRID, help="the teacher's grid of levels: 1000, as DMD2's")
+    add_flag(p, "gradient_accumulation_steps", type=int, default=1, help="1: DMD2 accumulates no gradients")
+    add_flag(p, "num_train_timesteps", type=int, default=GRID, help="the teacher's grid of levels: 1000, as DMD2's")
     shape = p.add_argument_group("checks against the teacher (default: the teacher's own)")
-    _flag(shape, "resolution", type=int, default=None, help="image resolution")
-    _flag(shape, "label_dim", type=int, default=None, help="number of classes (class-conditional teachers)")
-    _flag(shape, "latent_resolution", type=int, default=None, help="resolution of the generated latents")
-    _flag(shape, "latent_channel", type=int, default=None, help="channels of the generated latents")
+    add_flag(shape, "resolution", type=int, default=None, help="image resolution")
+    add_flag(shape, "label_dim", type=int, default=None, help="number of classes (class-conditional teachers)")
+    add_flag(shape, "latent_resolution", type=int, default=None, help="resolution of the generated latents")
+    add_flag(shape, "latent_channel", type=int, default=None, help="channels of the generated latents")
     run = p.add_argument_group("checkpoints and logging")
-    _flag(run, "checkpoint_path", type=str, default=None, help="resume exactly from a train_dmd2.py checkpoint")
-    _flag(run, "ckpt_only_path", type=str, default=None, help="continue from the generator's and the guidance model's "
+    add_flag(run, "checkpoint_path", type=str, default=None, help="resume exactly from a train_dmd2.py checkpoint")
+    add_flag(run, "ckpt_only_path", type=str, default=None, help="continue from the generator's and the guidance model's "
           "weights without their optimizer states (the learning rates warm up again): a DMD2 checkpoint folder "
           "(pytorch_model.bin, pytorch_model_1.bin; the step from its name, checkpoint_model_NNNNNN) or a "
           "train_dmd2.py checkpoint")
-    _flag(run, "generator_ckpt_path", type=str, default=None, help="start the generator from these weights: a "
+    add_flag(run, "generator_ckpt_path", type=str, default=None, help="start the generator from these weights: a "
           "state dict file, a DMD2 checkpoint folder (its pytorch_model.bin) or a train_dmd2.py checkpoint")
-    _flag(run, "no_save", action="store_true", help="write no checkpoints (debugging)")
-    _flag(run, "checkpoint_layout", choices=["ours", "dmd2"], default="ours", help="dmd2: also write every "
+    add_flag(run, "no_save", action="store_true", help="write no checkpoints (debugging)")
+    add_flag(run, "checkpoint_layout", choices=["ours", "dmd2"], default="ours", help="dmd2: also write every "
           "checkpoint as DMD2 does, checkpoint_model_NNNNNN/ with pytorch_model.bin (the generator) and "
           "pytorch_model_1.bin (the guidance model), which DMD2's evaluation reads")
-    _flag(run, "delete_ckpts", action="store_true", help="keep only the newest checkpoint in the run folder")
-    _flag(run, "cache_dir", type=str, default="", help="also copy every checkpoint to {cache_dir}/{run folder name}/, "
+    add_flag(run, "delete_ckpts", action="store_true", help="keep only the newest checkpoint in the run folder")
+    add_flag(run, "cache_dir", type=str, default="", help="also copy every checkpoint to {cache_dir}/{run folder name}/, "
           "which keeps the newest --max_checkpoint")
-    _flag(run, "max_checkpoint", type=int, default=200, help="checkpoints kept in --cache_dir")
-    _flag(run, "dataset_name", type=str, default=None, help="the data's name, in the run folder's name")
-    _flag(run, "report_to", choices=["none", "wandb", "tensorboard"], default="none",
+    add_flag(run, "max_checkpoint", type=int, default=200, help="checkpoints kept in --cache_dir")
+    add_flag(run, "dataset_name", type=str, default=None, help="the data's name, in the run folder's name")
+    add_flag(run, "report_to", choices=["none", "wandb", "tensorboard"], default="none",
           help="default: wandb when a --wandb_* flag is given")
-    _flag(run, "wandb_project", type=str, default=None, help="wandb project (default: the run folder's name)")
-    _flag(run, "wandb_entity", type=str, default=None, help="wandb user or team")
-    _flag(run, "wandb_name", type=str, default=None, help="wandb run name")
-    _flag(run, "log_path", type=str, default=None, help="the trackers' folder (default: the run folder)")
-    _flag(run, "log_loss", action="store_true", help="log the losses at every step (the grids stay every "
+    add_flag(run, "wandb_project", type=str, default=None, help="wandb project (default: the run folder's name)")
+    add_flag(run, "wandb_entity", type=str, default=None, help="wandb user or team")
+    add_flag(run, "wandb_name", type=str, default=None, help="wandb run name")
+    add_flag(run, "log_path", type=str, default=None, help="the trackers' folder (default: the run folder)")
+    add_flag(run, "log_loss", action="store_true", help="log the losses at every step (the grids stay every "
           "--wandb_iters)")
-    _flag(run, "grid_size", type=int, default=4, help="the sample grids show grid_size^2 samples")
-    _flag(run, "local_rank", type=int, default=-1, help="torch.distributed.launch's rank on this node (torchrun and "
+    add_flag(run, "grid_size", type=int, default=4, help="the sample grids show grid_size^2 samples")
+    add_flag(run, "local_rank", type=int, default=-1, help="torch.distributed.launch's rank on this node (torchrun and "
           "accelerate launch set LOCAL_RANK instead)")
-    _flag(p, "sdxl", action="store_true", help="the teacher is SDXL (checked against its UNet)")
-    _flag(p, "tiny_vae", action="store_true", help="SDXL: decode the sample grids with TAESD (madebyollin/taesdxl)")
+    add_flag(p, "sdxl", action="store_true", help="the teacher is SDXL (checked against its UNet)")
+    add_flag(p, "tiny_vae", action="store_true", help="SDXL: decode the sample grids with TAESD (madebyollin/taesdxl)")
     refused = p.add_argument_group("DMD2 flags train_dmd2.py refuses with the reason")
     for name, kw in (("lr", {"type": float}), ("denoising_loss_weight", {"type": float})):
-        _flag(refused, name, default=None, help=argparse.SUPPRESS, **kw)
+        add_flag(refused, name, default=None, help=argparse.SUPPRESS, **kw)
     return p.parse_args(argv)
 
 

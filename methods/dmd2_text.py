@@ -39,39 +39,48 @@ class Prompts:
 TAESDXL = "madebyollin/taesdxl"  # DMD2's --tiny_vae for SDXL
 
 
-def load_text_teacher(args, name: str, device):
-    """``(teacher, cfg, codec, encoder)`` of a Stable Diffusion model, SD1.5's layout or SDXL's (a folder or a hub
-    id at ``--revision``); the teacher's ``prompts`` are the training prompts the generator is conditioned on. SDXL's
-    null condition is zeros, SD1.5's the empty prompt's embedding, as DMD2's."""
+def load_sd_parts(name: str, revision: str | None, sdxl: bool, tiny_vae: bool, flag: str = "--model_id"):
+    """``(source, scheduler, unet, codec)`` of a Stable Diffusion model (SD1.5's layout or SDXL's; a folder or a hub id
+    at ``revision``): its DDPM scheduler (eps prediction, checked), its UNet, and the codec of its VAE (``tiny_vae``:
+    TAESD decodes SDXL's latents); ``--sdxl`` and ``--tiny_vae`` are checked against the UNet."""
     from diffusers import AutoencoderKL, AutoencoderTiny, DDPMScheduler, UNet2DConditionModel
 
     from models import hub
     from models.vae import SDVAE, TinyDecoder
 
-    source = SDSource(name, args.revision)
+    source = SDSource(name, revision, flag)
     scheduler = source.load(DDPMScheduler, "scheduler")
     if scheduler.config.prediction_type != "epsilon":
-        raise ValueError(f"--model_id {name}: its scheduler predicts {scheduler.config.prediction_type}; DMD2 "
+        raise ValueError(f"{flag} {name}: its scheduler predicts {scheduler.config.prediction_type}; DMD2 "
                          "distils eps-prediction UNets (SD1.5's and SDXL's layouts)")
-    if not args.train_prompt_path:
-        raise ValueError("a text-to-image teacher needs prompts: pass --train_prompt_path (one prompt a line)")
-    prompts = read_prompts(args.train_prompt_path)
     unet = source.load(UNet2DConditionModel, "unet")
-    if args.sdxl and not is_xl(unet.config):
+    if sdxl and not is_xl(unet.config):
         raise ValueError(f"--sdxl: {name} is not an SDXL model (its UNet takes no pooled text or time ids); drop "
                          "--sdxl for an SD1.5-layout model")
-    if args.tiny_vae and not is_xl(unet.config):
+    if tiny_vae and not is_xl(unet.config):
         raise ValueError(f"--tiny_vae decodes SDXL's latents with {TAESDXL}; {name} is not SDXL: drop --tiny_vae")
     vae = source.load(AutoencoderKL, "vae")
     codec = SDVAE(vae, vae.config.scaling_factor)
-    if args.tiny_vae:
+    if tiny_vae:
         tiny = hub.from_pretrained(AutoencoderTiny, TAESDXL, "--tiny_vae")
         codec = TinyDecoder(tiny, codec.latent_channels, codec.downsample)
+    return source, scheduler, unet, codec
+
+
+def load_text_teacher(args, name: str, device):
+    """``(teacher, cfg, codec, encoder)`` of a Stable Diffusion model (``load_sd_parts``); the teacher's ``prompts``
+    are the training prompts the generator is conditioned on. SDXL's null condition is zeros, SD1.5's the empty
+    prompt's embedding, as DMD2's."""
+    if not args.train_prompt_path:
+        raise ValueError("a text-to-image teacher needs prompts: pass --train_prompt_path (one prompt a line)")
+    prompts = read_prompts(args.train_prompt_path)
+    source, scheduler, unet, codec = load_sd_parts(name, args.revision, args.sdxl, args.tiny_vae)
     image_size = unet.config.sample_size * codec.downsample
-    model = DiffusersEps(unet, image_size).to(device).eval()
+    abar = scheduler.alphas_cumprod.double().numpy()
+    model = DiffusersEps(unet, image_size, abar).to(device).eval()
     encoder = (XLTextEncoder if model.xl else TextEncoder)(source, device)
     null = torch.zeros_like(encoder([""])) if model.xl else encoder([""])
-    teacher = DDPMTeacher(model, scheduler.alphas_cumprod.double().numpy(), objective=None, null=null)
+    teacher = DDPMTeacher(model, abar, objective=None, null=null)
     teacher.prompts = Prompts(prompts, encoder)
     cfg = {"model": "diffusers", "image_size": image_size, "num_classes": 0, "vae": source.name("vae"), "ckpt": name,
            "dataset": None, "model_kwargs": {}, "sd_model": source.name("")}

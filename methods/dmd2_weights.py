@@ -49,22 +49,22 @@ def weights_only(path: str) -> tuple[dict, dict, int]:
     return ckpt["model"], ckpt["guidance"], int(ckpt["steps"])
 
 
-def generator_weights(path: str) -> dict:
+def generator_weights(path: str, flag: str = "--generator_ckpt_path") -> dict:
     """The generator's weights of ``--generator_ckpt_path``: a state dict file, a DMD2 checkpoint folder or a
-    ``train_dmd2.py`` checkpoint (its ``model``)."""
+    ``train_dmd2.py`` / ``train_sd_ode.py`` checkpoint (its ``model``)."""
     path = Path(path)
-    ckpt = dmd2_folder_file(path, "pytorch_model.bin", "--generator_ckpt_path") if path.is_dir() \
-        else load_checkpoint(path)
-    if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict) and "guidance" in ckpt:
+    ckpt = dmd2_folder_file(path, "pytorch_model.bin", flag) if path.is_dir() else load_checkpoint(path)
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict) and "args" in ckpt:
         return ckpt["model"]
     if not isinstance(ckpt, dict) or not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        raise CheckpointError(f"--generator_ckpt_path {path}: neither a state dict nor a train_dmd2.py checkpoint")
+        raise CheckpointError(f"{flag} {path}: neither a state dict nor a train_dmd2.py / train_sd_ode.py checkpoint")
     return ckpt
 
 
 def export_dmd2_folder(state: dict, run_dir: Path, step: int, keep_only: bool = False) -> list[Path]:
     """A checkpoint in DMD2's layout too: ``{run folder}/checkpoint_model_{step:06d}/`` with ``pytorch_model.bin``
-    (the generator's weights) and ``pytorch_model_1.bin`` (the guidance model's), which DMD2's evaluation and
+    (the generator's weights) and ``pytorch_model_1.bin`` (the guidance model's, where the run has one), which
+    DMD2's evaluation and
     ``--ckpt_only_path`` / ``--generator_ckpt_path`` read; ``keep_only``: the older such folders go (DMD2's
     ``--delete_ckpts``)."""
     import shutil
@@ -73,7 +73,8 @@ def export_dmd2_folder(state: dict, run_dir: Path, step: int, keep_only: bool = 
 
     folder = Path(run_dir) / f"checkpoint_model_{step:06d}"
     folder.mkdir(parents=True, exist_ok=True)
-    files = [folder / "pytorch_model.bin", folder / "pytorch_model_1.bin"]
+    files = [path for key, path in (("model", folder / "pytorch_model.bin"),
+                                    ("guidance", folder / "pytorch_model_1.bin")) if key in state]
     for key, path in zip(("model", "guidance"), files):
         save_atomic(state[key], path)
     if keep_only:

@@ -114,6 +114,12 @@ def pack(embeddings: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
     return torch.cat([embeddings.flatten(1), pooled], dim=1)
 
 
+def unpack(y: torch.Tensor, unet_config) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inverse of ``pack``: ``(embeddings (N, L, D), pooled (N, P))``, sized by the SDXL UNet's config."""
+    pooled = unet_config.projection_class_embeddings_input_dim - 6 * unet_config.addition_time_embed_dim
+    return y[:, :-pooled].reshape(len(y), -1, unet_config.cross_attention_dim), y[:, -pooled:]
+
+
 def xl_time_ids(resolution: int) -> torch.Tensor:
     """SDXL's added time ids as DMD2 builds them: original size, crop (0, 0), target size, all ``resolution``."""
     return torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], dtype=torch.float32)
@@ -127,15 +133,17 @@ def is_xl(unet_config) -> bool:
 class DiffusersEps(torch.nn.Module):
     """A diffusers ``UNet2DConditionModel`` (eps prediction) as ``net(x, t, y)``, so ``DDPMDenoiser`` reads it like
     any eps model: ``y`` the prompt embeddings (N, L, D) for SD1.5, SDXL's packed conditions (``pack``) with its
-    time ids for a ``resolution`` px image when ``xl`` (its conditions are unpacked by the UNet's own sizes)."""
+    time ids for a ``resolution`` px image when ``xl`` (its conditions are unpacked by the UNet's own sizes);
+    ``alphas_cumprod``: its scheduler's abar table, on which samplers read its noise levels."""
 
     prediction = "eps"
     learn_sigma = False
     unit_noise = True  # DMD2's SD generators start from unit noise, as diffusers' pipelines do
 
-    def __init__(self, unet: torch.nn.Module, resolution: int | None = None):
+    def __init__(self, unet: torch.nn.Module, resolution: int | None = None, alphas_cumprod=None):
         super().__init__()
         self.unet = unet
+        self.alphas_cumprod = alphas_cumprod  # the scheduler's abar table (float64), which samplers read
         self.xl = is_xl(unet.config)
         if self.xl:
             self.register_buffer("time_ids", xl_time_ids(resolution), persistent=False)
@@ -147,8 +155,6 @@ class DiffusersEps(torch.nn.Module):
     def forward(self, x, t, y, **kwargs):
         if not self.xl:
             return self.unet(x, t, encoder_hidden_states=y, **kwargs).sample
-        config = self.unet.config
-        pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
-        embeddings = y[:, :-pooled].reshape(len(y), -1, config.cross_attention_dim)
-        added = {"text_embeds": y[:, -pooled:], "time_ids": self.time_ids.to(y.dtype).expand(len(y), -1)}
+        embeddings, pooled = unpack(y, self.unet.config)
+        added = {"text_embeds": pooled, "time_ids": self.time_ids.to(y.dtype).expand(len(y), -1)}
         return self.unet(x, t, encoder_hidden_states=embeddings, added_cond_kwargs=added, **kwargs).sample

@@ -62,6 +62,10 @@ class SDVAE(torch.nn.Module):
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decode_with_grad(z)
+
+    def decode_with_grad(self, z: torch.Tensor) -> torch.Tensor:
+        """``decode`` with gradients to ``z`` (DMD2's regression loss on decoded images)."""
         return self.vae.decode(z / self.scale).sample
 
 
@@ -81,6 +85,10 @@ class TinyDecoder(torch.nn.Module):
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decode_with_grad(z)
+
+    def decode_with_grad(self, z: torch.Tensor) -> torch.Tensor:
+        """``decode`` with gradients to ``z`` (DMD2's regression loss on decoded images)."""
         return self.vae.decode(z / self.vae.config.scaling_factor).sample
 
 

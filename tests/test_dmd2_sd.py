@@ -439,3 +439,26 @@ def test_a_lora_runs_dmd2_folder_is_read_with_its_adapters_merged(sd_folder, sd_
     theirs, _ = watch_text.generate(folder / "pytorch_model.bin", args, ["a cat", "two dogs"], torch.device("cpu"))
     ours, _ = watch_text.generate(sd_generator, args, ["a cat", "two dogs"], torch.device("cpu"))
     assert np.array_equal(theirs, ours)
+
+
+def test_training_grids_read_the_generators_own_noise_table(sd_folder):
+    """A Stable Diffusion generator's sample grids (training.visual) step it on its scheduler's abar table, as
+    sample.py --prompt does, not on DiT's linear table (whose sigma 14.6 is SD's step 999 only on SD's table)."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    from diffusion.denoiser import DDPMDenoiser, ddpm_sigmas
+    from diffusion.pipeline import few_step_sample
+    from models.stable_diffusion import DiffusersEps
+    from models.vae import PixelCodec
+    from training.visual import diffusion_grid_images
+
+    abar = DDPMScheduler.from_pretrained(sd_folder / "scheduler").alphas_cumprod.double().numpy()
+    model = DiffusersEps(UNet2DConditionModel.from_pretrained(sd_folder / "unet"), 64, abar).eval()
+    model.generator_sigmas = [float(ddpm_sigmas(abar)[999]), float(ddpm_sigmas(abar)[499])]
+    noise, y = torch.randn(2, 4, 8, 8), torch.randn(2, 77, 32)
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        grid = diffusion_grid_images(model, PixelCodec(), noise, y, 1)
+        torch.manual_seed(1)
+        expected = few_step_sample(DDPMDenoiser(model, abar), noise, y, model.generator_sigmas, unit_noise=True)
+    torch.testing.assert_close(grid, expected.float())
