@@ -55,7 +55,7 @@ def main(args: argparse.Namespace) -> None:
         results_dir=args.results_dir, run_name=args.model, exp_name=args.exp_name, record=vars(args),
         max_steps=args.max_steps, epochs=args.epochs, batch_size=args.global_batch_size,
         grad_accum=args.gradient_accumulation_steps, seed=args.global_seed, num_workers=args.num_workers,
-        mixed_precision=args.mixed_precision, allow_tf32=use_tf32(args), shard=args.fsdp, log_every=args.log_every,
+        mixed_precision=args.mixed_precision, allow_tf32=use_tf32(args), shard=args.fsdp, shard_flag="--fsdp", log_every=args.log_every,
         checkpoints=Checkpoints(every=args.ckpt_every, folder=folder),
         grids=Grids(every=args.sample_every or args.ckpt_every, seed=args.global_seed),
         evaluation=Evaluation(args.eval_every, args.eval_samples, args.eval_sampling_steps, args.eval_cfg_scale,

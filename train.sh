@@ -5,7 +5,8 @@
 #             | dmd2-imagenet (DMD2's ImageNet-64 GAN recipe, Yin et al. 2024) | dmd2-sd15 (DMD2's SD1.5 recipe)
 #             | dmd2-sd15-gan (its second stage: the GAN head, from CKPT_ONLY) | dmd2-sdxl (SDXL, four steps,
 #             backward simulation, GAN) | dmd2-sdxl-lora (the same with LoRA) | dmd2-sdxl-1step (one step at
-#             timestep 399, from the ODE-pair pretraining's GENERATOR_CKPT)  [reg]
+#             timestep 399, from the ODE-pair pretraining's GENERATOR_CKPT) | dmd2-sdxl-ode (that pretraining:
+#             LPIPS regression on DMD2's noise-image pairs, DATA_DIR their LMDB)  [reg]
 #   TEACHER   dmd2-imagenet: [edm-imagenet-64x64-cond-adm.pkl]; dmd2-sd15*: [runwayml/stable-diffusion-v1-5];
 #             dmd2-sdxl*: [stabilityai/stable-diffusion-xl-base-1.0] (hub ids or local folders)
 #   PROMPTS   dmd2-sd15*, dmd2-sdxl*: the training prompts (DMD2's captions_laion_score6.25.pkl)
@@ -13,7 +14,8 @@
 #             repae-ldm: pretrained/e2e-vavae-400k/e2e-vavae-400k.pt   LATENTS  repae-ldm: [e2e-vavae-400k]
 #   NUM_GPUS  processes per node [8; dmd2-imagenet 7]   NNODES [1; dmd2-sd15*, dmd2-sdxl* 8] with NODE_RANK [0],
 #             MASTER_ADDR, MASTER_PORT [29500] on each node. Each recipe trains with its paper's global batch (256;
-#             DMD2: 7 x 40 = 280 on ImageNet, 64 x 32 = 2048 on SD1.5, 64 x 2 = 128 on SDXL), split over
+#             DMD2: 7 x 40 = 280 on ImageNet, 64 x 32 = 2048 on SD1.5, 64 x 2 = 128 on SDXL, 64 x 4 = 256 pairs
+#             in the ODE-pair pretraining), split over
 #             NNODES x NUM_GPUS processes: a count that cannot split it evenly is refused
 #   DATA_DIR  REG layout (imagenet_256_vae/ + vae-sd/) or, for dit, an ImageNet train folder;
 #             dmd2-imagenet: DMD2's imagenet-64x64_lmdb; dmd2-sd15: its LMDB of SD latents and prompts
@@ -25,6 +27,7 @@ RECIPE=${RECIPE:-reg}
 case "$RECIPE" in   # the paper's global batch and its GPU count
   dmd2-imagenet) GLOBAL_BATCH=280; NUM_GPUS=${NUM_GPUS:-7}; NNODES=${NNODES:-1} ;;
   dmd2-sd15*)    GLOBAL_BATCH=2048; NUM_GPUS=${NUM_GPUS:-8}; NNODES=${NNODES:-8} ;;
+  dmd2-sdxl-ode) GLOBAL_BATCH=256; NUM_GPUS=${NUM_GPUS:-8}; NNODES=${NNODES:-8} ;;
   dmd2-sdxl*)    GLOBAL_BATCH=128; NUM_GPUS=${NUM_GPUS:-8}; NNODES=${NNODES:-8} ;;
   *)             GLOBAL_BATCH=256; NUM_GPUS=${NUM_GPUS:-8}; NNODES=${NNODES:-1} ;;
 esac
@@ -139,6 +142,13 @@ case "$RECIPE" in
       --guidance_cls_loss_weight 1e-2 --diffusion_gan --diffusion_gan_max_timestep 1000 --resolution 1024 \
       --latent_resolution 128 --grid_size 2 --log_loss --report_to "$REPORT_TO" --output_path "$OUTPUT_DIR" \
       --exp_name "${EXP_NAME:-${RECIPE//-/_}_guidance8}" "$@" ;;
+  dmd2-sdxl-ode) # DMD2 experiments/sdxl/sdxl_lr1e-5_8node_ode_pretraining_10k_cond399.sh: 10k pairs, 4 per GPU
+    exec "${TORCHRUN[@]}" train_sd_ode.py \
+      --model_id "${TEACHER:-stabilityai/stable-diffusion-xl-base-1.0}" --sdxl --tiny_vae --ode_pair_path "$DATA_DIR" \
+      --num_ode_pairs 10000 --ode_batch_size "$PER_PROCESS" --conditioning_timestep 399 --generator_lr 1e-5 \
+      --train_iters "${MAX_STEPS:-100000000}" --grid_size 1 --log_iters 1000 --resolution 1024 --seed 10 \
+      --max_grad_norm 10.0 --wandb_iters 250 --use_fp16 --report_to "$REPORT_TO" --output_path "$OUTPUT_DIR" \
+      --exp_name "${EXP_NAME:-sdxl_lr1e-5_ode_pretraining_10k_cond399}" --checkpoint_layout dmd2 "$@" ;;
   *) echo "error: RECIPE must be reg, repa, dit, repae, repae-ldm, dmd2-imagenet, dmd2-sd15, dmd2-sd15-gan, dmd2-sdxl," \
-          "dmd2-sdxl-lora or dmd2-sdxl-1step, not '$RECIPE'" >&2; exit 2 ;;
+          "dmd2-sdxl-lora, dmd2-sdxl-1step or dmd2-sdxl-ode, not '$RECIPE'" >&2; exit 2 ;;
 esac

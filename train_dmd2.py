@@ -111,7 +111,7 @@ def main(args: argparse.Namespace) -> None:
         run_name=lambda method: f"DMD2-{method.sampling_record['model']}{name_suffix}",
         record=vars(args), max_steps=args.train_iters, steps_flag="--train_iters",
         batch_size=args.batch_size, per_process_batch=True, batch_flag="--batch_size", seed=args.seed,
-        num_workers=args.num_workers, mixed_precision="bf16" if args.use_fp16 else "no", shard=args.fsdp,
+        num_workers=args.num_workers, mixed_precision="bf16" if args.use_fp16 else "no", shard=args.fsdp, shard_flag="--fsdp",
         log_every=1 if args.log_loss else args.wandb_iters, start_step=start,
         checkpoints=Checkpoints(every=args.log_iters, save=not args.no_save, keep=1 if args.delete_ckpts else None,
                                 copy_to=args.cache_dir or None, copies_kept=args.max_checkpoint,

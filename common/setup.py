@@ -20,9 +20,29 @@ def enable_tf32(flag: bool = True) -> None:
     torch.backends.cudnn.allow_tf32 = flag
 
 
+FSDP_LAUNCH = "DIFFUSION_LAB_FSDP_LAUNCH"  # set when accelerate launch was given an FSDP config
+
+
+def take_fsdp_launch() -> None:
+    """``accelerate launch --config_file`` with ``distributed_type: FSDP`` (DMD2's SDXL configs) sets variables that
+    make ``Accelerator`` wrap networks in its FSDP plugin. The processes are taken from the launch, the sharding is
+    this repository's FSDP2 (``training/sharding.py``): the plugin's variables are removed and the launch noted
+    (``launched_with_fsdp``)."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() not in ("true", "1"):
+        return
+    for key in [k for k in os.environ if k.startswith("FSDP_")] + ["ACCELERATE_USE_FSDP"]:
+        del os.environ[key]
+    os.environ[FSDP_LAUNCH] = "1"
+
+
+def launched_with_fsdp() -> bool:
+    return os.environ.get(FSDP_LAUNCH) == "1"
+
+
 def setup_accelerator(mixed_precision: str = "no", report_to: str = "none", allow_tf32: bool = True):
     from accelerate import Accelerator
 
+    take_fsdp_launch()
     enable_tf32(allow_tf32)
     log_with = None if report_to == "none" else report_to
     if report_to == "tensorboard":

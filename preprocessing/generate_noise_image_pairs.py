@@ -76,7 +76,7 @@ def load_pipeline(args, device):
         pipe = StableDiffusionPipeline(**parts, text_encoder=encoder.model, tokenizer=encoder.tokenizer,
                                        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device, dtype), encoder, is_xl(unet.config)
+    return pipe.to(device), encoder, is_xl(unet.config)
 
 
 def conditions(encoder, xl: bool, prompts: list[str], unet_config, dtype) -> dict:

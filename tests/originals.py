@@ -6,7 +6,7 @@ joined, the script's own shell variables expanded), the folder the original runs
 repository's layout makes the original's path impossible, the equivalent command here (the README's card for that
 system shows it). ``pending`` names rows whose capability is not built yet; their tests are expected to fail.
 Left out: install steps (``pip install``, DMD2's ``python setup.py develop``), downloads, REPA's text-to-image
-``train_t2i.py``; DMD2's SDXL ODE-pair pretraining (issue 27, not built yet).
+``train_t2i.py``.
 """
 
 from __future__ import annotations
@@ -104,6 +104,19 @@ DMD2_SD_RUNS = [
      f"{SDXL_DATA} --generator_ckpt_path "
      "$CHECKPOINT_PATH/sdxl_lr1e-5_8node_ode_pretraining_10k_cond399_checkpoint_model_002000.bin")),
 ]
+
+
+SDXL_ODE_NAME = "sdxl_lr1e-5_8node_ode_pretraining_10k_cond399"
+SDXL_ODE = (f"{TORCHRUN_8_NODES} main/train_sd_ode.py --generator_lr 1e-5  --train_iters 100000000 --output_path  "
+            f"$CHECKPOINT_PATH/{SDXL_ODE_NAME} --grid_size 1 --log_iters 1000 --resolution 1024 --seed 10 "
+            '--max_grad_norm 10.0 --model_id "stabilityai/stable-diffusion-xl-base-1.0" --wandb_iters 250 '
+            f'--wandb_entity tyin --wandb_name "{SDXL_ODE_NAME}"  --sdxl --num_ode_pairs 10000 --ode_pair_path '
+            "$CHECKPOINT_PATH/sdxl_ode_pair_10k_lmdb/ --ode_batch_size 4  --conditioning_timestep 399 --tiny_vae "
+            "--use_fp16")
+FSDP_CONFIGS = ("python main/sdxl/create_sdxl_fsdp_configs.py --folder fsdp_configs/EXP_NAME  --master_ip $MASTER_IP "
+                "--num_machines 8  --sharding_strategy 4")
+SDXL_LMDB = ("python main/data/create_lmdb_iterative.py   --data_path $CHECKPOINT_PATH/sdxl_vae_latents_laion_500k/  "
+             "--lmdb_path $CHECKPOINT_PATH/sdxl_vae_latents_laion_500k_lmdb")
 
 
 def _test_folder(script: str, name: str, tail: str) -> tuple[str, str]:
@@ -239,4 +252,9 @@ ROWS = [
         "float16"),
     Row("tianweiy/DMD2", "README.md", "python -m demo.text_to_image_sdxl --num_step 1 --checkpoint_path SDXL_CKPT_PATH "
         "--precision float16 --conditioning_timestep 399"),
+    Row("tianweiy/DMD2", "experiments/sdxl/sdxl_lr1e-5_8node_ode_pretraining_10k_cond399.sh", SDXL_ODE,
+        ours=SDXL_ODE.replace("main/train_sd_ode.py", "train_sd_ode.py")),
+    Row("tianweiy/DMD2", "experiments/sdxl/README.md", FSDP_CONFIGS,
+        ours=FSDP_CONFIGS.replace("main/sdxl/", "preprocessing/")),
+    Row("tianweiy/DMD2", "scripts/download_sdxl.sh", SDXL_LMDB, ours=SDXL_LMDB.replace("main/data/", "preprocessing/")),
 ]

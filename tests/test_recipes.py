@@ -25,8 +25,8 @@ def run_recipe(script, tmp_path, full_argv=False, stderr=None, **env):
     argv = (tmp_path / "argv").read_text().splitlines()
     if full_argv:
         return argv
-    scripts = ("train.py", "train_repae.py", "train_ldm_only.py", "train_dmd2.py") if script == "train.sh" \
-        else ("generate.py",)
+    scripts = ("train.py", "train_repae.py", "train_ldm_only.py", "train_dmd2.py", "train_sd_ode.py") \
+        if script == "train.sh" else ("generate.py",)
     start = next(i for i, a in enumerate(argv) if a in scripts)
     return argv[start + 1:]
 
@@ -87,6 +87,20 @@ def test_train_sh_repae_recipes_parse_with_the_papers_values(recipe, command, ex
 ])
 def test_train_sh_dmd2_recipes_parse_with_the_papers_values(recipe, env, expected, tmp_path):
     args = train_dmd2.parse_args(run_recipe("train.sh", tmp_path, RECIPE=recipe, DATA_DIR="data", **env))
+    for key, value in expected.items():
+        assert getattr(args, key) == value, key
+
+
+def test_train_sh_ode_pretraining_recipe_is_dmd2s_script(tmp_path):
+    """RECIPE=dmd2-sdxl-ode: DMD2's ODE-pair pretraining script's flags, 4 pairs a process on 64 processes."""
+    import train_sd_ode
+
+    args = train_sd_ode.parse_args(run_recipe("train.sh", tmp_path, RECIPE="dmd2-sdxl-ode", DATA_DIR="pairs_lmdb",
+                                              MASTER_ADDR="10.0.0.1"))
+    expected = dict(model_id="stabilityai/stable-diffusion-xl-base-1.0", sdxl=True, tiny_vae=True,
+                    ode_pair_path="pairs_lmdb", num_ode_pairs=10000, ode_batch_size=4, conditioning_timestep=399,
+                    generator_lr=1e-5, resolution=1024, seed=10, max_grad_norm=10.0, use_fp16=True, grid_size=1,
+                    checkpoint_layout="dmd2")
     for key, value in expected.items():
         assert getattr(args, key) == value, key
 

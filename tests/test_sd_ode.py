@@ -6,6 +6,7 @@ piq's LPIPS reads random stand-ins for its two weight files from torch.hub's cac
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,3 +162,78 @@ def test_pretrained_generator_hands_on(sdxl_folder, pairs, piq_weights, tmp_path
         sample.main(sample.parse_args([*argv, "--prompt", "a cat", "--output", str(out)]))
         outputs.append(out.read_bytes())
     assert outputs[0] == outputs[1]
+
+
+def test_vae_latents_of_image_shards_make_dmd2s_latents_lmdb(sdxl_folder, tmp_path):
+    """generate_vae_latents.py: each shard's images (Lanczos-resized with --resize) encoded as a posterior sample
+    times the scaling factor, float16, beside the prompts; create_lmdb_iterative.py makes the LMDB train_dmd2.py
+    reads as --real_image_path; a shard already written is kept on a second run."""
+    from diffusers import AutoencoderKL
+    from PIL import Image
+
+    from imagedata.lmdb import LMDBLatentsPrompts
+    from preprocessing import generate_vae_latents
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "shards").mkdir()
+    for k in range(2):
+        torch.save({"images": torch.from_numpy(rng.integers(0, 256, (3, 3, 96, 96), dtype=np.uint8)),
+                    "prompts": [f"shard {k} image {i}" for i in range(3)]}, tmp_path / "shards" / f"{k}.pt")
+    argv = ["--folder", str(tmp_path / "shards"), "--output_folder", str(tmp_path / "latents"), "--model_id",
+            str(sdxl_folder), "--image_size", "64", "--resize", "--batch_size", "2"]
+    generate_vae_latents.main(generate_vae_latents.parse_args(argv))
+    written = (tmp_path / "latents" / "vae_latents_001.pt").stat().st_mtime_ns
+    generate_vae_latents.main(generate_vae_latents.parse_args(argv))
+    assert (tmp_path / "latents" / "vae_latents_001.pt").stat().st_mtime_ns == written
+    create_lmdb_iterative.main(create_lmdb_iterative.parse_args(["--data_path", str(tmp_path / "latents"),
+                                                                 "--lmdb_path", str(tmp_path / "lmdb")]))
+    data = LMDBLatentsPrompts(tmp_path / "lmdb")
+    assert len(data) == 6 and data[4][1] == "shard 1 image 1"
+
+    vae = AutoencoderKL.from_pretrained(sdxl_folder / "vae")
+    shard = torch.load(tmp_path / "shards" / "1.pt")
+    image = shard["images"][1].permute(1, 2, 0).numpy()
+    x = torch.from_numpy(np.array(Image.fromarray(image).resize((64, 64), Image.LANCZOS))).permute(2, 0, 1)
+    with torch.no_grad():
+        posterior = vae.encode((x.float() / 255 * 2 - 1)[None]).latent_dist
+    z = (data[4][0] / vae.config.scaling_factor - posterior.mean[0]) / posterior.std[0]
+    assert data[4][0].shape == (4, 8, 8) and z.abs().max() < 6  # a posterior sample (float16-rounded)
+    with pytest.raises(ValueError, match="--resize needs --image_size"):
+        generate_vae_latents.main(generate_vae_latents.parse_args(argv[:6] + ["--resize"]))
+
+
+@pytest.mark.slow
+def test_dmd2s_ode_pretraining_script_runs(sdxl_folder, pairs, piq_weights, tmp_path, monkeypatch):
+    """DMD2's experiments/sdxl/sdxl_lr1e-5_8node_ode_pretraining_10k_cond399.sh as the table holds it, on one
+    process; substituted: the model (the tiny SDXL folder, 64 px), the pairs, paths and steps. --tiny_vae reads a
+    random TAESD under madebyollin/taesdxl in the Hugging Face cache."""
+    import os
+
+    from diffusers import AutoencoderTiny
+    from originals import ROWS
+    from test_originals_commands import split
+
+    snapshot = Path(os.environ["HF_HOME"]) / "hub" / "models--madebyollin--taesdxl"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        AutoencoderTiny(encoder_block_out_channels=(8,) * 4, decoder_block_out_channels=(8,) * 4,
+                        num_encoder_blocks=(1,) * 4, num_decoder_blocks=(1,) * 4, latent_channels=4
+                        ).save_pretrained(snapshot / "snapshots" / ("0" * 40))
+    (snapshot / "refs").mkdir(exist_ok=True)
+    (snapshot / "refs" / "main").write_text("0" * 40)
+    (row,) = [r for r in ROWS if r.file.endswith("ode_pretraining_10k_cond399.sh")]
+    command = row.ours
+    for old, new in {"--train_iters 100000000": "--train_iters 2", "--log_iters 1000": "--log_iters 2",
+                     "--resolution 1024": "--resolution 64", "--wandb_iters 250": "--wandb_iters 2",
+                     "--num_ode_pairs 10000": "--num_ode_pairs 4", "--ode_batch_size 4": "--ode_batch_size 2",
+                     '"stabilityai/stable-diffusion-xl-base-1.0"': str(sdxl_folder),
+                     "$CHECKPOINT_PATH/sdxl_ode_pair_10k_lmdb/": str(pairs[1]), "$CHECKPOINT_PATH": str(tmp_path),
+                     " --use_fp16": ""}.items():
+        assert old in command, old
+        command = command.replace(old, new)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    module, argv = split(command)
+    assert module == "train_sd_ode"
+    train_sd_ode.main(train_sd_ode.parse_args([*argv, "--num_workers", "0", "--warmup_step", "0"]))
+    (run,) = list((tmp_path / "sdxl_lr1e-5_8node_ode_pretraining_10k_cond399").iterdir())
+    assert (run / "checkpoints" / "0000002.pt").is_file()

@@ -25,7 +25,7 @@ import torch
 
 from common import checkpoint as ckpt_io
 from common.cli import check_writable_dir, one_line
-from common.setup import prepare_tracker, seed_everything, setup_accelerator
+from common.setup import launched_with_fsdp, prepare_tracker, seed_everything, setup_accelerator
 from training.data import batch_sizes, make_loader
 from training.engine import Engine, Method
 from training.hooks import RunHooks
@@ -164,6 +164,7 @@ class RunSpec:
     mixed_precision: str = "no"
     allow_tf32: bool = True
     shard: bool = False
+    shard_flag: str | None = None  # the script's flag for ``shard`` (an FSDP launch config turns it on)
     compile: tuple[str, ...] = ()  # modules to torch.compile once loaded
     log_every: int = 100
     start_step: int = 0  # a fresh run that continues from weights saved at this step (DMD2's --ckpt_only_path)
@@ -205,11 +206,24 @@ def starting_weights(path: Path, method: Method) -> dict:
     return {**{key: state[src] for key, (src, _) in method.emas.items()}, **state}
 
 
+def fsdp_config_sharding(spec: RunSpec) -> str | None:
+    """Under ``accelerate launch`` with an FSDP config (DMD2's SDXL scripts), the run shards as its ``--fsdp`` does,
+    as accelerate's plugin would have sharded it (DMD2's scripts need the config, not the flag); a line for the log."""
+    if not launched_with_fsdp() or spec.shard:
+        return None
+    if spec.shard_flag is None:
+        raise ValueError("the accelerate config asks for FSDP (distributed_type: FSDP), which this script does not "
+                         "do: launch it with torchrun or a config of distributed_type MULTI_GPU")
+    spec.shard = True
+    return f"accelerate's config asks for FSDP: the networks are sharded as {spec.shard_flag} shards them (FSDP2)"
+
+
 def fit(build: Builder, spec: RunSpec) -> Path:
     """Train the method ``build`` makes on its data, as ``spec`` says; returns the run folder."""
     resume = spec.resume.load()
     check_writable_dir(spec.results_dir, spec.results_flag)
     accelerator = setup_accelerator(spec.mixed_precision, spec.trackers.report_to, allow_tf32=spec.allow_tf32)
+    shard_note = fsdp_config_sharding(spec)
     rank, world = accelerator.process_index, accelerator.num_processes
     batch = spec.batch_size * (world if spec.per_process_batch else 1)
     local_batch, update_batch = batch_sizes(batch, world, spec.grad_accum, spec.batch_flag)
@@ -244,7 +258,7 @@ def fit(build: Builder, spec: RunSpec) -> Path:
     # Only now is anything written: a new run folder, or the resumed run's own (its newest checkpoint).
     run_dir, logger = open_run(accelerator, run_folder, spec.checkpoints.folder, spec.record, data.describe(),
                                tracker_note, spec.trackers, spec.exp_name)
-    for line in method.describe():
+    for line in [*method.describe(), *([shard_note] if shard_note else [])]:
         logger.info(line)
     engine = Engine(accelerator, method, grad_accum=spec.grad_accum,
                     lr_at=lambda step, base: method.lr_at(step, base, total), shard=spec.shard)
