@@ -1,4 +1,4 @@
-# make install | demo | demo-sit | demo-unet | demo-repae | demo-dmd2 | test | test-fast | lint | bench | clean
+# make install | demo | demo-sit | demo-unet | demo-repae | demo-dmd2 | demo-dmd2-t2i | test | test-fast | lint | bench | clean
 #      train | overfit | quick-test | generate | status | gpu-status | monitor | clean-all | clean-cuda  (the U-Net)
 # `install` makes .venv in the repository root unless a virtual or conda environment is active.
 ACTIVE_ENV := $(or $(VIRTUAL_ENV),$(CONDA_PREFIX))
@@ -50,6 +50,22 @@ DMD2_COMMON ?= --teacher $(DMD2_TEACHER) --dataset builtin --batch_size 32 --num
 	--wandb_iters 250 --output_path $(DMD2_DIR)
 DMD2_GENERATE ?= --num-fid-samples 500 --pproc-batch-size 250 --class-balanced --proxy
 
+# DMD2's text-to-image path offline, on a tiny Stable Diffusion model with random weights (models/tiny_sd.py): VAE
+# latents of built-in images with their class prompts, four-step DMD2 with backward simulation, the GAN head and LoRA,
+# the adapters exported as DMD2's LoRA file, sampled with prompts (sample.py, sample_ddp.py), every checkpoint scored
+# (proxy FD: no Inception or CLIP weights offline); $(T2I_DIR)/report.md. The pictures come from random weights.
+T2I_DIR ?= results/demo-dmd2-t2i
+T2I_STEPS ?= 200
+T2I_EVAL ?= 100
+T2I_RUN = $(T2I_DIR)/runs/four-step-lora
+T2I_TRAIN ?= --model_id $(T2I_DIR)/tiny-sd --train_prompt_path $(T2I_DIR)/prompts.txt \
+	--real_image_path $(T2I_DIR)/latents_lmdb --batch_size 4 --num_workers 0 --real_guidance_scale 1.75 --denoising \
+	--num_denoising_step 4 --denoising_timestep 1000 --backward_simulation --cls_on_clean_image --gen_cls_loss \
+	--gen_cls_loss_weight 5e-3 --guidance_cls_loss_weight 1e-2 --diffusion_gan --diffusion_gan_max_timestep 1000 \
+	--generator_lora --lora_rank 4 --generator_lr 1e-4 --guidance_lr 1e-4 --warmup_step 0 --train_iters $(T2I_STEPS) \
+	--log_iters $(shell echo $$(($(T2I_STEPS) / 2))) --wandb_iters 50 --grid_size 2 --checkpoint_layout dmd2 \
+	--output_path $(T2I_DIR)/runs --exp_name four-step-lora
+
 # The class-conditional U-Net (pixel space, cosine schedule, DDPM). 128 px on a GPU as the original; a CPU
 # gets 32 px unless IMAGE_SIZE is given. DATASET=builtin trains offline on the procedural images.
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
@@ -70,7 +86,7 @@ TRAIN_FLAGS ?=
 # Targets other than install depend on $(NEEDS); the test suite runs them with NEEDS= (already installed).
 NEEDS ?= install
 
-.PHONY: install demo demo-sit demo-unet demo-repae demo-dmd2 test test-fast lint bench clean train overfit quick-test generate status gpu-status monitor \
+.PHONY: install demo demo-sit demo-unet demo-repae demo-dmd2 demo-dmd2-t2i test test-fast lint bench clean train overfit quick-test generate status gpu-status monitor \
 	clean-all clean-cuda
 
 install: $(STAMP)
@@ -118,6 +134,25 @@ demo-dmd2: $(NEEDS)
 		--run "teacher, DDPM 50 steps, cfg 4=$$(ls $(DMD2_DIR)/samples/teacher/*.npz)" \
 		--run "one-step generator=$$(ls $(DMD2_DIR)/samples/one-step/*.npz)" \
 		--run "four-step generator, backward simulation=$$(ls $(DMD2_DIR)/samples/four-step/*.npz)"
+
+demo-dmd2-t2i: $(NEEDS)
+	rm -rf $(T2I_DIR)
+	$(PYTHON) -m demo.dmd2_text_to_image prepare --out $(T2I_DIR)
+	$(PYTHON) preprocessing/generate_vae_latents.py --folder $(T2I_DIR)/shards --output_folder $(T2I_DIR)/latents \
+		--model_name sd --model_id $(T2I_DIR)/tiny-sd
+	$(PYTHON) preprocessing/create_lmdb_iterative.py --data_path $(T2I_DIR)/latents --lmdb_path $(T2I_DIR)/latents_lmdb
+	$(PYTHON) train_dmd2.py $(T2I_TRAIN)
+	$(PYTHON) preprocessing/extract_lora_module.py --original_model_path \
+		$(T2I_RUN)/checkpoint_model_$(shell printf %06d $(T2I_STEPS))/pytorch_model.bin \
+		--output_model_path $(T2I_DIR)/dmd2_lora.safetensors --lora_rank 4
+	$(PYTHON) sample.py --ckpt $(T2I_DIR)/dmd2_lora.safetensors --model_id $(T2I_DIR)/tiny-sd --num_step 4 \
+		--prompts $(T2I_DIR)/prompts.txt --output $(T2I_DIR)/samples.png
+	$(PYTHON) sample_ddp.py --ckpt $(T2I_RUN)/$(shell printf checkpoints/%07d.pt $(T2I_STEPS)) \
+		--prompts $(T2I_DIR)/eval_prompts.txt --num-fid-samples $(T2I_EVAL) --per-proc-batch-size 25 \
+		--sample-dir $(T2I_DIR)/samples
+	$(PYTHON) -m evaluations.watch_text --folder $(T2I_RUN) --anno_path $(T2I_DIR)/eval_prompts.txt \
+		--ref_dir $(T2I_DIR)/refs --total_eval_samples $(T2I_EVAL) --eval_res 64 --eval_batch_size 25 --proxy --once
+	$(PYTHON) -m demo.dmd2_text_to_image report --out $(T2I_DIR)
 
 # Two tiers: everything (the README's command, CI's; at most 20 min on a 2-core CPU), and the fast tier for
 # iterating (under 3 min): every command parses and refuses bad input, one representative run of each kind.

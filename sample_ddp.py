@@ -20,6 +20,13 @@ The ``.npz`` is also copied to the name official DiT's script gives it,
 ``{sample-dir}/{model}-{ckpt}-size-{size}-vae-{vae}-cfg-{cfg}-seed-{seed}.npz`` (the latest run's), where the
 originals' evaluation commands look for it.
 
+``--prompts FILE`` (or ``--prompt``) samples a text-to-image generator (DMD2's, ``sample.py --prompt``'s flags): image
+``i`` is prompt ``i`` of the first ``--num-fid-samples``, in the same file layout, noise from the batch's seed; the
+folder also holds the prompts in order (``prompts.txt``) and the ``.npz`` only ``arr_0``; score it with
+``--ref-batch`` or ``python -m evaluations.watch_text``'s COCO FID and CLIP score.
+
+  torchrun --nproc_per_node=8 sample_ddp.py --ckpt RUN/checkpoints/0020000.pt --prompts coco10k_prompts.txt
+
 A first argument ``ODE`` or ``SDE`` is SiT's mode (``evaluations/sit_cli.py``): SiT's flags and samplers; the
 ``.npz`` is also copied to the name SiT's script gives it, ``{sample-dir}/{model}-{ckpt}-cfg-{cfg}-{batch}-{mode}-
 {steps}-{method}[...].npz`` (the latest run's), and ``--likelihood`` writes each image's log-likelihood to
@@ -47,6 +54,7 @@ from common.monitor import to_uint8
 from common.setup import setup_accelerator
 from diffusion.pipeline import generate, generate_sit, sit_likelihood
 from diffusion.sit_samplers import bits_per_dim
+from evaluations.prompt_cli import add_prompt_args
 from evaluations.sampling_cli import (
     add_eval_args,
     add_sampling_args,
@@ -87,6 +95,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sample-dir", type=str, default="samples")
     p.add_argument("--per-proc-batch-size", type=int, default=32)
     add_eval_args(p)
+    add_prompt_args(p)
     args = p.parse_args(argv)
     args.default_vae, args.flow_default, args.mode, args.script = "ema", "sde", None, "sample_ddp.py"
     use_local_rank(args)
@@ -154,13 +163,13 @@ def write_likelihood(folder: Path, args, num_batches: int, world: int, dims: int
     return path
 
 
-def write_npz(folder: Path, n: int, labels: np.ndarray) -> Path:
-    """Stack PNGs ``000000.png .. {n-1}.png`` into ``{folder}.npz`` (written atomically)."""
+def write_npz(folder: Path, n: int, labels: np.ndarray | None) -> Path:
+    """Stack PNGs ``000000.png .. {n-1}.png`` into ``{folder}.npz`` (written atomically), with their labels."""
     images = np.stack([np.asarray(Image.open(folder / f"{i:06d}.png").convert("RGB")) for i in
                        tqdm(range(n), desc="building .npz", dynamic_ncols=True)])
     path = folder.parent / (folder.name + ".npz")
     tmp = folder.with_name(folder.name + ".tmp.npz")
-    np.savez(tmp, arr_0=images, arr_1=labels)
+    np.savez(tmp, arr_0=images, **({"arr_1": labels} if labels is not None else {}))
     tmp.replace(path)
     return path
 
@@ -253,35 +262,102 @@ def finish(run: Plan, args, num_batches: int, world: int) -> None:
         print(f"saved the samples' log-likelihood to {write_likelihood(run.folder, args, num_batches, world, dims)}")
 
 
+def checkpoint_digest(path: str) -> str:
+    """sha256 of a checkpoint file, or of the generator file in DMD2's ``checkpoint_model_NNNNNN/`` folder."""
+    file = Path(path)
+    return sha256_of(file / "pytorch_model.bin" if file.is_dir() else file)
+
+
+def prompt_plan(args: argparse.Namespace, accelerator) -> tuple[Plan, object, np.ndarray, list[str]]:
+    """A text-to-image generator's plan, its prompt encoder and abar table, and the prompts of the samples."""
+    import hashlib
+
+    from evaluations.prompt_cli import PRECISIONS, load_text_generator, read_prompt_args
+
+    prompts = read_prompt_args(args)[: args.num_fid_samples]
+    if not prompts:
+        raise ValueError(f"--prompts {args.prompts} holds no prompts")
+    if args.proxy or args.class_balanced:
+        raise ValueError("--proxy and --class-balanced read class labels, which a text-to-image generator has not: "
+                         "score its samples with --ref-batch or python -m evaluations.watch_text")
+    model, encoder, codec, abar = load_text_generator(args, accelerator.device)
+    digest = gather_object([checkpoint_digest(args.ckpt) if accelerator.is_main_process else ""])[0]
+    text = hashlib.sha256("\n".join(prompts).encode()).hexdigest()
+    steps = len(model.generator_sigmas)
+    manifest = {"checkpoint_sha256": digest, "base_model": args.model_id, "prompts_sha256": text,
+                "generator_sigmas": model.generator_sigmas, "precision": args.precision,
+                "global_seed": args.global_seed, "per_proc_batch_size": args.per_proc_batch_size,
+                "world_size": accelerator.num_processes}
+    folder = Path(args.sample_dir) / (f"{Path(args.ckpt).stem}-{digest[:8]}-prompts-{text[:8]}-steps-{steps}-"
+                                      f"{args.precision}-seed-{args.global_seed}")
+    check_manifest(folder, manifest)
+    model = model.to(dtype=PRECISIONS[args.precision])
+    cfg = {"model": "diffusers", "image_size": model.unet.config.sample_size * codec.downsample, "num_classes": 0}
+    return Plan(cfg, codec, model, {}, manifest, folder, False), encoder, abar, prompts
+
+
+def sample_prompt_batch(run: Plan, encoder, abar, prompts: list[str], args, b: int, indices: list[int],
+                        rank: int, world: int) -> None:
+    """Batch ``b`` of this process: the prompts of its images (those within the set), noise from its own seed."""
+    from evaluations.prompt_cli import PRECISIONS, sample_prompts
+
+    indices = [j for j in indices if j < len(prompts)]
+    if not indices:
+        return
+    seed = batch_seed(args.global_seed, b, world, rank)
+    z = sample_prompts(run.model, encoder, abar, [prompts[j] for j in indices], seed, PRECISIONS[args.precision])
+    for j, img in zip(indices, to_uint8(run.codec.decode(z))):
+        tmp = run.folder / f"{j:06d}.tmp.png"
+        Image.fromarray(img).save(tmp)
+        tmp.replace(run.folder / f"{j:06d}.png")
+
+
+def open_folder(run: Plan, accelerator, prompts: list[str] | None) -> None:
+    """The sample folder with its manifest (and the prompts in order), once every process has checked it."""
+    accelerator.wait_for_everyone()  # every process has checked the folder before the first one writes to it
+    if accelerator.is_main_process:
+        run.folder.mkdir(parents=True, exist_ok=True)
+        if not (run.folder / MANIFEST).is_file():
+            write_text_atomic(run.folder / MANIFEST, json.dumps(run.manifest, indent=2) + "\n")
+        if prompts is not None:
+            write_text_atomic(run.folder / "prompts.txt", "".join(p.replace("\n", " ") + "\n" for p in prompts))
+        print(f"saving .png samples at {run.folder}")
+    accelerator.wait_for_everyone()
+
+
 def main(args: argparse.Namespace) -> None:
     check_sampling_args(args)
     check_writable_dir(args.sample_dir, "--sample-dir")
     accelerator = setup_accelerator(allow_tf32=args.tf32)
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
-    run = plan(args, accelerator)
+    prompts = None
+    if args.prompt or args.prompts:
+        run, encoder, abar, prompts = prompt_plan(args, accelerator)
+    else:
+        run = plan(args, accelerator)
+    count = len(prompts) if prompts is not None else args.num_fid_samples
     folder = run.folder
-    accelerator.wait_for_everyone()  # every process has checked the folder before the first one writes to it
-    if accelerator.is_main_process:
-        folder.mkdir(parents=True, exist_ok=True)
-        if not (folder / MANIFEST).is_file():
-            write_text_atomic(folder / MANIFEST, json.dumps(run.manifest, indent=2) + "\n")
-        print(f"saving .png samples at {folder}")
-    accelerator.wait_for_everyone()
+    open_folder(run, accelerator, prompts)
 
     n = args.per_proc_batch_size
     global_batch = n * world
-    num_batches = math.ceil(args.num_fid_samples / global_batch)  # round up, as the official script does
+    num_batches = math.ceil(count / global_batch)  # round up, as the official script does
     if accelerator.is_main_process:
         print(f"{num_batches * global_batch:,} samples in {num_batches} batches of {global_batch} "
-              f"({world} process(es)); the .npz keeps the first {args.num_fid_samples:,}")
+              f"({world} process(es)); the .npz keeps the first {count:,}")
     for b in tqdm(range(num_batches), disable=not accelerator.is_main_process, desc="sampling", dynamic_ncols=True):
         indices = [image_index(b, i, global_batch, world, rank) for i in range(n)]
-        if all((folder / f"{j:06d}.png").is_file() for j in indices) and (
+        if all((folder / f"{j:06d}.png").is_file() for j in indices if prompts is None or j < count) and (
                 not run.manifest.get("likelihood") or likelihood_file(folder, b, rank).is_file()):
             continue  # written by an earlier, interrupted run
-        sample_batch(run, args, b, indices, device, rank, world)
+        if prompts is not None:
+            sample_prompt_batch(run, encoder, abar, prompts, args, b, indices, rank, world)
+        else:
+            sample_batch(run, args, b, indices, device, rank, world)
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
+    if accelerator.is_main_process and prompts is not None:
+        print(f"saved .npz file to {write_npz(folder, count, None)} (prompts in {folder / 'prompts.txt'})")
+    elif accelerator.is_main_process:
         finish(run, args, num_batches, world)
     accelerator.wait_for_everyone()
     npz = folder.parent / (folder.name + ".npz")

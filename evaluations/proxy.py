@@ -88,6 +88,18 @@ class ProxyClassifier(nn.Module):
         return self.head(F.relu(self.embed(self.trunk(x))))
 
 
+class ProxyFeatures(nn.Module):
+    """The classifier's ``features`` in the Inception port's calling convention, uint8 NCHW images in, ``(features,)``
+    out: FD on these features is the offline demos' stand-in for FID (``evaluations.watch_text --proxy``)."""
+
+    def __init__(self, classifier: ProxyClassifier):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
+        return (self.classifier.features(x.float() / 127.5 - 1),)
+
+
 def _rendered(seed: int, num_classes: int, stop: int, resolution: int = INPUT_RESOLUTION, start: int = 0):
     indices = np.arange(start, stop)
     return to_tensor(render_batch(indices, seed, resolution, num_classes)), indices % num_classes

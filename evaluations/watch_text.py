@@ -62,6 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ours.add_argument("--no_resume", action="store_true", help="score again what stats.json holds")
     ours.add_argument("--poll_seconds", type=float, default=30.0)
     ours.add_argument("--inception-weights", dest="inception_weights", type=str, default=None)
+    ours.add_argument("--proxy", action="store_true", help="FD on the built-in proxy classifier's features instead of "
+                      "Inception's (proxy_fd; offline demos, not COCO FID; no patch FID)")
     return p.parse_args(argv)
 
 
@@ -116,7 +118,13 @@ def main(args: argparse.Namespace) -> dict:
         if accelerator.num_processes > 1:
             raise ValueError("DMD2's text-to-image evaluation runs on one process (its scripts assert it): launch "
                              "python -m evaluations.watch_text without torchrun")
-        detector = None if args.skip_eval else load_inception(args.inception_weights, accelerator.device)
+        detector = None
+        if args.proxy and not args.skip_eval:
+            from evaluations.proxy import ProxyFeatures, get_proxy_classifier
+
+            detector = ProxyFeatures(get_proxy_classifier(device=accelerator.device))
+        elif not args.skip_eval:
+            detector = load_inception(args.inception_weights, accelerator.device)
         clip = load_clip(accelerator.device) if args.clip_score and not args.skip_eval else None
         return detector, clip
 
@@ -125,8 +133,8 @@ def main(args: argparse.Namespace) -> dict:
         images, xl = generate(path, args, captions, accelerator.device)
         if args.skip_eval:
             return {}, images
-        metrics = {"fid": coco_fid(images, args.ref_dir, detector, args.eval_res)}
-        if xl:  # test_folder_sdxl.py also scores a 299 px centre patch
+        metrics = {"proxy_fd" if args.proxy else "fid": coco_fid(images, args.ref_dir, detector, args.eval_res)}
+        if xl and not args.proxy:  # test_folder_sdxl.py also scores a 299 px centre patch
             metrics["patch_fid"] = coco_fid(images, args.ref_dir, detector, None, patch=True)
         if clip is not None:
             metrics["clip_score"] = clip_score(images, captions, *clip)

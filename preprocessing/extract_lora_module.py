@@ -12,12 +12,15 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
 
-from common.checkpoint import load_checkpoint
-from common.cli import first_paragraph, run_cli
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common.checkpoint import load_checkpoint  # noqa: E402
+from common.cli import first_paragraph, run_cli  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -3,6 +3,7 @@
 import os
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -85,3 +86,24 @@ def test_proxy_evaluation_scores_real_images_of_the_requested_classes_highly(tmp
     result = visual.evaluate_builtin(torch.nn.Identity(), load_vae("none", "cpu"), 3, 16, 10, "cpu", tmp_path, 1,
                                      num_samples=100, sampling_steps=2)
     assert result["class_accuracy"] >= 0.9 and result["proxy_fd"] < 10 * max(result["real_proxy_fd"], 1.0)
+
+
+@pytest.mark.slow
+def test_the_text_to_image_demo_runs_dmd2s_whole_path(tmp_path):
+    """`make demo-dmd2-t2i` for 2 steps: the random tiny model's latents LMDB, a DMD2 run in both checkpoint layouts,
+    the LoRA file, prompt samples from it and from sample_ddp.py, every checkpoint scored, and a report that says the
+    pictures come from random weights."""
+    import json
+
+    out = tmp_path / "t2i"
+    proc = subprocess.run(["make", "--no-print-directory", "demo-dmd2-t2i", "NEEDS=", f"PYTHON={sys.executable}",
+                           "T2I_STEPS=2", "T2I_EVAL=20", f"T2I_DIR={out}"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = out / "runs" / "four-step-lora"
+    for path in ("samples.png", "dmd2_lora.safetensors", "latents_lmdb/data.mdb", "report.md"):
+        assert (out / path).is_file(), path
+    assert (run / "checkpoint_model_000002" / "pytorch_model.bin").is_file() and len(list((out / "samples").glob(
+        "*.npz"))) == 1
+    stats = json.loads((run / "stats.json").read_text())
+    assert len(stats) == 2 and all(v["proxy_fd"] > 0 for v in stats.values())
+    assert "random weights" in (out / "report.md").read_text()

@@ -462,3 +462,54 @@ def test_training_grids_read_the_generators_own_noise_table(sd_folder):
         torch.manual_seed(1)
         expected = few_step_sample(DDPMDenoiser(model, abar), noise, y, model.generator_sigmas, unit_noise=True)
     torch.testing.assert_close(grid, expected.float())
+
+
+def test_sample_ddp_samples_a_prompts_file_in_the_official_layout(sd_folder, sd_generator, tmp_path):
+    """sample_ddp.py --prompts: image j is prompt j's, from its batch's seed as sample.py --prompt draws it; the folder
+    holds the prompts in order; the .npz only the images; a re-run skips what is written; labels are refused."""
+    from PIL import Image
+
+    import sample_ddp
+    from common.monitor import to_uint8
+    from evaluations.prompt_cli import load_text_generator, sample_prompts
+
+    prompts = (sd_folder / "prompts.txt").read_text().splitlines()[:3]
+    (tmp_path / "p.txt").write_text("\n".join(prompts) + "\n")
+    argv = ["--ckpt", str(sd_generator), "--prompts", str(tmp_path / "p.txt"), "--per-proc-batch-size", "2",
+            "--sample-dir", str(tmp_path / "s"), "--global-seed", "5"]
+    npz = sample_ddp.main(sample_ddp.parse_args(argv))
+    folder = npz.with_suffix("")
+    assert (folder / "prompts.txt").read_text().splitlines() == prompts
+    with np.load(npz) as data:
+        assert list(data.keys()) == ["arr_0"] and data["arr_0"].shape == (3, 64, 64, 3)
+    args = sample_ddp.parse_args(argv)
+    model, encoder, codec, abar = load_text_generator(args, torch.device("cpu"))
+    with torch.no_grad():
+        second = to_uint8(codec.decode(sample_prompts(model, encoder, abar, prompts[2:],
+                                                      sample_ddp.batch_seed(5, 1, 1, 0))))
+    assert np.array_equal(np.asarray(Image.open(folder / "000002.png")), second[0])
+    written = (folder / "000000.png").stat().st_mtime_ns
+    sample_ddp.main(sample_ddp.parse_args(argv))
+    assert (folder / "000000.png").stat().st_mtime_ns == written
+    with pytest.raises(ValueError, match="read class labels"):
+        sample_ddp.main(sample_ddp.parse_args([*argv, "--class-balanced"]))
+
+
+def test_a_generator_exports_to_dmd2s_released_unet_form(sd_folder, sd_generator, tmp_path):
+    """export_dmd2_unet.py: the UNet's own state dict with the LoRA adapters merged, float16 with --fp16 (DMD2's
+    *_unet_fp16.bin), which diffusers' UNet loads strictly and sample.py samples on its base model."""
+    import sample
+    from diffusers import UNet2DConditionModel
+
+    from evaluations.prompt_cli import generator_weights
+    from preprocessing import export_dmd2_unet
+
+    out = tmp_path / "dmd2_unet_fp16.bin"
+    export_dmd2_unet.main(export_dmd2_unet.parse_args(["--ckpt", str(sd_generator), "--output", str(out), "--fp16"]))
+    exported, merged = torch.load(out), generator_weights(str(sd_generator))[0]
+    assert exported.keys() == merged.keys() and not any("lora" in k for k in exported)
+    assert all(v.dtype == torch.float16 and torch.equal(v, merged[k].half()) for k, v in exported.items())
+    UNet2DConditionModel.from_pretrained(sd_folder / "unet").load_state_dict(exported, strict=True)
+    sample.main(sample.parse_args(["--ckpt", str(out), "--model_id", str(sd_folder), "--num_step", "4", "--prompt",
+                                   "a cat", "--output", str(tmp_path / "g.png")]))
+    assert (tmp_path / "g.png").is_file()
