@@ -498,9 +498,9 @@ def test_sample_ddp_samples_a_prompts_file_in_the_official_layout(sd_folder, sd_
 def test_a_generator_exports_to_dmd2s_released_unet_form(sd_folder, sd_generator, tmp_path):
     """export_dmd2_unet.py: the UNet's own state dict with the LoRA adapters merged, float16 with --fp16 (DMD2's
     *_unet_fp16.bin), which diffusers' UNet loads strictly and sample.py samples on its base model."""
-    import sample
     from diffusers import UNet2DConditionModel
 
+    import sample
     from evaluations.prompt_cli import generator_weights
     from preprocessing import export_dmd2_unet
 
