@@ -54,7 +54,7 @@ def generator_weights(path: str, flag: str = "--generator_ckpt_path") -> dict:
     ``train_dmd2.py`` / ``train_sd_ode.py`` checkpoint (its ``model``)."""
     path = Path(path)
     ckpt = dmd2_folder_file(path, "pytorch_model.bin", flag) if path.is_dir() else load_checkpoint(path)
-    if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict) and "args" in ckpt:
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict) and ("guidance" in ckpt or "args" in ckpt):
         return ckpt["model"]
     if not isinstance(ckpt, dict) or not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
         raise CheckpointError(f"{flag} {path}: neither a state dict nor a train_dmd2.py / train_sd_ode.py checkpoint")
