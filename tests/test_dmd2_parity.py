@@ -1,0 +1,71 @@
+"""DMD2's own Stable Diffusion losses against this repository's, on the tiny random SD1.5 and SDXL models: DMD2's
+``SDGuidance`` ran on them with its random draws recorded (tests/fixtures/record_dmd2_sd.py, tianweiy/DMD2 at
+8d8fa55); the same draws replayed here give the same noised latents, the same guided real and fake x0, the same DM
+loss and gradient, and the same fake-score loss, to 1e-5."""
+
+from __future__ import annotations
+
+import copy
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from fixtures.record_dmd2_sd import FAKE_SCALE, Tape, scale_
+
+REF = torch.load(Path(__file__).parent / "fixtures" / "dmd2_sd_reference.pt", weights_only=False)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    from models.tiny_sd import build_sd, build_sdxl
+
+    root = tmp_path_factory.mktemp("tiny-sd")
+    return {"sd": build_sd(root / "sd"), "sdxl": build_sdxl(build_sd(root / "sdxl"))}
+
+
+def close(ours: torch.Tensor, theirs: torch.Tensor, what: str) -> None:
+    gap = float((ours.double() - theirs.double()).norm() / theirs.double().norm())
+    assert gap <= 1e-5, f"{what}: {gap:.1e} of its norm from DMD2's"
+
+
+@pytest.mark.parametrize("kind", ["sd", "sdxl"])
+def test_dm_and_fake_score_losses_are_dmd2s(folders, kind):
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    from diffusion.denoiser import noised
+    from methods.dmd2 import DMD2Method, Guidance
+    from methods.dmd2_teacher import DDPMTeacher
+    from models.stable_diffusion import DiffusersEps, pack
+
+    ref, folder = REF[kind], folders[kind]
+    assert REF["fake_scale"] == FAKE_SCALE
+    data = ref["inputs"]
+    abar = DDPMScheduler.from_pretrained(folder / "scheduler").alphas_cumprod.double().numpy()
+    real = DiffusersEps(UNet2DConditionModel.from_pretrained(folder / "unet"), 64, abar).eval()
+    fake = copy.deepcopy(real)
+    scale_(fake)
+    xl = kind == "sdxl"
+    y = pack(data["text_embedding"], data["pooled"]) if xl else data["text_embedding"]
+    null = pack(data["uncond_embedding"][:1], torch.zeros_like(data["pooled"][:1])) if xl else data["uncond_embedding"][:1]
+    teacher = DDPMTeacher(real, abar, null=null)
+    method = types.SimpleNamespace(teacher=teacher, gan_alone=False, min_step=20, max_step=980,
+                                   cfg_scale=REF["guidance"], dm_weight=1.0, gen_gan=False)
+    x = data["latents"].clone().requires_grad_(True)
+    with Tape(ref["tape"]) as tape:
+        total, losses = DMD2Method.generator_losses(method, Guidance(fake), x, y)
+        total.backward()
+        loss_fake = teacher.fake_score_loss(fake, data["latents"], y)
+    close(losses["loss_dm"], ref["loss_dm"], "the DM loss")
+    close(x.grad, ref["dm_grad"], "the DM loss's gradient")
+    close(loss_fake, ref["loss_fake"], "the fake score's loss")
+
+    with Tape(ref["tape"]) as tape:  # the pieces: noising, guided real x0, fake x0 (DMD2's dm log)
+        index = tape.take("randint", (2,), torch.long, "cpu")
+        eps = tape.take("randn", (2, 4, 8, 8), torch.float32, "cpu")
+    sigma = teacher.sigma(index)
+    x_t = noised(data["latents"], sigma, eps)
+    close(x_t, ref["noisy_latents"], "the noised latents")
+    with torch.no_grad():
+        close(teacher.x0(real, x_t, sigma, y, REF["guidance"]), ref["pred_real_image"], "the teacher's guided x0")
+        close(teacher.x0(fake, x_t, sigma, y), ref["pred_fake_image"], "the fake score's x0")
