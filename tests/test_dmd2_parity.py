@@ -69,3 +69,69 @@ def test_dm_and_fake_score_losses_are_dmd2s(folders, kind):
     with torch.no_grad():
         close(teacher.x0(real, x_t, sigma, y, REF["guidance"]), ref["pred_real_image"], "the teacher's guided x0")
         close(teacher.x0(fake, x_t, sigma, y), ref["pred_fake_image"], "the fake score's x0")
+
+
+@pytest.mark.parametrize("kind", ["sd", "sdxl"])
+def test_the_gan_head_reads_and_is_dmd2s(folders, kind):
+    """The head's input is DMD2's ``classify_forward`` bottleneck of the fake UNet: clean latents at timestep 0, and
+    with --diffusion_gan latents noised at the drawn timestep; the head built for SD1.5's 8x8 and SDXL's 32x32
+    bottleneck of 1280 channels is DMD2's cls_pred_branch layer for layer."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from fixtures.record_dmd2_sd import layout
+
+    from diffusion.denoiser import noised
+    from methods.dmd2_teacher import DDPMTeacher
+    from models.discriminator import dmd2_classifier_head
+    from models.stable_diffusion import DiffusersEps, pack
+
+    ref, folder = REF[kind], folders[kind]
+    data = ref["inputs"]
+    abar = DDPMScheduler.from_pretrained(folder / "scheduler").alphas_cumprod.double().numpy()
+    fake = DiffusersEps(UNet2DConditionModel.from_pretrained(folder / "unet"), 64, abar).eval()
+    scale_(fake)
+    y = pack(data["text_embedding"], data["pooled"]) if kind == "sdxl" else data["text_embedding"]
+    teacher = DDPMTeacher(fake, abar)
+    with torch.no_grad():
+        zero = torch.zeros(2, dtype=torch.long)
+        close(teacher.bottleneck(fake, data["latents"], teacher.sigma(zero), y), ref["rep_clean"], "the clean bottleneck")
+        with Tape(ref["gan_tape"]) as tape:
+            index = torch.randint(0, 1000, (2,))
+            eps = torch.randn_like(data["latents"])
+        sigma = teacher.sigma(index)
+        close(teacher.bottleneck(fake, noised(data["latents"], sigma, eps), sigma, y), ref["rep_noisy"],
+              "the noised bottleneck")
+    with torch.device("meta"):
+        assert layout(dmd2_classifier_head(1280, 32 if kind == "sdxl" else 8)) == ref["head"]
+
+
+@pytest.mark.parametrize("kind", ["sd", "sdxl"])
+def test_the_generator_turn_is_dmd2s(folders, kind):
+    """DMD2's SDUniModel generator turn: unit noise read at the conditioning timestep (999; SDXL's one-step 399), the
+    x0 the generator's eps gives, the DM loss of it and the gradient that reaches the generator, from the same
+    prompts through this repository's prompt encoders (the empty prompt's embedding, SDXL's zeros as null)."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    from methods.dmd2 import DMD2Method, Guidance
+    from methods.dmd2_teacher import DDPMTeacher
+    from models.stable_diffusion import DiffusersEps, SDSource, TextEncoder, XLTextEncoder
+
+    ref, folder = REF["generator"][kind], folders[kind]
+    xl = kind == "sdxl"
+    abar = DDPMScheduler.from_pretrained(folder / "scheduler").alphas_cumprod.double().numpy()
+    real = DiffusersEps(UNet2DConditionModel.from_pretrained(folder / "unet"), 64, abar).eval()
+    fake, generator = copy.deepcopy(real), copy.deepcopy(real).requires_grad_(True)
+    scale_(fake)
+    encoder = (XLTextEncoder if xl else TextEncoder)(SDSource(str(folder)), "cpu")
+    y = encoder(REF["generator"]["prompts"])
+    null = torch.zeros_like(y[:1]) if xl else encoder([""])
+    teacher = DDPMTeacher(real, abar, null=null)
+    method = types.SimpleNamespace(teacher=teacher, gan_alone=False, min_step=20, max_step=980,
+                                   cfg_scale=REF["guidance"], dm_weight=1.0, gen_gan=False)
+    sigma = teacher.sigma(torch.full((2,), ref["timestep"]))
+    with Tape(ref["tape"]):
+        x = DMD2Method.generate(method, generator, ref["noise"], sigma, y)  # unit noise: DMD2's SD generators
+        total, losses = DMD2Method.generator_losses(method, Guidance(fake), x, y)
+        total.backward()
+    close(x, ref["image"], "the generated latents")
+    close(losses["loss_dm"], ref["loss_dm"], "the DM loss")
+    close(generator.unet.conv_in.weight.grad, ref["conv_in_grad"], "the generator's gradient")
