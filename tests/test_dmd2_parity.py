@@ -94,7 +94,7 @@ def test_the_gan_head_reads_and_is_dmd2s(folders, kind):
     with torch.no_grad():
         zero = torch.zeros(2, dtype=torch.long)
         close(teacher.bottleneck(fake, data["latents"], teacher.sigma(zero), y), ref["rep_clean"], "the clean bottleneck")
-        with Tape(ref["gan_tape"]) as tape:
+        with Tape(ref["gan_tape"]):
             index = torch.randint(0, 1000, (2,))
             eps = torch.randn_like(data["latents"])
         sigma = teacher.sigma(index)
