@@ -18,19 +18,25 @@ from __future__ import annotations
 
 import argparse
 from functools import partial
-from pathlib import Path
 
 import torch
 from torch.utils.data import default_collate
 
 from common.cli import check_writable_dir, first_paragraph, run_cli
 from imagedata import class_names
-from methods.dmd2_cli import build_method, check_teacher_shape, condition_sampler, load_teacher, validate
+from methods.dmd2_cli import (
+    build_method,
+    check_teacher_shape,
+    condition_sampler,
+    load_teacher,
+    run_parts,
+    validate,
+)
 from methods.dmd2_cli import parse_args as recipe_args
 from methods.dmd2_weights import ADDABLE, export_dmd2_folder, load_into, weights_only
 from training.data import Batches
 from training.engine import NonFiniteLoss
-from training.fit import Checkpoints, Grids, Resume, RunSpec, Trackers, TrainData, fit
+from training.fit import Checkpoints, Grids, RunSpec, TrainData, fit
 
 CKPT_KEYS = ("model", "guidance", "opt", "opt_guidance", "args", "steps")
 RESUME_KEYS = ("teacher", "batch_size", "real_guidance_scale", "conditioning_sigma", "conditioning_timestep",
@@ -118,11 +124,7 @@ def main(args: argparse.Namespace) -> None:
                                 export=partial(export_dmd2_folder, keep_only=args.delete_ckpts)
                                 if args.checkpoint_layout == "dmd2" else None),
         grids=Grids(every=args.wandb_iters, seed=args.seed, samples=args.grid_size**2, nrow=args.grid_size),
-        resume=Resume(Path(args.checkpoint_path) if args.checkpoint_path else None, RESUME_KEYS, "--checkpoint_path",
-                      lambda key: f"--{key}", CKPT_KEYS, "train_dmd2.py"),
-        trackers=Trackers(args.report_to, str(Path(args.log_path).absolute()) if args.log_path else None,
-                          args.wandb_project, {k: v for k, v in (("entity", args.wandb_entity),
-                                                                 ("name", args.wandb_name)) if v})))
+        **run_parts(args, "train_dmd2.py", RESUME_KEYS, CKPT_KEYS)))
 
 
 if __name__ == "__main__":

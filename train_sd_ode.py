@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from common.cli import check_writable_dir, first_paragraph, require_positive, run_cli, use_local_rank
-from methods.dmd2_cli import add_flag
+from methods.dmd2_cli import add_flag, run_parts
 from training.engine import NonFiniteLoss
-from training.fit import Checkpoints, Grids, Resume, RunSpec, Trackers, TrainData, fit
+from training.fit import Checkpoints, Grids, RunSpec, TrainData, fit
 
 CKPT_KEYS = ("model", "opt", "args", "steps")
 RESUME_KEYS = ("model_id", "ode_pair_path", "ode_batch_size", "conditioning_timestep", "denoising",
@@ -179,11 +179,7 @@ def main(args: argparse.Namespace) -> None:
                                 copies_kept=args.max_checkpoint,
                                 export=export_dmd2_folder if args.checkpoint_layout == "dmd2" else None),
         grids=Grids(every=args.wandb_iters, seed=args.seed, samples=args.grid_size**2, nrow=args.grid_size),
-        resume=Resume(Path(args.checkpoint_path) if args.checkpoint_path else None, RESUME_KEYS, "--checkpoint_path",
-                      lambda key: f"--{key}", CKPT_KEYS, "train_sd_ode.py"),
-        trackers=Trackers(args.report_to, str(Path(args.log_path).absolute()) if args.log_path else None,
-                          args.wandb_project, {k: v for k, v in (("entity", args.wandb_entity),
-                                                                 ("name", args.wandb_name)) if v})))
+        **run_parts(args, "train_sd_ode.py", RESUME_KEYS, CKPT_KEYS)))
 
 
 if __name__ == "__main__":

@@ -24,8 +24,10 @@ opens its own, as LMDB requires.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping, Sequence
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import lmdb
@@ -115,6 +117,28 @@ class LMDBWriter:
             self.close()
         else:
             self.env.close()
+
+
+def check_new_lmdb(dest: str | Path, flag: str) -> Path:
+    """``dest`` as a folder a new LMDB may be written to: absent or empty, else one line naming ``flag``."""
+    dest = Path(dest)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise ValueError(f"{flag} {dest} exists and is not empty; choose a new folder or delete it")
+    return dest
+
+
+@contextlib.contextmanager
+def new_lmdb(dest: str | Path, flag: str) -> Iterator[LMDBWriter]:
+    """An ``LMDBWriter`` into ``DEST.partial`` (what an interrupted run left there is removed first), renamed to
+    ``dest`` when the block ends without error, so ``dest`` only ever holds a complete LMDB."""
+    dest = check_new_lmdb(dest, flag)
+    partial = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    with LMDBWriter(partial) as writer:
+        yield writer
+    if dest.exists():
+        dest.rmdir()  # empty, checked above
+    partial.rename(dest)
 
 
 def write_arrays(path: str | Path, arrays: Mapping[str, np.ndarray | Sequence[str]], map_size: int = MAP_SIZE) -> None:

@@ -234,6 +234,18 @@ def validate(args: argparse.Namespace) -> None:
     use_local_rank(args)
 
 
+def run_parts(args: argparse.Namespace, script: str, match: tuple[str, ...], keys: tuple[str, ...]) -> dict:
+    """The ``RunSpec`` parts every DMD2-flag script takes alike: ``resume`` (``--checkpoint_path``, the flags that
+    must match) and ``trackers`` (DMD2's ``--wandb_*`` flags, ``--log_path``)."""
+    from training.fit import Resume, Trackers
+
+    wandb = {k: v for k, v in (("entity", args.wandb_entity), ("name", args.wandb_name)) if v}
+    return {"resume": Resume(Path(args.checkpoint_path) if args.checkpoint_path else None, match, "--checkpoint_path",
+                             lambda key: f"--{key}", keys, script),
+            "trackers": Trackers(args.report_to, str(Path(args.log_path).absolute()) if args.log_path else None,
+                                 args.wandb_project, wandb)}
+
+
 def check_teacher_shape(args: argparse.Namespace, cfg: dict) -> None:
     """``--resolution``, ``--label_dim``, ``--latent_resolution`` and ``--latent_channel`` (DMD2 builds its
     networks from them; here the teacher does) must agree with the teacher, else one line says its values."""

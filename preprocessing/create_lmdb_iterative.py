@@ -15,7 +15,6 @@ as lists or string arrays): the files of ``preprocessing/generate_vae_latents.py
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
@@ -55,18 +54,14 @@ def read_arrays(path: Path) -> dict:
 
 
 def main(args: argparse.Namespace) -> None:
-    from imagedata.lmdb import LMDBWriter
+    from imagedata.lmdb import new_lmdb
 
     source, dest = Path(args.data_path), Path(args.lmdb_path)
     files = sorted(source.glob("*.pt")) if source.is_dir() else []
     if not files:
         raise ValueError(f"--data_path {source}: no *.pt files there (the output folder of generate_vae_latents.py "
                          "or generate_noise_image_pairs.py)")
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise ValueError(f"--lmdb_path {dest} exists and is not empty; choose a new folder or delete it")
-    partial = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)  # what an earlier interrupted run left
-    with LMDBWriter(partial) as writer:
+    with new_lmdb(dest, "--lmdb_path") as writer:
         for file in tqdm(files, desc="files", dynamic_ncols=True):
             arrays = read_arrays(file)
             try:
@@ -74,9 +69,6 @@ def main(args: argparse.Namespace) -> None:
             except ValueError as error:
                 raise ValueError(f"{file}: {error}") from None
         count = writer.count
-    if dest.exists():
-        dest.rmdir()  # empty, checked above
-    partial.rename(dest)
     print(f"wrote {count:,} rows of {len(files)} file(s) to {dest}")
 
 

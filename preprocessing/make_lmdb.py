@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -29,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common.cli import first_paragraph, run_cli  # noqa: E402
 from imagedata import build_dataset, resolve_dataset_kind  # noqa: E402
-from imagedata.lmdb import LMDBWriter  # noqa: E402
+from imagedata.lmdb import check_new_lmdb, new_lmdb  # noqa: E402
 
 BATCH = 256  # images per LMDB transaction
 WORKERS = min(8, os.cpu_count() or 1)  # loader processes that decode and crop an image folder
@@ -51,9 +50,7 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 
 def main(args: argparse.Namespace) -> None:
-    dest = Path(args.dest)
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise ValueError(f"--dest {dest} exists and is not empty; choose a new folder or delete it")
+    dest = check_new_lmdb(args.dest, "--dest")
     if args.image_size < 1 or (args.num_images is not None and args.num_images < 1):
         raise ValueError("--image-size and --num-images must be positive")
     source = args.source
@@ -71,15 +68,10 @@ def main(args: argparse.Namespace) -> None:
     loader = DataLoader(Subset(dataset, range(count)), batch_size=BATCH,
                         num_workers=0 if kind == "builtin" else WORKERS)
 
-    partial = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)  # what an earlier interrupted run left
-    with LMDBWriter(partial) as writer, tqdm(total=count, desc="writing", unit="img", dynamic_ncols=True) as bar:
+    with new_lmdb(dest, "--dest") as writer, tqdm(total=count, desc="writing", unit="img", dynamic_ncols=True) as bar:
         for x, y in loader:
             writer.append({"images": to_uint8(x), "labels": y.numpy().astype(np.int64)})
             bar.update(len(x))
-    if dest.exists():
-        dest.rmdir()  # empty, checked above
-    partial.rename(dest)
     print(f"wrote {count:,} images ({args.image_size} px) and labels to {dest}")
 
 
