@@ -331,7 +331,7 @@ def main(args: argparse.Namespace) -> None:
     accelerator = setup_accelerator(allow_tf32=args.tf32)
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     prompts = None
-    if args.prompt or args.prompts:
+    if getattr(args, "prompt", None) or getattr(args, "prompts", None):  # not in SiT's mode nor generate.py
         run, encoder, abar, prompts = prompt_plan(args, accelerator)
     else:
         run = plan(args, accelerator)

@@ -38,14 +38,13 @@ def test_an_fsdp_launch_shards_where_the_script_can(monkeypatch):
 
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     monkeypatch.setenv("FSDP_SHARDING_STRATEGY", "4")
-    monkeypatch.delenv("DIFFUSION_LAB_FSDP_LAUNCH", raising=False)
+    monkeypatch.setenv("DIFFUSION_LAB_FSDP_LAUNCH", "0")  # so that the launch's mark is removed after the test
     take_fsdp_launch()
     assert "ACCELERATE_USE_FSDP" not in os.environ and "FSDP_SHARDING_STRATEGY" not in os.environ
     spec = RunSpec("r", "x", Checkpoints(every=1), Grids(every=1), record={}, shard_flag="--fsdp")
     assert "sharded as --fsdp shards them" in fsdp_config_sharding(spec) and spec.shard
     with pytest.raises(ValueError, match="asks for FSDP .* which this script does not do"):
         fsdp_config_sharding(RunSpec("r", "x", Checkpoints(every=1), Grids(every=1), record={}))
-    monkeypatch.delenv("DIFFUSION_LAB_FSDP_LAUNCH")
 
 
 @pytest.mark.multiprocess
