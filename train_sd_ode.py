@@ -74,8 +74,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_flag(run, "cache_dir", type=str, default="", help="also copy every checkpoint to {cache_dir}/{run folder}/")
     add_flag(run, "max_checkpoint", type=int, default=150, help="checkpoints kept in --cache_dir")
     add_flag(run, "grid_size", type=int, default=4, help="the sample grids show grid_size^2 samples")
-    add_flag(run, "report_to", choices=["none", "wandb", "tensorboard"], default="none",
-             help="default: wandb when a --wandb_* flag is given")
+    add_flag(run, "report_to", choices=["none", "wandb", "tensorboard"], default=None,
+             help="default: wandb when a --wandb_* flag is given, else none")
     add_flag(run, "wandb_project", type=str, default=None)
     add_flag(run, "wandb_entity", type=str, default=None)
     add_flag(run, "wandb_name", type=str, default=None)
@@ -107,8 +107,8 @@ def validate(args: argparse.Namespace) -> None:
             raise ValueError(f"--{name} {getattr(args, name)} does not exist")
     if args.ckpt_only_path and args.checkpoint_path:
         raise ValueError("--ckpt_only_path and --checkpoint_path: the checkpoint already holds the weights; pass one")
-    if args.report_to == "none" and (args.wandb_project or args.wandb_entity or args.wandb_name):
-        args.report_to = "wandb"
+    if args.report_to is None:  # DMD2 always logs to wandb; its flags ask for it here
+        args.report_to = "wandb" if args.wandb_project or args.wandb_entity or args.wandb_name else "none"
     for flag in ("cache_dir", "log_path"):
         if getattr(args, flag):
             check_writable_dir(getattr(args, flag), f"--{flag}")

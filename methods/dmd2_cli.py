@@ -138,8 +138,8 @@ def parse_args(argv=None, description: str | None = None) -> argparse.Namespace:
           "which keeps the newest --max_checkpoint")
     add_flag(run, "max_checkpoint", type=int, default=200, help="checkpoints kept in --cache_dir")
     add_flag(run, "dataset_name", type=str, default=None, help="the data's name, in the run folder's name")
-    add_flag(run, "report_to", choices=["none", "wandb", "tensorboard"], default="none",
-          help="default: wandb when a --wandb_* flag is given")
+    add_flag(run, "report_to", choices=["none", "wandb", "tensorboard"], default=None,
+          help="default: wandb when a --wandb_* flag is given, else none")
     add_flag(run, "wandb_project", type=str, default=None, help="wandb project (default: the run folder's name)")
     add_flag(run, "wandb_entity", type=str, default=None, help="wandb user or team")
     add_flag(run, "wandb_name", type=str, default=None, help="wandb run name")
@@ -229,8 +229,8 @@ def validate(args: argparse.Namespace) -> None:
             raise ValueError(f"--{name} {given} does not exist")
     if args.ckpt_only_path is not None and args.generator_ckpt_path is not None:
         raise ValueError("--ckpt_only_path already holds the generator's weights: drop --generator_ckpt_path")
-    if args.report_to == "none" and (args.wandb_project or args.wandb_entity or args.wandb_name):
-        args.report_to = "wandb"  # DMD2 always logs to wandb; its flags ask for it here
+    if args.report_to is None:  # DMD2 always logs to wandb; its flags ask for it here
+        args.report_to = "wandb" if args.wandb_project or args.wandb_entity or args.wandb_name else "none"
     use_local_rank(args)
 
 

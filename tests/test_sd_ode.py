@@ -203,7 +203,7 @@ def test_vae_latents_of_image_shards_make_dmd2s_latents_lmdb(sdxl_folder, tmp_pa
 
 
 @pytest.mark.slow
-def test_dmd2s_ode_pretraining_script_runs(sdxl_folder, pairs, piq_weights, tmp_path, monkeypatch):
+def test_dmd2s_ode_pretraining_script_runs(sdxl_folder, pairs, piq_weights, tmp_path):
     """DMD2's experiments/sdxl/sdxl_lr1e-5_8node_ode_pretraining_10k_cond399.sh as the table holds it, on one
     process; substituted: the model (the tiny SDXL folder, 64 px), the pairs, paths and steps. --tiny_vae reads a
     random TAESD under madebyollin/taesdxl in the Hugging Face cache."""
@@ -231,9 +231,10 @@ def test_dmd2s_ode_pretraining_script_runs(sdxl_folder, pairs, piq_weights, tmp_
                      " --use_fp16": ""}.items():
         assert old in command, old
         command = command.replace(old, new)
-    monkeypatch.setenv("WANDB_MODE", "disabled")
     module, argv = split(command)
     assert module == "train_sd_ode"
-    train_sd_ode.main(train_sd_ode.parse_args([*argv, "--num_workers", "0", "--warmup_step", "0"]))
+    # no wandb run: one started in this process (even disabled) stays its mode for the rest of the suite
+    train_sd_ode.main(train_sd_ode.parse_args([*argv, "--num_workers", "0", "--warmup_step", "0", "--report_to",
+                                               "none"]))
     (run,) = list((tmp_path / "sdxl_lr1e-5_8node_ode_pretraining_10k_cond399").iterdir())
     assert (run / "checkpoints" / "0000002.pt").is_file()
