@@ -304,6 +304,9 @@ def build_method(args: argparse.Namespace, dataset, codec, device) -> DenoisingM
     encoders = []
     if is_sit(args.model):
         if args.proj_coeff > 0 or args.cls > 0:
+            from methods.ssl_encoder import ensure
+
+            ensure(args.enc_type)
             encoders = load_encoders(args.enc_type, device, args.image_size)
         z_dims = [e.embed_dim for e in encoders]
         model_kwargs.update(z_dims=z_dims, qk_norm=args.qk_norm, cls_token_dim=z_dims[0] if args.cls > 0 else None)

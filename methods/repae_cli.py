@@ -196,6 +196,10 @@ def build_sit(args: argparse.Namespace, device, bn_momentum: float, align_vae: b
     if stats["latents_scale"].numel() != vae.latent_channels:
         raise ValueError(f"{args.vae_ckpt}: its latent statistics have {stats['latents_scale'].numel()} channels, "
                          f"the {args.vae} VAE {vae.latent_channels}")
+    if args.proj_coeff > 0 or align_vae:
+        from methods.ssl_encoder import ensure
+
+        ensure(args.enc_type)
     encoders = load_encoders(args.enc_type, device, args.image_size) if args.proj_coeff > 0 or align_vae else []
     model_kwargs = dict(input_size=args.image_size // vae.downsample, in_channels=vae.latent_channels,
                         num_classes=args.num_classes, class_dropout_prob=args.cfg_prob,

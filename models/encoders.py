@@ -74,6 +74,7 @@ FAMILIES = {
     "clip": Family(OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, "before", False, True),
     "jepa": Family(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, "after", True, False),
     "tiny": Family(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, None, True, True),
+    "builtin": Family((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), None, True, True),  # sees images in [-1, 1]
 }
 
 
@@ -118,6 +119,9 @@ ENCODERS = {
                               f"{FB}/ijepa/IN1K-vit.h.14-300e.pth.tar"),
     "tiny-vit": EncoderSpec("tiny", "vit_tiny_patch16_224", 32,
                             arch={"embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": TINY_PATCH_SIZE}),
+    # SimCLR on the built-in images, trained on first use (methods/ssl_encoder.py), cached in encoders/
+    "simclr-builtin": EncoderSpec("builtin", "vit_tiny_patch16_224", 96, ("simclr-builtin-vit16-v1.pt",),
+                                  arch={"embed_dim": 96, "depth": 4, "num_heads": 3, "patch_size": TINY_PATCH_SIZE}),
 }
 
 
@@ -249,9 +253,9 @@ def parse_enc_type(enc_type: str) -> list[str]:
 
 def check_resolution(name: str, resolution: int) -> None:
     family = ENCODERS[name].family
-    if family == "tiny":
+    if family in ("tiny", "builtin"):
         if resolution % TINY_PATCH_SIZE:
-            raise ValueError(f"--resolution {resolution}: tiny-vit needs a multiple of {TINY_PATCH_SIZE}")
+            raise ValueError(f"--resolution {resolution}: {name} needs a multiple of {TINY_PATCH_SIZE}")
     elif resolution not in (256, 512):
         raise ValueError(f"--resolution {resolution}: the pretrained encoders take 256 or 512 px images "
                          "(REPA); use --enc-type tiny-vit for other sizes")
@@ -292,6 +296,8 @@ def find_weights(name: str, weights_dir: str | os.PathLike | None = None) -> Pat
     if spec.url and hub.download(spec.url, target):
         return target
     source = f"download {spec.url}" if spec.url else "no public download is known: use your own checkpoint"
+    if spec.family == "builtin":
+        source = "train it with python -m methods.ssl_encoder (training scripts do on first use)"
     raise ValueError(f"--enc-type {name}: {spec.files[0]} is not in {', '.join(map(str, folders))} and was not "
                      f"downloaded; {source} and put it in {folders[0]}/ (or set ${hub.CACHE_ENV})")
 

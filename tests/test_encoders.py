@@ -104,7 +104,7 @@ def release_layout(name: str) -> dict:
 def test_enc_type_is_a_comma_separated_list_of_repa_names():
     assert parse_enc_type("dinov2-vit-b,clip-vit-L") == ["dinov2-vit-b", "clip-vit-L"]
     assert parse_enc_type("mocov3-vit-b, tiny-vit") == ["mocov3-vit-b", "tiny-vit"]
-    assert set(ENCODERS) == {*ORIGINAL, "tiny-vit"}
+    assert set(ENCODERS) == {*ORIGINAL, "tiny-vit", "simclr-builtin"}  # two of this repository's own
     with pytest.raises(ValueError, match=r"unknown encoder 'dinov2-vit-x'.*dinov2-vit-s, dinov2-vit-b"):
         parse_enc_type("dinov2-vit-b,dinov2-vit-x")
 
