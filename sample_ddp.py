@@ -272,7 +272,7 @@ def prompt_plan(args: argparse.Namespace, accelerator) -> tuple[Plan, object, np
     """A text-to-image generator's plan, its prompt encoder and abar table, and the prompts of the samples."""
     import hashlib
 
-    from evaluations.prompt_cli import PRECISIONS, load_text_generator, read_prompt_args
+    from evaluations.prompt_cli import load_text_generator, read_prompt_args
 
     prompts = read_prompt_args(args)[: args.num_fid_samples]
     if not prompts:
@@ -291,7 +291,6 @@ def prompt_plan(args: argparse.Namespace, accelerator) -> tuple[Plan, object, np
     folder = Path(args.sample_dir) / (f"{Path(args.ckpt).stem}-{digest[:8]}-prompts-{text[:8]}-steps-{steps}-"
                                       f"{args.precision}-seed-{args.global_seed}")
     check_manifest(folder, manifest)
-    model = model.to(dtype=PRECISIONS[args.precision])
     cfg = {"model": "diffusers", "image_size": model.unet.config.sample_size * codec.downsample, "num_classes": 0}
     return Plan(cfg, codec, model, {}, manifest, folder, False), encoder, abar, prompts
 

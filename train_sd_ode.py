@@ -155,7 +155,6 @@ def build_method(args, process):
     generator.generator_sigmas = [float(s) for s in teacher.sigma(torch.tensor(steps))]
     cfg = {"model": "diffusers", "image_size": image_size, "num_classes": 0, "vae": source.name("vae"),
            "model_kwargs": {}, "sd_model": source.name("")}
-    args.generator_lora = False
     record = generator_record(args, teacher, cfg, generator.generator_sigmas)
     grid = torch.stack([pairs[i][2] for i in range(min(len(pairs), args.grid_size**2))])
     method = ODERegressionMethod(

@@ -418,7 +418,7 @@ def generator_record(args, teacher: Teacher, cfg: dict, levels: list[float]) -> 
     extra = {"model_kwargs": cfg["model_kwargs"]} if cfg["model"] == "EDM" else {}
     if cfg["model"] == "diffusers":  # the base model sample.py --prompt reads the text encoder and VAE of
         extra["sd_model"] = cfg["sd_model"]
-    if args.generator_lora:
+    if getattr(args, "generator_lora", False):  # train_sd_ode.py trains no adapters and has no such flag
         extra.update(lora_alpha=args.lora_alpha, lora_rank=args.lora_rank)
     return sampling_record(teacher.model, cfg["model"], cfg["image_size"], cfg["num_classes"], cfg["vae"],
                            noise_schedule=schedule, path_type=cfg.get("path_type"),
