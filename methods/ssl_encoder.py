@@ -7,7 +7,7 @@ are what REPA aligns. The ViT is ``models.encoders``'s ``simclr-builtin`` (patch
 demos' resolution; it is trained on first use (about 8 minutes on a 2-core CPU) on unlabelled built-in images of a
 seed of its own (none of the proxy classifier's) and cached in ``$DIFFUSION_LAB_CACHE/encoders/``.
 
-  python -m methods.ssl_encoder            # train (if absent) and report the linear probe
+  python -m methods.ssl_encoder [--json probe.json]   # train (if absent) and report the linear probe
 """
 
 from __future__ import annotations
@@ -141,11 +141,24 @@ def probe_report() -> dict[str, float]:
             "raw pixels": linear_probe(tr.flatten(1), ytr, te.flatten(1), yte)}
 
 
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=first_paragraph(__doc__))
+    p.add_argument("--json", type=str, default=None, help="also write the probe accuracies to this file")
+    return p.parse_args(argv)
+
+
 def main(args: argparse.Namespace) -> None:
     ensure(NAME)
-    for name, accuracy in probe_report().items():
+    report = probe_report()
+    for name, accuracy in report.items():
         print(f"linear probe, {name}: {accuracy:.3f}")
+    if args.json:
+        import json
+        from pathlib import Path
+
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":
-    run_cli(main, argparse.ArgumentParser(description=first_paragraph(__doc__)).parse_args())
+    run_cli(main, parse_args())

@@ -225,12 +225,13 @@ def sit_config(depth: int, hidden_size: int, patch_size: int, num_heads: int, **
 
 
 # DiT's four sizes (as in SiT, REPA, REG) with patch 1/2/4/8, and tiny ones for tests and the demo.
-# REPA/REG's default encoder_depth is 8 (their README: 4 for B); the tiny ones default to about a third.
+# REPA/REG's default encoder_depth is 8 (their README: 4 for B); the tiny ones default to about a third. The demo size's
+# projector is 2x its width: REPA's 2048 would cost SiT-Demo four times its blocks (SiT-B's costs it 9%).
 SiT_models = {
     **{f"SiT-XL/{p}": sit_config(28, 1152, p, 16) for p in (1, 2, 4, 8)},
     **{f"SiT-L/{p}": sit_config(24, 1024, p, 16) for p in (1, 2, 4, 8)},
     **{f"SiT-B/{p}": sit_config(12, 768, p, 12) for p in (1, 2, 4, 8)},
     **{f"SiT-S/{p}": sit_config(12, 384, p, 6) for p in (1, 2, 4, 8)},
     **{f"SiT-Ti/{p}": sit_config(2, 64, p, 4, encoder_depth=1) for p in (1, 2, 4)},
-    **{f"SiT-Demo/{p}": sit_config(6, 128, p, 4, encoder_depth=2) for p in (1, 2, 4, 8)},
+    **{f"SiT-Demo/{p}": sit_config(6, 128, p, 4, encoder_depth=2, projector_dim=256) for p in (1, 2, 4, 8)},
 }
