@@ -1,4 +1,4 @@
-# make install | demo | demo-sit | demo-unet | demo-repae | demo-dmd2 | demo-dmd2-t2i | test | test-fast | lint | bench | clean
+# make install | demo | demo-sit | demo-unet | demo-repa | demo-repae | demo-dmd2 | demo-dmd2-t2i | test | test-fast | lint | bench | clean
 #      train | overfit | quick-test | generate | status | gpu-status | monitor | clean-all | clean-cuda  (the U-Net)
 # `install` makes .venv in the repository root unless a virtual or conda environment is active.
 ACTIVE_ENV := $(or $(VIRTUAL_ENV),$(CONDA_PREFIX))
@@ -23,19 +23,54 @@ DEMO_FLAGS ?= --dataset builtin --model DiT-Demo/4 --image-size 16 --num-classes
 DEMO_SIT_FLAGS ?= $(subst DiT-Demo/4,SiT-Demo/4,$(DEMO_FLAGS)) --proj-coeff 0 --cls 0
 DEMO_UNET_FLAGS ?= $(subst --lr 2e-3,--lr 1e-3,$(subst DiT-Demo/4,UNet-Ti,$(DEMO_FLAGS)))
 
-# REPA-E on the built-in images at 32 px, from one tiny VAE pretrained on reconstruction (cached in
-# results/demo-repae/pretrained): an end-to-end run and a frozen-VAE run on its cached latents, the same SiT,
-# steps, batch and learning rates, side by side. The encoder is tiny-vit (random weights) and the VAE loss has
-# no LPIPS: the demo shows the mechanics, not REPA-E's benefit, which needs a pretrained encoder.
+# REPA and REG against plain SiT at one budget, three seeds each: SiT-Demo/4 on the built-in images as make demo-sit,
+# REPA aligning block 2's tokens to simclr-builtin (a SimCLR ViT of the built-in images, trained on first use, about
+# 8 minutes), REG also entangling that encoder's class token. 1,000 EMA samples per seed scored at every
+# REPA_EVAL_EVERY steps; $(REPA_DIR)/report.md and curves.png. REPA_JOBS runs at once, one CPU thread each.
+REPA_DIR ?= results/demo-repa
+REPA_STEPS ?= 1000
+REPA_EVAL_EVERY ?= 500
+REPA_SEEDS ?= 0 1 2
+REPA_JOBS ?= 3
+REPA_THREADS ?= 1
+REPA_EVAL_SAMPLES ?= 1000
+REPA_FLAGS ?= --dataset builtin --model SiT-Demo/4 --image-size 16 --num-classes 10 --vae none \
+	--global-batch-size 32 --max-steps $(REPA_STEPS) --lr 2e-3 --ema-decay 0.995 --log-every 100 \
+	--ckpt-every $(REPA_STEPS) --num-workers 0 --eval-every $(REPA_EVAL_EVERY) --eval-samples $(REPA_EVAL_SAMPLES) \
+	--eval-sampling-steps 20 --eval-cfg-scale 4 --results-dir $(REPA_DIR)
+REPA_METHOD_sit ?= --proj-coeff 0 --cls 0
+REPA_METHOD_repa ?= --enc-type simclr-builtin --proj-coeff 0.5 --cls 0
+REPA_METHOD_reg ?= --enc-type simclr-builtin --proj-coeff 0.5 --cls 0.03
+REPA_RUN_DIRS = $(foreach s,$(REPA_SEEDS),$(foreach m,sit repa reg,$(REPA_DIR)/$(m)-seed$(s)))
+repa_runs = $(subst $(eval) ,$(comma),$(filter $(REPA_DIR)/$(1)-seed%,$(REPA_RUN_DIRS)))
+comma := ,
+
+# REPA-E on the built-in images at 32 px, on REPA-E's footing as far as offline allows: a tiny VAE pretrained with its
+# discriminator (both handed on; the discriminator joins at step 300; no LPIPS weights offline, so L1 + KL and the
+# discriminator anchor the reconstruction), REPA-E's equal learning rates (1e-4) for the SiT, the VAE and the
+# discriminator, alignment to simclr-builtin. Four runs of the same SiT, steps and batch: end to end, end to end with
+# the GAN off, the frozen pretrained VAE on its cached latents, and the drop-in test (the end-to-end-tuned VAE, frozen,
+# on its own cached latents: REPA-E sec. 4.3). 1,000 samples of each scored; $(REPAE_DIR)/report.md.
 REPAE_DIR ?= results/demo-repae
-REPAE_STEPS ?= 600
+REPAE_STEPS ?= 1000
+REPAE_PRETRAIN_STEPS ?= 800
+REPAE_JOBS ?= 2
+REPAE_THREADS ?= 1
+REPAE_IMAGES ?= 20000
+REPAE_SAMPLES ?= 1000
+REPAE_VAE = $(REPAE_DIR)/pretrained/tiny-vae/tiny-vae.pt
+REPAE_TUNED = $(REPAE_DIR)/pretrained/e2e-vae/e2e-vae.pt
+REPAE_CKPT = checkpoints/$(shell printf %07d $(REPAE_STEPS)).pt
+REPAE_RUNS = e2e e2e-no-gan frozen drop-in
 REPAE_COMMON ?= --data-dir $(REPAE_DIR)/data --num-classes 10 --resolution 32 --model SiT-Demo/1 --vae tiny-f4d4 \
-	--vae-ckpt $(REPAE_DIR)/pretrained/tiny-vae/tiny-vae.pt --enc-type tiny-vit --encoder-depth 2 --batch-size 16 \
-	--learning-rate 1e-3 --ema-decay 0.995 --max-train-steps $(REPAE_STEPS) --checkpointing-steps $(REPAE_STEPS) \
-	--sampling-steps $(REPAE_STEPS) --no-compile --mixed-precision no --report-to none --num-workers 0 \
-	--log-every 100 --output-dir $(REPAE_DIR)
-REPAE_GENERATE ?= --train-steps $(REPAE_STEPS) --mode sde --num-steps 25 --cfg-scale 4 --num-fid-samples 300 \
-	--pproc-batch-size 300 --proxy --sample-dir $(REPAE_DIR)/samples
+	--enc-type simclr-builtin --encoder-depth 2 --batch-size 16 --learning-rate 1e-4 --ema-decay 0.995 \
+	--max-train-steps $(REPAE_STEPS) --checkpointing-steps $(REPAE_STEPS) --sampling-steps $(REPAE_STEPS) \
+	--no-compile --mixed-precision no --report-to none --num-workers 0 --log-every 100 --output-dir $(REPAE_DIR)
+REPAE_E2E ?= --vae-ckpt $(REPAE_VAE) --vae-learning-rate 1e-4 --disc-learning-rate 1e-4 \
+	--disc-pretrained-ckpt $(REPAE_DIR)/pretrained/tiny-vae/tiny-vae-discriminator-ckpt.pt
+REPAE_GENERATE ?= --train-steps $(REPAE_STEPS) --mode sde --num-steps 25 --cfg-scale 4 --num-fid-samples $(REPAE_SAMPLES) \
+	--pproc-batch-size 500 --proxy --sample-dir $(REPAE_DIR)/samples
+REPAE_TRAIN = OMP_NUM_THREADS=$(REPAE_THREADS) $(PYTHON)
 
 # DMD2 on the demo DiT (make demo's; trained first when missing): a one-step generator and a four-step one with
 # backward simulation, distilled with the teacher's guidance 4 on the built-in images; then 500 class-balanced samples
@@ -86,7 +121,7 @@ TRAIN_FLAGS ?=
 # Targets other than install depend on $(NEEDS); the test suite runs them with NEEDS= (already installed).
 NEEDS ?= install
 
-.PHONY: install demo demo-sit demo-unet demo-repae demo-dmd2 demo-dmd2-t2i test test-fast lint bench clean train overfit quick-test generate status gpu-status monitor \
+.PHONY: install demo demo-sit demo-unet demo-repa demo-repae demo-dmd2 demo-dmd2-t2i test test-fast lint bench clean train overfit quick-test generate status gpu-status monitor \
 	clean-all clean-cuda
 
 install: $(STAMP)
@@ -105,21 +140,46 @@ demo-sit: $(NEEDS)
 demo-unet: $(NEEDS)
 	$(PYTHON) train.py $(DEMO_UNET_FLAGS)
 
+demo-repa: $(NEEDS)
+	rm -rf $(REPA_DIR)
+	$(PYTHON) -m methods.ssl_encoder --json $(REPA_DIR)/encoder_probe.json
+	$(MAKE) --no-print-directory -j$(REPA_JOBS) NEEDS= $(addsuffix /checkpoints/$(shell printf %07d $(REPA_STEPS)).pt,$(REPA_RUN_DIRS))
+	$(PYTHON) evaluations/repa_report.py --out $(REPA_DIR) --encoder-probe $(REPA_DIR)/encoder_probe.json \
+		--method "SiT=$(call repa_runs,sit)" --method "REPA=$(call repa_runs,repa)" --method "REG=$(call repa_runs,reg)"
+
+$(REPA_DIR)/%/checkpoints/$(shell printf %07d $(REPA_STEPS)).pt:
+	OMP_NUM_THREADS=$(REPA_THREADS) $(PYTHON) train.py $(REPA_FLAGS) $(REPA_METHOD_$(firstword $(subst -seed, ,$*))) \
+		--global-seed $(lastword $(subst -seed, ,$*)) --exp-name $*
+
 demo-repae: $(NEEDS)
 	@test -f $(REPAE_DIR)/data/images_h5.json || $(PYTHON) preprocessing/dataset_tools.py convert --source builtin \
-		--max-images 20000 --resolution 32x32 --dest $(REPAE_DIR)/data/images.h5
-	$(PYTHON) preprocessing/pretrain_vae.py --vae-arch tiny-f4d4 --data-dir $(REPAE_DIR)/data --max-train-steps 400 \
+		--max-images $(REPAE_IMAGES) --resolution 32x32 --dest $(REPAE_DIR)/data/images.h5
+	$(PYTHON) -m methods.ssl_encoder
+	$(PYTHON) preprocessing/pretrain_vae.py --vae-arch tiny-f4d4 --data-dir $(REPAE_DIR)/data \
+		--max-train-steps $(REPAE_PRETRAIN_STEPS) --loss-cfg-path configs/demo_pretrain_l1_kl_gan.yaml \
 		--save-dir $(REPAE_DIR)/pretrained --vae-name tiny-vae
-	rm -rf $(REPAE_DIR)/e2e $(REPAE_DIR)/frozen $(REPAE_DIR)/samples
-	$(PYTHON) train_repae.py $(REPAE_COMMON) --exp-name e2e --loss-cfg-path configs/demo_l1_kl_gan.yaml
-	$(PYTHON) cache_latents.py --vae-arch tiny-f4d4 --vae-ckpt-path $(REPAE_DIR)/pretrained/tiny-vae/tiny-vae.pt \
-		--vae-latents-name tiny-vae --data-dir $(REPAE_DIR)/data --output-dir $(REPAE_DIR)/data --pproc-batch-size 250
-	$(PYTHON) train_ldm_only.py $(REPAE_COMMON) --exp-name frozen --vae-latents-name tiny-vae
-	$(PYTHON) generate.py --exp-path $(REPAE_DIR)/e2e $(REPAE_GENERATE)
-	$(PYTHON) generate.py --exp-path $(REPAE_DIR)/frozen $(REPAE_GENERATE)
-	$(PYTHON) evaluations/repae_report.py --data-dir $(REPAE_DIR)/data --vae-arch tiny-f4d4 \
-		--start-vae $(REPAE_DIR)/pretrained/tiny-vae/tiny-vae.pt --run e2e=$(REPAE_DIR)/e2e \
-		--run frozen=$(REPAE_DIR)/frozen --samples-dir $(REPAE_DIR)/samples --out $(REPAE_DIR)
+	rm -rf $(addprefix $(REPAE_DIR)/,$(REPAE_RUNS) samples pretrained/e2e-vae) $(REPAE_DIR)/data/e2e-vae*
+	$(PYTHON) cache_latents.py --vae-arch tiny-f4d4 --vae-ckpt-path $(REPAE_VAE) --vae-latents-name tiny-vae \
+		--data-dir $(REPAE_DIR)/data --output-dir $(REPAE_DIR)/data --pproc-batch-size 250
+	$(MAKE) --no-print-directory -j$(REPAE_JOBS) NEEDS= $(foreach r,$(REPAE_RUNS),$(REPAE_DIR)/$(r)/$(REPAE_CKPT))
+	$(foreach r,$(REPAE_RUNS),$(PYTHON) generate.py --exp-path $(REPAE_DIR)/$(r) $(REPAE_GENERATE) &&) true
+	$(PYTHON) evaluations/repae_report.py --data-dir $(REPAE_DIR)/data --vae-arch tiny-f4d4 --start-vae $(REPAE_VAE) \
+		$(foreach r,$(REPAE_RUNS),--run $(r)=$(REPAE_DIR)/$(r)) --samples-dir $(REPAE_DIR)/samples --out $(REPAE_DIR)
+
+$(REPAE_DIR)/e2e/$(REPAE_CKPT):
+	$(REPAE_TRAIN) train_repae.py $(REPAE_COMMON) $(REPAE_E2E) --loss-cfg-path configs/demo_l1_kl_gan.yaml --exp-name e2e
+
+$(REPAE_DIR)/e2e-no-gan/$(REPAE_CKPT):
+	$(REPAE_TRAIN) train_repae.py $(REPAE_COMMON) $(REPAE_E2E) --loss-cfg-path configs/demo_l1_kl.yaml --exp-name e2e-no-gan
+
+$(REPAE_DIR)/frozen/$(REPAE_CKPT):
+	$(REPAE_TRAIN) train_ldm_only.py $(REPAE_COMMON) --vae-ckpt $(REPAE_VAE) --vae-latents-name tiny-vae --exp-name frozen
+
+$(REPAE_DIR)/drop-in/$(REPAE_CKPT): $(REPAE_DIR)/e2e/$(REPAE_CKPT)
+	$(PYTHON) save_vae_weights.py --repae-ckpt $< --vae-name e2e-vae --save-dir $(REPAE_DIR)/pretrained
+	$(REPAE_TRAIN) cache_latents.py --vae-arch tiny-f4d4 --vae-ckpt-path $(REPAE_TUNED) --vae-latents-name e2e-vae \
+		--data-dir $(REPAE_DIR)/data --output-dir $(REPAE_DIR)/data --pproc-batch-size 250
+	$(REPAE_TRAIN) train_ldm_only.py $(REPAE_COMMON) --vae-ckpt $(REPAE_TUNED) --vae-latents-name e2e-vae --exp-name drop-in
 
 demo-dmd2: $(NEEDS)
 	@test -f $(DMD2_TEACHER) || $(MAKE) demo

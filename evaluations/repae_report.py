@@ -1,4 +1,4 @@
-"""Side by side: a REPA-E end-to-end run and a frozen-VAE run from the same starting VAE (``make demo-repae``).
+"""Side by side: REPA-E end-to-end runs and frozen-VAE runs from the same starting VAE (``make demo-repae``).
 
   python evaluations/repae_report.py --data-dir results/demo-repae/data \\
       --start-vae results/demo-repae/pretrained/tiny-vae/tiny-vae.pt --vae-arch tiny-f4d4 \\
@@ -7,7 +7,7 @@
 Reads each run's newest checkpoint, its ``metrics.jsonl`` and the proxy metrics generate.py wrote
 (``*.json`` next to the samples, ``--samples-dir``). Writes ``reconstructions.png`` (rows: real images,
 the starting VAE's reconstructions, then each run's VAE: the tuned one of an end-to-end run, the
-frozen one otherwise), ``samples.png`` (each run's last EMA sample grid, one above the other, each decoded
+frozen ``--vae-ckpt`` of a ``train_ldm_only.py`` run), ``samples.png`` (each run's last EMA sample grid, one above the other, each decoded
 by its own VAE), ``losses.png`` (each run's denoising and reconstruction losses) and ``report.md`` (the
 table of reconstruction error and proxy metrics).
 """
@@ -76,7 +76,7 @@ def main(args: argparse.Namespace) -> Path:
         if ckpt_path is None:
             raise ValueError(f"--run {spec}: no checkpoints/NNNNNNN.pt in {folder}")
         ckpt = load_checkpoint(ckpt_path)
-        vae_source = ckpt["vae"] if "vae" in ckpt else args.start_vae
+        vae_source = ckpt["vae"] if "vae" in ckpt else (ckpt.get("args") or {}).get("vae_ckpt") or args.start_vae
         recon = reconstruct(vae_source, args.vae_arch, images)
         rows.append(recon[:8])
         metrics = proxy_metrics(Path(args.samples_dir) if args.samples_dir else None, ckpt_path)

@@ -40,9 +40,13 @@ class NLayerDiscriminator(nn.Module):
                        nn.BatchNorm2d(ndf * mult), nn.LeakyReLU(0.2, True)]
         layers.append(nn.Conv2d(ndf * mult, 1, 4, stride=1, padding=1))
         self.main = nn.Sequential(*layers)
+        self.min_size = 3 * 2**n_layers  # n_layers halvings, then two 4x4 convolutions that each take one off
         self.apply(weights_init)
 
     def forward(self, x: torch.Tensor, fake: torch.Tensor | None = None):
+        if min(x.shape[-2:]) < self.min_size:
+            raise ValueError(f"the PatchGAN discriminator needs images of at least {self.min_size} px, not "
+                             f"{tuple(x.shape[-2:])}: use a resolution of {self.min_size} or more")
         if fake is None:
             return self.main(x)
         return self.main(x), self.main(fake)

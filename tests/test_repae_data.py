@@ -176,6 +176,41 @@ def test_pretrain_vae_writes_the_released_format_and_is_a_cache(data_dir, tmp_pa
     assert "nothing to do" in capsys.readouterr().out and weights.stat().st_mtime_ns == before
 
 
+GAN_CONFIG = """model:
+    vq_model:
+        quantize_mode: vae
+losses:
+    discriminator_start: 1
+    discriminator_weight: 0.1
+    perceptual_weight: 0.0
+"""
+
+
+def test_pretrain_vae_with_a_gan_loss_trains_and_hands_on_the_discriminator(data_dir, tmp_path, capsys):
+    """A loss YAML with a GAN weight trains the discriminator too (from discriminator_start), saved where
+    save_vae_weights.py puts REPA-E's and in the form --disc-pretrained-ckpt loads; the cache waits for all three."""
+    from models.discriminator import NLayerDiscriminator
+    from preprocessing import pretrain_vae
+
+    (tmp_path / "gan.yaml").write_text(GAN_CONFIG)
+    argv = ["--data-dir", str(data_dir), "--max-train-steps", "3", "--batch-size", "4", "--stats-images", "8",
+            "--save-dir", str(tmp_path), "--vae-name", "v", "--loss-cfg-path", str(tmp_path / "gan.yaml")]
+    pretrain_vae.main(pretrain_vae.parse_args(argv))
+    disc_file = tmp_path / "v" / "v-discriminator-ckpt.pt"
+    fresh = NLayerDiscriminator()
+    trained = torch.load(disc_file, weights_only=True)
+    fresh.load_state_dict(trained)  # what train_repae.py --disc-pretrained-ckpt does, strictly
+    assert any(not torch.equal(v, NLayerDiscriminator().state_dict()[k]) for k, v in trained.items()
+               if v.is_floating_point())
+    records = [json.loads(line) for line in (tmp_path / "v" / "metrics.jsonl").read_text().splitlines()]
+    assert all("d_loss" in r for r in records)
+    disc_file.unlink()
+    before = (tmp_path / "v" / "v.pt").stat().st_mtime_ns
+    pretrain_vae.main(pretrain_vae.parse_args(argv))  # the discriminator is missing: trained again
+    assert disc_file.is_file() and (tmp_path / "v" / "v.pt").stat().st_mtime_ns != before
+    assert "nothing to do" not in capsys.readouterr().out
+
+
 def test_the_report_puts_runs_side_by_side(data_dir, ldm_run, tmp_path):
     from evaluations import repae_report
 
@@ -188,6 +223,24 @@ def test_the_report_puts_runs_side_by_side(data_dir, ldm_run, tmp_path):
     assert start_l1 == frozen_l1  # a frozen VAE reconstructs as it started
     for name in ("reconstructions.png", "losses.png", "samples.png"):
         assert (tmp_path / "report" / name).is_file(), name
+
+
+def test_the_report_reconstructs_with_each_frozen_runs_own_vae(data_dir, ldm_run, tmp_path):
+    """A train_ldm_only.py run on another VAE than the start (REPA-E's drop-in test) is read with its --vae-ckpt."""
+    from evaluations import repae_report
+
+    torch.manual_seed(1)
+    other = tmp_path / "other.pt"
+    torch.save(to_ldm_state_dict(VAE_models["tiny-f4d4"]().state_dict()), other)
+    report = repae_report.main(repae_report.parse_args([
+        "--data-dir", str(data_dir), "--start-vae", str(other), "--vae-arch", "tiny-f4d4",
+        "--run", f"drop-in={ldm_run}", "--out", str(tmp_path / "report")]))
+    lines = report.read_text().splitlines()
+    start_l1, run_l1 = float(lines[2].split("|")[3]), float(lines[3].split("|")[3])
+    images = torch.stack([torch.from_numpy(H5Images(data_dir).image(i).copy()) for i in range(N)]).float() / 127.5 - 1
+    assert start_l1 != run_l1
+    assert run_l1 == pytest.approx((repae_report.reconstruct(str(data_dir / "tiny.pt"), "tiny-f4d4", images)
+                                    - images).abs().mean().item(), abs=1e-4)
 
 
 @pytest.mark.parametrize("flag, value, message", [

@@ -31,6 +31,14 @@ def test_discriminator_matches_repae():
         torch.testing.assert_close(narrow.eval()(ref["x"]), ref["eval_logits"], atol=1e-5, rtol=1e-5)
 
 
+def test_images_too_small_for_the_patchgan_are_refused_in_one_line():
+    """Three halvings and two 4x4 convolutions leave nothing of a 16 px image: 24 px is the least."""
+    disc = NLayerDiscriminator(ndf=8)
+    assert disc(torch.zeros(1, 3, 24, 24)).shape == (1, 1, 1, 1)
+    with pytest.raises(ValueError, match=r"needs images of at least 24 px, not \(16, 16\): use a resolution of 24"):
+        disc(torch.zeros(1, 3, 16, 16))
+
+
 def test_kl_loss_is_summed_over_the_latent_and_averaged_over_the_batch():
     mean, logvar = torch.randn(3, 4, 2, 2), torch.randn(3, 4, 2, 2)
     per_sample = 0.5 * (mean**2 + logvar.exp() - 1 - logvar).sum(dim=(1, 2, 3))
