@@ -26,7 +26,9 @@ DEMO_UNET_FLAGS ?= $(subst --lr 2e-3,--lr 1e-3,$(subst DiT-Demo/4,UNet-Ti,$(DEMO
 # REPA and REG against plain SiT at one budget, three seeds each: SiT-Demo/4 on the built-in images as make demo-sit,
 # REPA aligning block 2's tokens to simclr-builtin (a SimCLR ViT of the built-in images, trained on first use, about
 # 8 minutes), REG also entangling that encoder's class token. 1,000 EMA samples per seed scored at every
-# REPA_EVAL_EVERY steps; $(REPA_DIR)/report.md and curves.png. REPA_JOBS runs at once, one CPU thread each.
+# REPA_EVAL_EVERY steps without guidance (REPA's and REG's headline setting; with cfg 4 every model draws what it can,
+# which hides how much class structure it learnt: docs/notes/alignment-demo.md); $(REPA_DIR)/report.md and
+# curves.png. REPA_JOBS runs at once, one CPU thread each.
 REPA_DIR ?= results/demo-repa
 REPA_STEPS ?= 1000
 REPA_EVAL_EVERY ?= 500
@@ -37,7 +39,7 @@ REPA_EVAL_SAMPLES ?= 1000
 REPA_FLAGS ?= --dataset builtin --model SiT-Demo/4 --image-size 16 --num-classes 10 --vae none \
 	--global-batch-size 32 --max-steps $(REPA_STEPS) --lr 2e-3 --ema-decay 0.995 --log-every 100 \
 	--ckpt-every $(REPA_STEPS) --num-workers 0 --eval-every $(REPA_EVAL_EVERY) --eval-samples $(REPA_EVAL_SAMPLES) \
-	--eval-sampling-steps 20 --eval-cfg-scale 4 --results-dir $(REPA_DIR)
+	--eval-sampling-steps 20 --eval-cfg-scale 1 --results-dir $(REPA_DIR)
 REPA_METHOD_sit ?= --proj-coeff 0 --cls 0
 REPA_METHOD_repa ?= --enc-type simclr-builtin --proj-coeff 0.5 --cls 0
 REPA_METHOD_reg ?= --enc-type simclr-builtin --proj-coeff 0.5 --cls 0.03
