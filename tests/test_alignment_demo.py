@@ -168,7 +168,7 @@ def test_demo_repae_runs_end_to_end(tmp_path):
                            "REPAE_SAMPLES=20"], cwd=ROOT, env=own_cache(tmp_path), capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = [line for line in (out / "report.md").read_text().splitlines() if line.startswith("| ")][2:]
+    rows = [line for line in (out / "report.md").read_text().splitlines() if line.startswith("| ")][1:]
     assert [row.split("|")[1].strip() for row in rows] == ["start VAE", "e2e", "e2e-no-gan", "frozen", "drop-in"]
     assert all(row.split("|")[4].strip() for row in rows[1:])  # each run scored
     assert (out / "pretrained" / "tiny-vae" / "tiny-vae-discriminator-ckpt.pt").is_file()
