@@ -200,8 +200,8 @@ def test_pretrain_vae_with_a_gan_loss_trains_and_hands_on_the_discriminator(data
     fresh = NLayerDiscriminator()
     trained = torch.load(disc_file, weights_only=True)
     fresh.load_state_dict(trained)  # what train_repae.py --disc-pretrained-ckpt does, strictly
-    assert any(not torch.equal(v, NLayerDiscriminator().state_dict()[k]) for k, v in trained.items()
-               if v.is_floating_point())
+    tracked = [v.item() for k, v in trained.items() if k.endswith("num_batches_tracked")]
+    assert tracked and min(tracked) >= 3  # it ran in training mode at every step
     records = [json.loads(line) for line in (tmp_path / "v" / "metrics.jsonl").read_text().splitlines()]
     assert all("d_loss" in r for r in records)
     disc_file.unlink()
